@@ -1,0 +1,89 @@
+"""``dynsim`` command line: ``list``, ``run NAME|SPEC.toml``, ``show DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+__all__ = ["main"]
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dynsim", description="Simulate training dynamics of toy models across "
+                                "widths, learning rates and seeds, and compare them with theory.")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the named experiments")
+    r = sub.add_parser("run", help="run an experiment by name or from a TOML spec")
+    r.add_argument("target", help="experiment name (see `dynsim list`) or path to a SPEC.toml")
+    r.add_argument("--quick", action="store_true", help="small size: well under a minute on 2 CPU cores")
+    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec key, e.g. --set width=[64,256] or --set train.steps=500 (repeatable)")
+    r.add_argument("--out", help="output directory (default runs/NAME); rerun with the same one to resume")
+    r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    s = sub.add_parser("show", help="print the checks of a finished run")
+    s.add_argument("dir")
+    return p
+
+
+def _error(message: str) -> int:
+    print(f"dynsim: error: {message}", file=sys.stderr)
+    return 2
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "list":
+        from . import experiments
+
+        for name in experiments.names():
+            print(f"{name:16s} {experiments.get(name).doc}")
+        return 0
+    if args.command == "show":
+        return _show(pathlib.Path(args.dir))
+    from . import experiments
+    from .spec import SpecError
+
+    try:
+        out, summary = experiments.run(args.target, out=args.out, quick=args.quick, sets=args.sets,
+                                       progress=False if args.no_progress else None)
+    except SpecError as e:
+        return _error(str(e))
+    except MemoryError as e:
+        return _error(str(e))
+    _print_checks(summary)
+    print(f"report: {out / 'report.md'}")
+    return 0
+
+
+def _print_checks(summary: dict) -> None:
+    for c in summary["checks"]:
+        fmt = lambda v: "n/a" if v is None else f"{v:.3g}"
+        mark = "ok " if c["agrees"] else "NO "
+        print(f"  [{mark}] {c['name']}: {fmt(c['measured'])} [{fmt(c['ci'][0])}, {fmt(c['ci'][1])}] "
+              f"vs {fmt(c['predicted'])} ± {fmt(c['tolerance'])}")
+    for k, v in summary.get("regimes", {}).items():
+        print(f"  regime {k}: {v}")
+
+
+def _show(path: pathlib.Path) -> int:
+    f = path / "summary.json"
+    if not f.exists():
+        if (path / "meta.json").exists():
+            from . import io
+
+            ds = io.load(path)
+            done = int((ds["diverged_at"] > -2).sum())
+            print(f"{path}: unfinished run, {done}/{ds['diverged_at'].size} members stored; rerun to resume.")
+            return 0
+        return _error(f"{path} holds no dynsim run (no summary.json).")
+    summary = json.loads(f.read_text())
+    print(f"{summary['experiment']}: {path}")
+    _print_checks(summary)
+    print(f"report: {path / 'report.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

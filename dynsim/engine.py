@@ -1,0 +1,238 @@
+"""The sweep executor: plan, compile, execute, store.
+
+:func:`run` trains every member of a :class:`~dynsim.sweep.Sweep` and returns an ``xarray.Dataset``. Each stage is
+also a plain function: :func:`dynsim.sweep.plan` makes the buckets, :func:`member_hyper` builds the traced
+numbers of a group, :func:`dynsim.train.init_group` / :func:`dynsim.train.run_segment` run it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+from . import io as _io
+from . import obs as _obs
+from . import param as _param
+from .sweep import AXES, Bucket, Sweep, plan
+from .train import Hyper, Program, init_group, memory_estimate, run_segment
+
+__all__ = ["run", "member_hyper", "chunks", "versions"]
+
+
+def versions() -> dict:
+    import optax
+
+    from . import __version__
+
+    return {"dynsim": __version__, "jax": jax.__version__, "optax": optax.__version__, "numpy": np.__version__,
+            "backend": jax.default_backend(), "device_count": jax.device_count(),
+            "devices": str(jax.devices()[0].device_kind), "x64": bool(jax.config.jax_enable_x64)}
+
+
+def member_hyper(sweep: Sweep, members: np.ndarray, group: int | None = None) -> Hyper:
+    """Traced numbers of ``members`` (flat indices), padded to ``group`` by repeating the last member."""
+    members = np.asarray(members)
+    if group is not None and len(members) < group:
+        members = np.concatenate([members, np.full(group - len(members), members[-1])])
+    table = sweep.members()
+    dtype = jnp.result_type(float)
+    abc = np.stack([_param.get(p).table(o) for p, o in zip(table["param"][members], table["optimizer"][members])])
+    keys = np.stack([np.asarray(jax.random.key_data(jax.random.key(int(s)))) for s in table["seed"][members]])
+    f = lambda name: jnp.asarray(np.asarray(table[name][members], np.float64), dtype)
+    return Hyper(width=f("width"), lr=f("lr"), momentum=f("momentum"), weight_decay=f("weight_decay"),
+                 init_scale=f("init_scale"), abc=jnp.asarray(abc, dtype), key=jnp.asarray(keys))
+
+
+def chunks(bucket: Bucket, max_members: int) -> list[np.ndarray]:
+    """Split a bucket's members into storage chunks of whole groups, about ``max_members`` each."""
+    per = max(1, max_members // bucket.group) * bucket.group
+    return [bucket.members[i:i + per] for i in range(0, len(bucket.members), per)]
+
+
+def _segment_records(total_intervals: int, record_every: int, target_steps: int = 500) -> int:
+    """Records per segment: the largest divisor of the interval count with at most ``target_steps`` steps."""
+    best = 1
+    for r in range(1, total_intervals + 1):
+        if total_intervals % r == 0 and r * record_every <= max(target_steps, record_every):
+            best = r
+    return best
+
+
+def _spec_key(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _progress(total: int, enabled: bool | None, desc: str):
+    from tqdm.auto import tqdm
+
+    if enabled is None:
+        enabled = sys.stderr.isatty() or bool(os.environ.get("DYNSIM_PROGRESS"))
+    return tqdm(total=total, disable=not enabled, desc=desc, unit="member-step", unit_scale=True,
+                dynamic_ncols=True, leave=False)
+
+
+def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_size: int = 0,
+        observables: Sequence[str] = ("loss", "test_loss"), out=None, progress: bool | None = None,
+        group: int | None = None, buckets=None, slab_bytes: float | None = None,
+        diverge_factor: float = 1e4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+        chunk_members: int = 256, spec: dict | None = None, log=None) -> xr.Dataset:
+    """Train every member of ``sweep`` and return its records.
+
+    Args:
+      model: model spec, e.g. ``dynsim.models.MLP(d_in=32, depth=3)``.
+      task: task spec, e.g. ``dynsim.tasks.TeacherStudent(d_in=32, n_train=256)``.
+      sweep: the axes to sweep.
+      steps: training steps (a multiple of ``record_every``).
+      record_every: steps between records; records are taken at steps ``0, k, 2k, ..., steps``.
+      batch_size: samples per step; 0 is full batch.
+      observables: names from :func:`dynsim.obs.names`.
+      out: a results directory. Each finished chunk is written there at once; a run started again with the same
+        directory resumes, skipping what is stored. ``None`` keeps everything in memory.
+      progress: show a progress bar (default: when stderr is a terminal).
+      group: force the number of members per vectorised step (default: chosen per backend and bucket).
+      buckets: force the width buckets, e.g. ``[[64, 128], [256]]``.
+      slab_bytes: activation footprint per group targeted by the CPU group-size rule.
+      diverge_factor: loss ratio (to ``max(loss_0, 1)``) above which a member counts as diverged.
+      betas, eps: Adam constants.
+      chunk_members: members per stored chunk (rounded to whole groups).
+      spec: the full experiment spec, stored in the results' attributes.
+      log: optional callable receiving one-line progress messages.
+    Returns:
+      ``xarray.Dataset`` with dims ``optimizer, param, width, lr, seed, init_scale, weight_decay, momentum, step``
+      (plus the observables' own dims), a variable per observable, ``diverged_at``, and attributes ``spec`` and
+      versions.
+
+    Example::
+
+        import dynsim as ds
+        res = ds.run(ds.models.MLP(d_in=16), ds.tasks.TeacherStudent(d_in=16, n_train=128),
+                     ds.Sweep(width=[64, 256], lr=[0.1, 0.3], seed=[0, 1]), steps=100)
+        res["loss"].isel(step=-1).mean("seed")
+    """
+    if steps <= 0 or record_every <= 0 or steps % record_every:
+        raise ValueError(f"steps ({steps}) must be a positive multiple of record_every ({record_every}).")
+    task.validate_batch_size(batch_size)
+    if model.d_in != task.d_in or model.d_out != task.d_out:
+        raise ValueError(f"model d_in/d_out ({model.d_in}, {model.d_out}) must match the task's "
+                         f"({task.d_in}, {task.d_out}).")
+    observables = tuple(observables)
+    obs_defs = [_obs.get(n) for n in observables]
+    intervals = steps // record_every
+    record_steps = np.arange(intervals + 1) * record_every
+    n_rec = _segment_records(intervals, record_every)
+    batch = batch_size or task.n_train
+
+    def make_prog(bucket):
+        return Program(model=model, task=task, optimizer=bucket.optimizer, n_pad=bucket.n_pad,
+                       record_every=record_every, records_per_segment=n_rec, batch_size=batch_size,
+                       observables=observables, diverge_factor=diverge_factor, betas=tuple(betas), eps=eps)
+
+    probe = make_prog(Bucket(sweep.optimizer[0], 1, np.zeros(1, int), 1))
+    variables = {o.name: {"dims": list(o.dims), "shape": list(o.shape(probe)), "description": o.doc}
+                 for o in obs_defs}
+    identity = {"model": dataclasses.asdict(model), "task": dataclasses.asdict(task), "sweep": sweep.to_dict(),
+                "steps": steps, "record_every": record_every, "batch_size": batch_size,
+                "observables": list(observables), "diverge_factor": diverge_factor, "betas": list(betas),
+                "eps": eps, "x64": bool(jax.config.jax_enable_x64)}
+    meta = {"axes": list(AXES), "coords": sweep.to_dict(), "steps": record_steps.tolist(), "variables": variables,
+            "key": _spec_key(identity), "spec": json.dumps(spec if spec is not None else identity, default=str),
+            **versions()}
+
+    store = _io.Store(out, meta) if out is not None else _MemoryStore(meta)
+    done = store.done()
+    all_buckets = plan(sweep, model, steps=steps, batch=batch, group=group, buckets=buckets, slab_bytes=slab_bytes)
+    work = [(b, c) for b in all_buckets for c in chunks(b, chunk_members) if not done[c].all()]
+    data = task.make()
+    timing = {"compile_s": 0.0, "run_s": 0.0, "members": int(sum(len(c) for _, c in work))}
+    t_start = time.perf_counter()
+    bar = _progress(timing["members"] * steps, progress, "training")
+    compiled: set = set()
+    for bucket, chunk in work:
+        prog = make_prog(bucket)
+        need = memory_estimate(prog, bucket.group)
+        _check_memory(need, bucket)
+        recs = {n: [] for n in observables}
+        div = []
+        for g0 in range(0, len(chunk), bucket.group):
+            members = chunk[g0:g0 + bucket.group]
+            hyper = member_hyper(sweep, members, bucket.group)
+            t0 = time.perf_counter()
+            state, rec0 = init_group(prog, data, hyper)
+            parts = {n: [np.asarray(rec0[n])[:, None]] for n in observables}
+            first = (prog, bucket.group) not in compiled
+            for seg in range(intervals // n_rec):
+                state, r = run_segment(prog, data, state, hyper, jnp.asarray(seg * n_rec * record_every))
+                for n in observables:
+                    parts[n].append(np.moveaxis(np.asarray(r[n]), 0, 1))
+                if first:
+                    timing["compile_s"] += time.perf_counter() - t0
+                    first = False
+                    compiled.add((prog, bucket.group))
+                bar.update(len(members) * n_rec * record_every)
+                if not np.asarray(state.alive)[: len(members)].any():
+                    left = intervals // n_rec - seg - 1
+                    for n in observables:
+                        shape = parts[n][-1].shape
+                        parts[n].append(np.full((shape[0], left * n_rec, *shape[2:]), np.nan))
+                    bar.update(len(members) * left * n_rec * record_every)
+                    break
+            for n in observables:
+                recs[n].append(np.concatenate(parts[n], axis=1)[: len(members)])
+            div.append(np.asarray(state.diverged_at)[: len(members)])
+        store.write_chunk(chunk, {n: np.concatenate(v) for n, v in recs.items()}, np.concatenate(div))
+        if log is not None:
+            log(f"bucket n_pad={bucket.n_pad} ({bucket.optimizer}): stored {len(chunk)} members")
+    bar.close()
+    timing["run_s"] = time.perf_counter() - t_start
+    ds = store.finalize()
+    ds.attrs["timing"] = json.dumps(timing)
+    ds.attrs["buckets"] = json.dumps([[b.optimizer, b.n_pad, len(b.members), b.group] for b in all_buckets])
+    return ds
+
+
+def _check_memory(need: int, bucket: Bucket) -> None:
+    dev = jax.devices()[0]
+    limit = None
+    try:
+        stats = dev.memory_stats()
+        if stats and "bytes_limit" in stats:
+            limit = stats["bytes_limit"]
+    except Exception:  # backends without memory stats (CPU)
+        limit = None
+    if limit is None:
+        try:
+            limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            return
+    if need > 0.8 * limit:
+        raise MemoryError(f"a group of {bucket.group} members at width {bucket.n_pad} needs about "
+                          f"{need / 2**30:.1f} GiB, more than 80% of the {limit / 2**30:.1f} GiB available; "
+                          f"pass a smaller group.")
+
+
+class _MemoryStore:
+    """In-memory stand-in for :class:`dynsim.io.Store` (same interface, nothing written)."""
+
+    def __init__(self, meta):
+        self.meta = meta
+        self.size = int(np.prod([len(meta["coords"][a]) for a in meta["axes"]]))
+        self._chunks = []
+
+    def done(self):
+        return np.zeros(self.size, bool)
+
+    def write_chunk(self, members, variables, diverged_at):
+        self._chunks.append((np.asarray(members), variables, np.asarray(diverged_at)))
+
+    def finalize(self):
+        return _io.grid_dataset(self.meta, self._chunks)

@@ -1,0 +1,18 @@
+"""Named experiments: a default spec, a quick size, and an analysis that compares results with theory.
+
+Each experiment writes into its output directory the results store (:mod:`dynsim.io`), ``summary.json``,
+``report.md`` and PNG figures. :func:`run` strings the stages together; every stage is a plain function.
+"""
+
+from ._base import Check as Check
+from ._base import Experiment as Experiment
+from ._base import build as build
+from ._base import get as get
+from ._base import names as names
+from ._base import register as register
+from ._base import resolve_spec as resolve_spec
+from ._base import run as run
+from . import lr_transfer as lr_transfer  # noqa: E402  (registers itself)
+from . import sweep as sweep  # noqa: E402
+
+__all__ = ["Check", "Experiment", "build", "get", "names", "register", "resolve_spec", "run"]

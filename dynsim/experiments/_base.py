@@ -1,0 +1,190 @@
+"""The experiment contract (DESIGN.md section 7)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from .. import engine as _engine
+from .. import io as _io
+from .. import spec as _spec
+from ..models import MLP, uv
+from ..sweep import Sweep
+from ..tasks import TeacherStudent
+
+__all__ = ["Check", "Experiment", "register", "get", "names", "resolve_spec", "build", "run"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Check:
+    """One comparison of a measurement with theory.
+
+    Attributes:
+      name: what is compared.
+      measured: the point estimate.
+      ci: its confidence interval ``(lo, hi)``.
+      predicted: the theory value.
+      tolerance: allowed distance between the interval and the prediction, with ``reason``.
+      agrees: whether ``predicted`` lies in ``[lo - tolerance, hi + tolerance]``.
+      reason: why the tolerance is what it is.
+    """
+
+    name: str
+    measured: float
+    ci: tuple[float, float]
+    predicted: float
+    tolerance: float
+    agrees: bool
+    reason: str = ""
+
+    def to_dict(self) -> dict:
+        clean = lambda v: None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v)
+        return {"name": self.name, "measured": clean(self.measured), "ci": [clean(self.ci[0]), clean(self.ci[1])],
+                "predicted": clean(self.predicted), "tolerance": clean(self.tolerance), "agrees": bool(self.agrees),
+                "reason": self.reason}
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A named experiment.
+
+    Attributes:
+      name: the CLI name.
+      doc: one line for ``dynsim list``.
+      defaults: the full-size spec.
+      quick: overrides for ``--quick`` (well under a minute on 2 CPU cores).
+      analyse: ``(ds, spec, outdir) -> {"checks": [Check], "regimes": {...}, "figures": [paths],
+        "report": markdown}``.
+    """
+
+    name: str
+    doc: str
+    defaults: dict
+    quick: dict
+    analyse: Callable
+
+
+_REGISTRY: dict[str, Experiment] = {}
+
+
+def register(exp: Experiment) -> Experiment:
+    _REGISTRY[exp.name] = exp
+    return exp
+
+
+def names() -> tuple[str, ...]:
+    return tuple(sorted(_REGISTRY))
+
+
+def get(name: str) -> Experiment:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise _spec.SpecError(f"unknown experiment {name!r}; `dynsim list` shows the choices: "
+                              f"{', '.join(names())}.") from None
+
+
+def resolve_spec(name_or_path: str, *, quick: bool = False, sets=()) -> tuple[Experiment, dict]:
+    """The experiment and its validated spec from a name or a TOML file, ``--quick`` and ``--set`` overrides."""
+    path = pathlib.Path(name_or_path)
+    if name_or_path.endswith(".toml") or path.is_file():
+        user = _spec.load(path)
+        _spec.validate(user)
+        exp = get(user.get("experiment", "sweep"))
+        spec = _spec.merge(exp.defaults, user)
+    else:
+        exp = get(name_or_path)
+        spec = _spec.merge(exp.defaults, {})
+    if quick:
+        spec = _spec.merge(spec, exp.quick)
+    spec = _spec.apply_sets(spec, sets)
+    spec["experiment"] = exp.name
+    spec = _spec.validate(spec, required=("task.d_in", "train.steps", "sweep.width", "sweep.lr"))
+    return exp, spec
+
+
+def build(spec: dict):
+    """Model, task, sweep and run options from a validated spec."""
+    m = dict(spec.get("model", {}))
+    t = dict(spec.get("task", {}))
+    t.pop("kind", None)
+    kind = m.pop("kind", "mlp")
+    m.pop("d_out", None)  # the task's output dimension is the model's
+    try:
+        task = TeacherStudent(**t)
+        model = uv(task.d_in) if kind == "uv" else MLP(d_in=task.d_in, d_out=task.d_out, **m)
+        sweep = Sweep(**spec["sweep"])
+    except (TypeError, ValueError) as e:
+        raise _spec.SpecError(str(e)) from None
+    train = dict(spec.get("train", {}))
+    opts = {"steps": train.pop("steps"), "record_every": train.pop("record_every", 10),
+            "batch_size": train.pop("batch_size", 0), "observables": tuple(train.pop("observables",
+                                                                                   ["loss", "test_loss"])),
+            "diverge_factor": train.pop("diverge_factor", 1e4), "betas": tuple(train.pop("betas", (0.9, 0.999))),
+            "eps": train.pop("eps", 1e-8), "group": train.pop("group", None),
+            "chunk_members": train.pop("chunk_members", 256)}
+    return model, task, sweep, opts
+
+
+def run(name_or_path: str, *, out=None, quick: bool = False, sets=(), progress: bool | None = None, log=print):
+    """Run an experiment end to end and write its results, summary, report and figures into ``out``.
+
+    Returns:
+      ``(out_dir, summary_dict)``.
+    """
+    exp, spec = resolve_spec(name_or_path, quick=quick, sets=sets)
+    model, task, sweep, opts = build(spec)
+    out = pathlib.Path(out or f"runs/{exp.name}{'-quick' if quick else ''}")
+    out.mkdir(parents=True, exist_ok=True)
+    log(f"dynsim: {exp.name}: {sweep.size} members, {opts['steps']} steps -> {out}")
+    t0 = time.perf_counter()
+    try:
+        ds = _engine.run(model, task, sweep, out=out, progress=progress, spec=spec, **opts)
+    except _io.MetaMismatch as e:
+        raise _spec.SpecError(str(e)) from None
+    t_train = time.perf_counter() - t0
+    result = exp.analyse(ds, spec, out)
+    timing = json.loads(ds.attrs.get("timing", "{}"))
+    timing.update({"train_s": t_train, "analysis_s": time.perf_counter() - t0 - t_train})
+    summary = {"experiment": exp.name, "spec": spec, "checks": [c.to_dict() for c in result["checks"]],
+               "regimes": result.get("regimes", {}), "timing": timing,
+               "figures": [str(pathlib.Path(f).name) for f in result.get("figures", [])],
+               "versions": {k: ds.attrs.get(k) for k in ("dynsim", "jax", "optax", "backend", "device_count")}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default))
+    (out / "report.md").write_text(_report(exp, summary, result.get("report", "")))
+    return out, summary
+
+
+def _json_default(v):
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating,)):
+        return float(v)
+    if isinstance(v, np.ndarray):
+        return v.tolist()
+    raise TypeError(f"not JSON serialisable: {type(v)}")
+
+
+def _fmt(v):
+    return "n/a" if v is None else f"{v:.3g}"
+
+
+def _report(exp: Experiment, summary: dict, body: str) -> str:
+    lines = [f"# {exp.name}", "", exp.doc, "", "## Checks", "",
+             "| check | measured | CI | predicted | tolerance | agrees |", "|---|---|---|---|---|---|"]
+    for c in summary["checks"]:
+        lines.append(f"| {c['name']} | {_fmt(c['measured'])} | [{_fmt(c['ci'][0])}, {_fmt(c['ci'][1])}] | "
+                     f"{_fmt(c['predicted'])} | {_fmt(c['tolerance'])} | {'yes' if c['agrees'] else '**no**'} |")
+    if summary["regimes"]:
+        lines += ["", "## Regimes", ""] + [f"- {k}: {v}" for k, v in summary["regimes"].items()]
+    lines += ["", body, "", "## Figures", ""] + [f"![{f}]({f})" for f in summary["figures"]]
+    t = summary["timing"]
+    lines += ["", "## Timing", "", ", ".join(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}"
+                                              for k, v in t.items())]
+    return "\n".join(lines) + "\n"

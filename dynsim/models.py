@@ -1,0 +1,173 @@
+"""Toy models as frozen, hashable specs with pure ``init`` / ``apply`` functions.
+
+Layout: activations are stored *width-major*, ``[features, samples]``. XLA:CPU runs the weight gradient of
+``W @ X`` with ``X`` of shape ``[d, P]`` several times faster than the usual ``X @ W.T`` form (DESIGN.md section 9),
+and on accelerators the layout is neutral.
+
+Padding: a model is built at a *padded* width ``n_pad`` (static, shared by a bucket of members) and a *true* width
+``n`` (traced, per member). Unit ``i >= n`` is zero at init, is multiplied by a 0/1 mask after its activation, and so
+receives zero gradient and zero update. Unit ``i``'s weights are drawn from a key folded with ``i``, and each row is a
+1-D draw whose prefix does not depend on its length (``jax_threefry_partitionable``), so a member's initial weights
+do not depend on ``n_pad``. Every parametrization factor uses ``n``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+__all__ = ["MLP", "uv", "Scales", "scales", "width_mask"]
+
+_ACTS = {
+    "relu": (jax.nn.relu, math.sqrt(2.0)),
+    "tanh": (jnp.tanh, 1.0),
+    "linear": (lambda h: h, 1.0),
+}
+
+
+class Scales(NamedTuple):
+    """Per-layer factors of one member, evaluated from its true width.
+
+    Attributes:
+      mult: forward multipliers ``n^-a`` per layer, shape ``[depth]``.
+      std: init standard deviations per layer, shape ``[depth]``.
+      lr: learning-rate multipliers ``n^-c`` per layer, shape ``[depth]``.
+    """
+
+    mult: jax.Array
+    std: jax.Array
+    lr: jax.Array
+
+
+def width_mask(width, n_pad: int, dtype=None) -> jax.Array:
+    """0/1 mask of length ``n_pad`` whose first ``width`` entries are 1."""
+    dtype = dtype or jnp.result_type(float)
+    return (jnp.arange(n_pad) < width).astype(dtype)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class MLP:
+    """A fully connected network ``d_in -> n -> ... -> n -> d_out`` with ``depth`` weight layers, no biases.
+
+    .. math::
+
+        h_1 = n^{-a_1} W_1 x,\\quad h_l = n^{-a_l} W_l\\,\\phi(h_{l-1}),\\quad f = n^{-a_L} W_L\\,\\phi(h_{L-1}).
+
+    Attributes:
+      d_in: input dimension ``d``.
+      depth: number of weight layers ``L >= 2`` (2 is the two-layer network).
+      act: ``"relu"``, ``"tanh"`` or ``"linear"``.
+      d_out: output dimension (1 for a scalar output).
+
+    The spec hashes by value, so re-creating it never recompiles a program that takes it as a static argument.
+    """
+
+    d_in: int
+    depth: int = 2
+    act: str = "relu"
+    d_out: int = 1
+
+    def __post_init__(self):
+        if not (isinstance(self.d_in, int) and self.d_in >= 1):
+            raise ValueError(f"model d_in must be a positive integer, got {self.d_in!r}.")
+        if not (isinstance(self.depth, int) and self.depth >= 2):
+            raise ValueError(f"model depth must be an integer >= 2, got {self.depth!r}.")
+        if self.act not in _ACTS:
+            raise ValueError(f"model act must be one of {', '.join(_ACTS)}, got {self.act!r}.")
+        if not (isinstance(self.d_out, int) and self.d_out >= 1):
+            raise ValueError(f"model d_out must be a positive integer, got {self.d_out!r}.")
+
+    @property
+    def roles(self) -> tuple[int, ...]:
+        """Role index of each layer: 0 input, 1 hidden, 2 output (rows of a parametrization table)."""
+        return (0,) + (1,) * (self.depth - 2) + (2,)
+
+    def shapes(self, n_pad: int) -> tuple[tuple[int, int], ...]:
+        """Weight shapes ``[fan_out, fan_in]`` at padded width ``n_pad``."""
+        return ((n_pad, self.d_in),) + ((n_pad, n_pad),) * (self.depth - 2) + ((self.d_out, n_pad),)
+
+    def n_params(self, width: int) -> int:
+        """Number of (unpadded) trainable parameters at width ``width``."""
+        return sum(a * b for a, b in self.shapes(width))
+
+    def flops(self, width: int, n_samples: int) -> float:
+        """FLOPs of one forward + backward pass (weight gradients only) on ``n_samples`` at true width.
+
+        Each weight matrix costs ``2 * size * P`` forward, the same for its weight gradient and again for the
+        input gradient (not needed for the first layer).
+        """
+        sizes = [a * b for a, b in self.shapes(width)]
+        return 2.0 * n_samples * (3 * sum(sizes) - sizes[0])
+
+    def scales(self, width, abc, init_scale) -> Scales:
+        """Multipliers, init stds and lr multipliers of each layer for a member of true width ``width``.
+
+        Args:
+          width: true width ``n`` (scalar, may be traced).
+          abc: ``[3, 3]`` exponents, rows ``a, b, c`` and columns roles (see :mod:`dynsim.param`).
+          init_scale: multiplies every layer's init std.
+        """
+        dtype = jnp.result_type(float)
+        n = jnp.asarray(width, dtype)
+        abc = jnp.asarray(abc, dtype)
+        roles = jnp.asarray(self.roles)
+        a, b, c = abc[0, roles], abc[1, roles], abc[2, roles]
+        gain = _ACTS[self.act][1]
+        # The input dimension is a constant of the task; it normalises the first layer only. Layers that read an
+        # activation get the activation's gain (He init for ReLU).
+        fan0 = jnp.asarray([1.0 / math.sqrt(self.d_in)] + [gain] * (self.depth - 1), dtype)
+        return Scales(mult=n ** (-a), std=init_scale * fan0 * n ** (-b), lr=n ** (-c))
+
+    def init(self, key, n_pad: int, width, std) -> tuple[jax.Array, ...]:
+        """Initial weights at padded width ``n_pad``; units ``>= width`` are zero.
+
+        Args:
+          key: a PRNG key.
+          n_pad: static padded width.
+          width: true width (may be traced).
+          std: per-layer init standard deviations, e.g. ``self.scales(...).std``.
+        Returns:
+          A tuple of ``depth`` weight matrices with shapes :meth:`shapes`.
+        """
+        mask = width_mask(width, n_pad)
+        params = []
+        for layer, (fan_out, fan_in) in enumerate(self.shapes(n_pad)):
+            layer_key = jax.random.fold_in(key, layer)
+            rows = jax.vmap(lambda i, k=layer_key, m=fan_in: jax.random.normal(jax.random.fold_in(k, i), (m,)))(
+                jnp.arange(fan_out)
+            )
+            w = std[layer] * rows
+            if layer > 0:
+                w = w * mask[None, :]
+            if layer < self.depth - 1:
+                w = w * mask[:, None]
+            params.append(w.astype(jnp.result_type(float)))
+        return tuple(params)
+
+    def apply(self, params, x, mult, mask, *, return_preacts: bool = False):
+        """Forward pass on ``x`` of shape ``[d_in, P]``; returns ``[d_out, P]``.
+
+        With ``return_preacts=True`` also returns the list of hidden pre-activations ``h_l`` (``[n_pad, P]`` each).
+        """
+        phi = _ACTS[self.act][0]
+        z = x
+        preacts = []
+        for layer, w in enumerate(params[:-1]):
+            h = mult[layer] * (w @ z)
+            preacts.append(h)
+            z = phi(h) * mask[:, None]
+        out = mult[-1] * (params[-1] @ z)
+        return (out, preacts) if return_preacts else out
+
+
+def uv(d_in: int = 1) -> MLP:
+    """The uv model of Lewkowycz et al. (2020), ``f = v . (u x) / sqrt(n)`` under :func:`dynsim.param.ntk`.
+
+    It is the depth-2 linear network; with NTK parametrization ``u`` and ``v`` have unit-variance entries
+    (``d^-1/2`` for ``u`` when ``d_in > 1``) and the output multiplier is ``n^-1/2``.
+    """
+    return MLP(d_in=d_in, depth=2, act="linear", d_out=1)

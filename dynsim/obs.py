@@ -1,0 +1,135 @@
+"""Observables recorded inside the compiled program at record points, vmapped over members.
+
+An observable is a pure function ``compute(ctx, params, extra) -> (value, new_extra)``: ``ctx`` holds the member's
+program, data, hyperparameters, scales and width mask; ``extra`` is the observable's own state carried between
+records (``None`` for stateless ones), so iterative estimators can warm-start. ``value`` has a fixed shape per
+observable (:attr:`Observable.shape`). New observables register with :func:`register`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = ["Context", "Observable", "register", "get", "names", "coord_check"]
+
+
+class Context(NamedTuple):
+    prog: Any
+    data: Any
+    hyper: Any
+    scales: Any
+    mask: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Observable:
+    """A recorded quantity.
+
+    Attributes:
+      name: variable name in results.
+      compute: ``(ctx, params, extra) -> (value, new_extra)``.
+      doc: one-line description, stored as the variable's ``description`` attribute.
+      dims: names of the value's own dimensions (``()`` for a scalar).
+      shape: ``(prog) -> shape`` of the value.
+      init_extra: ``(ctx, params) -> extra`` or None.
+    """
+
+    name: str
+    compute: Callable
+    doc: str
+    dims: tuple[str, ...] = ()
+    shape: Callable = lambda prog: ()
+    init_extra: Callable | None = None
+
+
+_REGISTRY: dict[str, Observable] = {}
+
+
+def register(observable: Observable) -> Observable:
+    """Add an observable to the registry (replacing one of the same name)."""
+    _REGISTRY[observable.name] = observable
+    return observable
+
+
+def get(name: str) -> Observable:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown observable {name!r}; choose from {', '.join(sorted(_REGISTRY))}.") from None
+
+
+def names() -> tuple[str, ...]:
+    return tuple(sorted(_REGISTRY))
+
+
+def _mse(ctx: Context, params, x, y):
+    out = ctx.prog.model.apply(params, x, ctx.scales.mult, ctx.mask)
+    return 0.5 * jnp.mean((out - y) ** 2)
+
+
+def _train_loss(ctx, params, extra):
+    data = ctx.data
+    if ctx.prog.task.online:  # the population loss is the training loss of an online task
+        return _mse(ctx, params, data.x_test, data.y_test), None
+    return _mse(ctx, params, data.x_train, data.y_train), None
+
+
+def _test_loss(ctx, params, extra):
+    return _mse(ctx, params, ctx.data.x_test, ctx.data.y_test), None
+
+
+def _output_rms(ctx, params, extra):
+    out = ctx.prog.model.apply(params, ctx.data.x_test, ctx.scales.mult, ctx.mask)
+    return jnp.sqrt(jnp.mean(out**2)), None
+
+
+def _preact_rms(ctx, params, extra):
+    _, pre = ctx.prog.model.apply(params, ctx.data.x_test, ctx.scales.mult, ctx.mask, return_preacts=True)
+    width = ctx.hyper.width.astype(pre[0].dtype)
+    # RMS over the member's true units only: padded units are exactly zero.
+    return jnp.stack([jnp.sqrt(jnp.sum(h**2) / (width * h.shape[1])) for h in pre]), None
+
+
+register(Observable("loss", _train_loss, "training loss 0.5*mean((f-y)^2) on the full training set"))
+register(Observable("test_loss", _test_loss, "test loss 0.5*mean((f-y)^2) on the held-out set"))
+register(Observable("output_rms", _output_rms, "root mean square of the network output on the test inputs"))
+register(Observable("preact_rms", _preact_rms, "RMS of each hidden layer's pre-activations on the test inputs",
+                    dims=("layer",), shape=lambda prog: (prog.model.depth - 1,)))
+
+
+def coord_check(model, parametrization, widths, *, lr: float, steps: int = 3, optimizer: str = "sgd",
+                seeds=(0, 1, 2), d_in: int = 16, n_train: int = 64, layers: str = "all"):
+    """Coordinate check (Yang et al. 2022): activation and output scales after ``0..steps`` steps, per width.
+
+    Runs a sweep through the engine and returns an ``xarray.Dataset`` with ``preact_rms`` (per hidden layer),
+    ``output_rms`` and ``delta_out_rms``, the RMS of ``f_t - f_0`` on the test inputs, over dims ``width``,
+    ``seed`` and ``step``. Under muP and NTK these are width-independent; under SP the output update grows with
+    width.
+    """
+    from .engine import run
+    from .sweep import Sweep
+    from .tasks import TeacherStudent
+
+    task = TeacherStudent(d_in=d_in, n_train=n_train, n_test=n_train, seed=0)
+    sweep = Sweep(width=tuple(widths), lr=(lr,), seed=tuple(seeds), param=(parametrization,),
+                  optimizer=(optimizer,))
+    ds = run(model, task, sweep, steps=steps, record_every=1, observables=("output_rms", "preact_rms", "outputs"),
+             progress=False)
+    out = ds["outputs"]
+    delta = out - out.isel(step=0)
+    ds["delta_out_rms"] = np.sqrt((delta**2).mean("sample"))
+    return ds
+
+
+def _outputs(ctx, params, extra):
+    return ctx.prog.model.apply(params, ctx.data.x_test, ctx.scales.mult, ctx.mask)[0], None
+
+
+register(Observable("outputs", _outputs, "network output (first component) on each test input",
+                    dims=("sample",), shape=lambda prog: (prog.task.n_test,)))

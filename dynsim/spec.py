@@ -1,0 +1,260 @@
+"""Experiment specs: TOML files and ``--set`` overrides, validated at load.
+
+A spec has five tables::
+
+    experiment = "lr-transfer"      # which analysis runs on the results ("sweep": none beyond figures)
+    [model]  kind, depth, act
+    [task]   d_in, d_out, n_train, n_test, teacher, teacher_width, noise, input_alpha, seed
+    [train]  steps, record_every, batch_size, observables, diverge_factor, betas, group, chunk_members
+    [sweep]  width, lr, seed, param, optimizer, init_scale, weight_decay, momentum
+    [analysis]  experiment-specific settings
+
+A sweep axis is a list, a single value, or a range table: ``{logspace = [-4, 1, 16]}`` (base-10 exponents),
+``{geomspace = [16, 1024, 7]}`` or ``{linspace = [0, 1, 5]}``; integer axes (width, seed) round geometric ranges.
+Every error is a :class:`SpecError` whose message is one sentence naming the offending key.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import math
+import pathlib
+import tomllib
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from . import obs as _obs
+from . import param as _param
+from .sweep import OPTIMIZERS
+
+__all__ = ["SpecError", "load", "apply_sets", "validate", "parse_set"]
+
+
+class SpecError(ValueError):
+    """A spec is invalid; the message names the key."""
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v):
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _pos_int(v):
+    return (_is_int(v) and v >= 1, "a positive integer")
+
+
+def _nonneg_int(v):
+    return (_is_int(v) and v >= 0, "a non-negative integer")
+
+
+def _nonneg_num(v):
+    return (_is_num(v) and math.isfinite(v) and v >= 0, "a non-negative number")
+
+
+def _pos_num(v):
+    return (_is_num(v) and math.isfinite(v) and v > 0, "a positive number")
+
+
+def _num(v):
+    return (_is_num(v) and math.isfinite(v), "a finite number")
+
+
+def _choice(*options):
+    return lambda v: (v in options, "one of " + ", ".join(repr(o) for o in options))
+
+
+def _str(v):
+    return (isinstance(v, str) and bool(v), "a non-empty string")
+
+
+def _observables(v):
+    ok = isinstance(v, list) and v and all(isinstance(x, str) and x in _obs.names() for x in v)
+    return (ok, "a non-empty list of observable names from " + ", ".join(_obs.names()))
+
+
+def _betas(v):
+    ok = isinstance(v, list) and len(v) == 2 and all(_is_num(b) and 0 <= b < 1 for b in v)
+    return (ok, "a list of two numbers in [0, 1)")
+
+
+def _any_table(v):
+    return (isinstance(v, dict), "a table")
+
+
+SCHEMA: dict[str, dict[str, Callable]] = {
+    "model": {"kind": _choice("mlp", "uv"), "depth": lambda v: (_is_int(v) and v >= 2, "an integer >= 2"),
+              "act": _choice("relu", "tanh", "linear")},
+    "task": {"kind": _choice("teacher_student"), "d_in": _pos_int, "n_train": _nonneg_int, "n_test": _pos_int,
+             "teacher": _choice("linear", "mlp"), "teacher_width": _pos_int, "noise": _nonneg_num,
+             "input_alpha": _nonneg_num, "seed": _nonneg_int, "d_out": _pos_int},
+    "train": {"steps": _pos_int, "record_every": _pos_int, "batch_size": _nonneg_int,
+              "observables": _observables, "diverge_factor": lambda v: (_is_num(v) and v > 1, "a number > 1"),
+              "betas": _betas, "eps": _pos_num, "group": _pos_int, "chunk_members": _pos_int},
+    "sweep": {},  # checked by _sweep_axis
+    "analysis": {},  # free-form, checked by the experiment
+}
+TOP_KEYS = {"experiment": _str}
+AXIS_KINDS = {"width": "int+", "lr": "num+", "seed": "int0", "param": "param", "optimizer": "optimizer",
+              "init_scale": "num+", "weight_decay": "num", "momentum": "unit"}
+
+
+def _suggest(key: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f"; did you mean {close[0]!r}?" if close else "."
+
+
+def _expand_range(key: str, table: dict, kind: str) -> list:
+    if len(table) != 1:
+        raise SpecError(f"spec key {key!r} as a table needs exactly one of logspace, geomspace, linspace.")
+    (how, args), = table.items()
+    if how not in ("logspace", "geomspace", "linspace"):
+        raise SpecError(f"spec key {key!r} has unknown range {how!r}; use logspace, geomspace or linspace.")
+    if not (isinstance(args, list) and len(args) == 3 and all(_is_num(a) for a in args) and _is_int(args[2])
+            and args[2] >= 1):
+        raise SpecError(f"spec key {key!r}: {how} takes [start, stop, count] with an integer count >= 1.")
+    start, stop, num = args
+    if how == "geomspace" and (start <= 0 or stop <= 0):
+        raise SpecError(f"spec key {key!r}: geomspace needs positive start and stop.")
+    values = getattr(np, how)(start, stop, num).tolist()
+    if kind.startswith("int"):
+        values = sorted({int(round(v)) for v in values})
+    return values
+
+
+def _sweep_axis(key: str, value, kind: str) -> list:
+    full = f"sweep.{key}"
+    if isinstance(value, dict):
+        value = _expand_range(full, value, kind)
+    if not isinstance(value, list):
+        value = [value]
+    if not value:
+        raise SpecError(f"spec key {full!r} is an empty list; give at least one value.")
+    checks = {
+        "int+": (lambda v: _is_int(v) and v >= 1, "positive integers"),
+        "int0": (lambda v: _is_int(v) and v >= 0, "non-negative integers"),
+        "num+": (lambda v: _is_num(v) and math.isfinite(v) and v > 0, "positive numbers"),
+        "num": (lambda v: _is_num(v) and math.isfinite(v), "finite numbers"),
+        "unit": (lambda v: _is_num(v) and 0 <= v < 1, "numbers in [0, 1)"),
+        "param": (lambda v: v in _param.NAMES, "parametrization names from " + ", ".join(_param.NAMES)),
+        "optimizer": (lambda v: v in OPTIMIZERS, "optimizer names from " + ", ".join(OPTIMIZERS)),
+    }
+    ok, what = checks[kind]
+    for v in value:
+        if not ok(v):
+            raise SpecError(f"spec key {full!r} takes {what}, got {v!r}.")
+    if len(set(value)) != len(value):
+        raise SpecError(f"spec key {full!r} has repeated values.")
+    return value
+
+
+def validate(spec: dict, *, required: Iterable[str] = ()) -> dict:
+    """Check every key and value of ``spec``; return a normalised copy (sweep ranges expanded to lists)."""
+    if not isinstance(spec, dict):
+        raise SpecError("a spec must be a table of tables.")
+    out = copy.deepcopy(spec)
+    for key, value in spec.items():
+        if key in TOP_KEYS:
+            ok, what = TOP_KEYS[key](value)
+            if not ok:
+                raise SpecError(f"spec key {key!r} must be {what}, got {value!r}.")
+            continue
+        if key not in SCHEMA:
+            raise SpecError(f"unknown spec key {key!r}" + _suggest(key, list(SCHEMA) + list(TOP_KEYS)))
+        if not isinstance(value, dict):
+            raise SpecError(f"spec key {key!r} must be a table, got {value!r}.")
+        for sub, v in value.items():
+            full = f"{key}.{sub}"
+            if key == "sweep":
+                if sub not in AXIS_KINDS:
+                    raise SpecError(f"unknown spec key {full!r}" + _suggest(sub, AXIS_KINDS))
+                out[key][sub] = _sweep_axis(sub, v, AXIS_KINDS[sub])
+            elif key == "analysis":
+                continue
+            else:
+                if sub not in SCHEMA[key]:
+                    raise SpecError(f"unknown spec key {full!r}" + _suggest(sub, SCHEMA[key]))
+                ok, what = SCHEMA[key][sub](v)
+                if not ok:
+                    raise SpecError(f"spec key {full!r} must be {what}, got {v!r}.")
+    for key in required:
+        section, _, sub = key.partition(".")
+        if sub not in out.get(section, {}):
+            raise SpecError(f"spec key {key!r} is required.")
+    train = out.get("train", {})
+    steps, every = train.get("steps"), train.get("record_every")
+    if steps is not None and every is not None and steps % every:
+        raise SpecError(f"spec key 'train.steps' ({steps}) must be a multiple of 'train.record_every' ({every}).")
+    task = out.get("task", {})
+    if task.get("n_train", 1) == 0 and train.get("batch_size", 0) == 0:
+        raise SpecError("spec key 'train.batch_size' must be positive for an online task (task.n_train = 0).")
+    if task.get("n_train", 0) and train.get("batch_size", 0) > task.get("n_train", 0):
+        raise SpecError(f"spec key 'train.batch_size' ({train['batch_size']}) exceeds 'task.n_train' "
+                        f"({task['n_train']}).")
+    return out
+
+
+def parse_set(item: str) -> tuple[str, object]:
+    """Parse one ``--set key=value``; the value is read as TOML (a bare word is a string)."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SpecError(f"--set {item!r} is not of the form key=value.")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def apply_sets(spec: dict, sets: Iterable[str]) -> dict:
+    """Apply ``--set`` overrides. ``section.key=value``; a bare ``key`` resolves to the one section that has it."""
+    out = copy.deepcopy(spec)
+    for item in sets:
+        key, value = parse_set(item)
+        if "." in key:
+            section, _, sub = key.partition(".")
+        elif key in TOP_KEYS:
+            out[key] = value
+            continue
+        else:
+            owners = [s for s, keys in SCHEMA.items() if key in keys] + (["sweep"] if key in AXIS_KINDS else [])
+            if "sweep" in owners and len(owners) > 1:
+                owners = ["sweep"]  # `seed`: a bare name means the sweep axis; use task.seed for the data seed
+            if len(owners) != 1:
+                known = sorted({k for keys in SCHEMA.values() for k in keys} | set(AXIS_KINDS))
+                raise SpecError(f"unknown spec key {key!r} in --set" + _suggest(key, known))
+            section, sub = owners[0], key
+        out.setdefault(section, {})
+        if not isinstance(out[section], dict):
+            raise SpecError(f"spec key {section!r} must be a table.")
+        out[section][sub] = value
+    return out
+
+
+def load(path) -> dict:
+    """Read a TOML spec file (not yet validated against an experiment)."""
+    path = pathlib.Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError(f"cannot read spec file {str(path)!r}: {e.strerror}.") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"spec file {str(path)!r} is not valid TOML: {e}.") from None
+
+
+def merge(base: dict, over: dict) -> dict:
+    """Deep-merge two specs (``over`` wins)."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out

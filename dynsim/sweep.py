@@ -1,0 +1,242 @@
+"""Sweeps: axes -> members -> width buckets -> groups.
+
+A :class:`Sweep` is the Cartesian product of its axes. Each point is a *member*, identified by its flat index in C
+order over :data:`AXES`. ``optimizer`` and ``width`` are *static*: they change the compiled program (the optimizer's
+state, the padded width). Everything else is *traced*: a member's learning rate, seed, init scale, weight decay,
+momentum and parametrization exponents are arrays with a leading member axis, so members that differ only in those
+share one compiled program.
+
+:func:`plan` sorts members into width buckets, each padded to its largest width, choosing the buckets by dynamic
+programming over a cost model (padded FLOPs plus compile time), and picks how many members share one vectorised
+step (:func:`group_size`) from the backend and the activation footprint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from . import param as _param
+
+__all__ = ["Sweep", "Bucket", "AXES", "plan", "group_size"]
+
+AXES = ("optimizer", "param", "width", "lr", "seed", "init_scale", "weight_decay", "momentum")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+def _tuple(name, values, kind):
+    if isinstance(values, (str, int, float, np.integer, np.floating)):
+        values = (values,)
+    values = tuple(np.asarray(values).tolist()) if not isinstance(values, (tuple, list)) else tuple(values)
+    if not values:
+        raise ValueError(f"sweep axis {name!r} is empty; give it at least one value.")
+    out = []
+    for v in values:
+        if kind is str:
+            if not isinstance(v, str):
+                raise ValueError(f"sweep axis {name!r} takes names, got {v!r}.")
+            out.append(v)
+        elif kind is int:
+            if isinstance(v, bool) or not float(v).is_integer():
+                raise ValueError(f"sweep axis {name!r} takes integers, got {v!r}.")
+            out.append(int(v))
+        else:
+            if isinstance(v, (bool, str)):
+                raise ValueError(f"sweep axis {name!r} takes numbers, got {v!r}.")
+            out.append(float(v))
+    if len(set(out)) != len(out):
+        raise ValueError(f"sweep axis {name!r} has repeated values {out!r}.")
+    return tuple(out)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Sweep:
+    """The axes of a sweep. Every axis is a tuple of values; the sweep is their Cartesian product.
+
+    Attributes:
+      width: hidden widths (static: bucketed and padded).
+      lr: base learning rates.
+      seed: initialisation seeds.
+      param: parametrization names (see :mod:`dynsim.param`).
+      optimizer: ``"sgd"`` (with the ``momentum`` axis as heavy-ball coefficient), ``"adam"`` or ``"adamw"``
+        (static: one program per optimizer).
+      init_scale: multiplier of every layer's init std.
+      weight_decay: L2 coefficient (coupled for ``sgd``/``adam``, decoupled for ``adamw``).
+      momentum: heavy-ball coefficient for ``sgd``.
+    """
+
+    width: tuple[int, ...]
+    lr: tuple[float, ...]
+    seed: tuple[int, ...] = (0,)
+    param: tuple[str, ...] = ("mup",)
+    optimizer: tuple[str, ...] = ("sgd",)
+    init_scale: tuple[float, ...] = (1.0,)
+    weight_decay: tuple[float, ...] = (0.0,)
+    momentum: tuple[float, ...] = (0.0,)
+
+    def __post_init__(self):
+        kinds = dict(optimizer=str, param=str, width=int, lr=float, seed=int, init_scale=float,
+                     weight_decay=float, momentum=float)
+        for name, kind in kinds.items():
+            object.__setattr__(self, name, _tuple(name, getattr(self, name), kind))
+        for w in self.width:
+            if w < 1:
+                raise ValueError(f"sweep width must be positive, got {w}.")
+        for v in self.lr:
+            if not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"sweep lr must be positive and finite, got {v}.")
+        for v in self.init_scale:
+            if not (v > 0 and math.isfinite(v)):
+                raise ValueError(f"sweep init_scale must be positive and finite, got {v}.")
+        for v in self.momentum:
+            if not 0 <= v < 1:
+                raise ValueError(f"sweep momentum must lie in [0, 1), got {v}.")
+        for v in self.weight_decay:
+            if not math.isfinite(v):
+                raise ValueError(f"sweep weight_decay must be finite, got {v}.")
+        for p in self.param:
+            _param.get(p)
+        for o in self.optimizer:
+            if o not in OPTIMIZERS:
+                raise ValueError(f"unknown optimizer {o!r}; choose one of {', '.join(OPTIMIZERS)}.")
+        for s in self.seed:
+            if s < 0:
+                raise ValueError(f"sweep seed must be non-negative, got {s}.")
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(len(getattr(self, a)) for a in AXES)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    def coords(self) -> dict[str, tuple]:
+        return {a: getattr(self, a) for a in AXES}
+
+    def members(self) -> dict[str, np.ndarray]:
+        """The flat member table: one array per axis, of length :attr:`size`, in C order over :data:`AXES`."""
+        grids = np.meshgrid(*[np.arange(n) for n in self.shape], indexing="ij")
+        return {a: np.asarray(getattr(self, a), dtype=object if a in ("optimizer", "param") else None)[g.ravel()]
+                for a, g in zip(AXES, grids)}
+
+    def to_dict(self) -> dict:
+        return {a: list(getattr(self, a)) for a in AXES}
+
+
+@dataclasses.dataclass(frozen=True)
+class Bucket:
+    """Members that run in one compiled program: one optimizer, one padded width.
+
+    Attributes:
+      optimizer: the optimizer family.
+      n_pad: padded width.
+      members: flat member indices, sorted.
+      group: members per vectorised step.
+    """
+
+    optimizer: str
+    n_pad: int
+    members: np.ndarray
+    group: int
+
+    @property
+    def n_groups(self) -> int:
+        return -(-len(self.members) // self.group)
+
+
+def default_backend() -> str:
+    return jax.default_backend()
+
+
+def group_size(n_pad: int, batch: int, n_members: int, *, backend: str | None = None,
+               slab_bytes: float | None = None, depth: int = 2, itemsize: int = 4) -> int:
+    """How many members share one vectorised step.
+
+    On CPU, throughput peaks when one group's activations fit in cache (DESIGN.md section 9): members are
+    grouped so that ``group * n_pad * batch * depth * itemsize`` is about ``slab_bytes`` (default 1 MiB); wider
+    members run alone. On GPU/TPU the group is as large as the member count allows (memory permitting, see
+    :func:`dynsim.train.memory_estimate`), which is what fills the device. The result is a power of two, so
+    buckets of different sizes reuse few program shapes.
+    """
+    backend = backend or default_backend()
+    if backend == "cpu":
+        slab = slab_bytes or 2**20
+        g = max(1, int(slab // (n_pad * max(batch, 1) * max(depth - 1, 1) * itemsize)))
+    else:
+        slab = slab_bytes or 2**30
+        g = max(1, int(slab // (n_pad * max(batch, 1) * max(depth - 1, 1) * itemsize)))
+    g = min(g, max(n_members, 1))
+    return 1 << (g.bit_length() - 1)
+
+
+def _bucket_widths(widths: Sequence[int], counts: Sequence[int], flops_fn, compile_cost: float) -> list[list[int]]:
+    """Partition sorted widths into contiguous buckets minimising sum(count * flops(pad)) + compile_cost * #buckets."""
+    k = len(widths)
+    best = [0.0] + [math.inf] * k
+    cut = [0] * (k + 1)
+    for j in range(1, k + 1):
+        for i in range(j):
+            cost = best[i] + compile_cost + sum(counts[i:j]) * flops_fn(widths[j - 1])
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    out, j = [], k
+    while j > 0:
+        out.append(list(widths[cut[j]:j]))
+        j = cut[j]
+    return out[::-1]
+
+
+def plan(sweep: Sweep, model, *, steps: int, batch: int, done: np.ndarray | None = None,
+         backend: str | None = None, group: int | None = None, slab_bytes: float | None = None,
+         compile_seconds: float | None = None, flop_rate: float | None = None,
+         buckets: Sequence[Sequence[int]] | None = None) -> list[Bucket]:
+    """Sort the members of ``sweep`` that are not ``done`` into buckets.
+
+    Args:
+      sweep: the sweep.
+      model: model spec (needs ``flops(width, n_samples)``).
+      steps: training steps (weights the FLOP term of the cost model).
+      batch: samples per step.
+      done: boolean mask of members already computed (resume); they are skipped.
+      backend: ``"cpu"``, ``"gpu"`` or ``"tpu"``; default: JAX's default backend.
+      group: force the members per vectorised step (default: :func:`group_size`).
+      compile_seconds, flop_rate: cost-model constants; compile time is charged as
+        ``compile_seconds * flop_rate`` FLOPs per bucket.
+      buckets: force the width buckets (lists of widths), bypassing the cost model.
+    Returns:
+      Buckets in order of increasing padded width.
+    """
+    backend = backend or default_backend()
+    compile_seconds = 0.4 if compile_seconds is None else compile_seconds
+    flop_rate = flop_rate or (5e10 if backend == "cpu" else 2e13)
+    table = sweep.members()
+    todo = np.ones(sweep.size, bool) if done is None else ~np.asarray(done, bool)
+    out = []
+    for opt in sweep.optimizer:
+        sel = todo & (table["optimizer"] == opt)
+        widths = sorted(set(table["width"][sel].tolist()))
+        if not widths:
+            continue
+        counts = [int(np.sum(sel & (table["width"] == w))) for w in widths]
+        if buckets is None:
+            parts = _bucket_widths(widths, counts, lambda n: steps * model.flops(n, batch),
+                                   compile_seconds * flop_rate)
+        else:
+            parts = [[w for w in b if w in widths] for b in buckets]
+            missing = set(widths) - {w for b in parts for w in b}
+            if missing:
+                raise ValueError(f"forced buckets miss widths {sorted(missing)}.")
+            parts = [b for b in parts if b]
+        for part in parts:
+            n_pad = max(part)
+            idx = np.flatnonzero(sel & np.isin(table["width"], part))
+            g = group or group_size(n_pad, batch, len(idx), backend=backend, slab_bytes=slab_bytes,
+                                    depth=model.depth)
+            g = min(g, len(idx))
+            out.append(Bucket(opt, n_pad, idx, g))
+    return out

@@ -1,0 +1,5 @@
+"""Analytic laws, one module per family. Every function documents its formula, reference and regime of validity."""
+
+from . import parametrization as parametrization
+
+__all__ = ["parametrization"]

@@ -1,0 +1,274 @@
+"""Training: per-member step functions, scanned segments and the sweep executor.
+
+The unit of compiled work is a *group*: ``G`` members of one bucket (same optimizer, same padded width) whose
+states carry a leading member axis. :func:`init_group` builds their states and the records at step 0;
+:func:`run_segment` advances them by ``records_per_segment * record_every`` steps inside one ``lax.scan`` and
+returns the records. Both are jitted with the static :class:`Program` as cache key, so every group of a bucket, and
+every later sweep with the same shapes, reuses one executable.
+
+Members never interact: per-member functions are ``vmap``-ed, the shared input batch is an unbatched argument
+(which turns the first layer of all members into a single matmul), and a diverged member is frozen and zeroed
+inside its own slice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import time
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from . import obs as _obs
+from .models import MLP, width_mask
+from .tasks import Data, TeacherStudent
+
+__all__ = ["Program", "Hyper", "MemberState", "make_optimizer", "init_group", "run_segment", "memory_estimate",
+           "TRACE_COUNT"]
+
+# Incremented whenever a program is traced (a Python side effect at trace time); tests use it to prove that new
+# numbers do not retrace.
+TRACE_COUNT = {"init": 0, "segment": 0}
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Program:
+    """Everything static about a compiled group program. Hashes by value.
+
+    Attributes:
+      model: the model spec.
+      task: the task spec.
+      optimizer: ``"sgd"``, ``"adam"`` or ``"adamw"``.
+      n_pad: padded width of the bucket.
+      record_every: steps between records.
+      records_per_segment: records per call of :func:`run_segment`.
+      batch_size: samples per step (0: full batch).
+      observables: names of the recorded observables (see :mod:`dynsim.obs`).
+      diverge_factor: a member whose loss exceeds ``diverge_factor * max(loss_0, 1)`` (or is not finite) diverges.
+      betas: Adam's ``(b1, b2)``.
+      eps: Adam's epsilon.
+    """
+
+    model: MLP
+    task: TeacherStudent
+    optimizer: str
+    n_pad: int
+    record_every: int
+    records_per_segment: int
+    batch_size: int = 0
+    observables: tuple[str, ...] = ("loss", "test_loss")
+    diverge_factor: float = 1e4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    @property
+    def steps_per_segment(self) -> int:
+        return self.record_every * self.records_per_segment
+
+
+class Hyper(NamedTuple):
+    """Traced per-member numbers (each with a leading member axis inside a group).
+
+    Attributes:
+      width: true width ``n``.
+      lr: base learning rate.
+      momentum: heavy-ball coefficient (SGD).
+      weight_decay: weight-decay coefficient.
+      init_scale: init std multiplier.
+      abc: ``[3, 3]`` parametrization exponents (rows ``a, b, c``) for this member's optimizer.
+      key: PRNG key data (``uint32[2]``) of the member's seed.
+    """
+
+    width: jax.Array
+    lr: jax.Array
+    momentum: jax.Array
+    weight_decay: jax.Array
+    init_scale: jax.Array
+    abc: jax.Array
+    key: jax.Array
+
+
+class MemberState(NamedTuple):
+    """Per-member training state.
+
+    Attributes:
+      params: weight matrices.
+      opt_state: optax state.
+      alive: False once the member has diverged.
+      diverged_at: step at which the member diverged, -1 if it has not.
+      loss0: training loss at step 0 (reference for the divergence test).
+      extra: observable state carried between records (e.g. a warm-started eigenvector).
+    """
+
+    params: tuple
+    opt_state: Any
+    alive: jax.Array
+    diverged_at: jax.Array
+    loss0: jax.Array
+    extra: Any
+
+
+def _scale_by_tree(scales) -> optax.GradientTransformation:
+    """Multiply each update leaf by the matching leaf of ``scales`` (per-layer learning rates)."""
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, s: s * u, updates, scales), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def make_optimizer(prog: Program, hyper: Hyper, lr_mult) -> optax.GradientTransformation:
+    """The optax optimizer of one member, with per-layer learning rates ``lr * n^-c_l``.
+
+    ``sgd``: L2 weight decay, heavy-ball momentum (``optax.trace``), per-layer step. ``adam``: L2 weight decay added
+    to the gradient before Adam's scaling. ``adamw``: decoupled weight decay (Loshchilov & Hutter), scaled by the
+    layer's learning rate as in ``optax.adamw``.
+    """
+    steps = tuple(-hyper.lr * lr_mult[i] for i in range(prog.model.depth))
+    wd = hyper.weight_decay
+    if prog.optimizer == "sgd":
+        return optax.chain(optax.add_decayed_weights(wd), optax.trace(decay=hyper.momentum), _scale_by_tree(steps))
+    b1, b2 = prog.betas
+    if prog.optimizer == "adam":
+        return optax.chain(optax.add_decayed_weights(wd), optax.scale_by_adam(b1, b2, prog.eps),
+                           _scale_by_tree(steps))
+    if prog.optimizer == "adamw":
+        return optax.chain(optax.scale_by_adam(b1, b2, prog.eps), optax.add_decayed_weights(wd),
+                           _scale_by_tree(steps))
+    raise ValueError(f"unknown optimizer {prog.optimizer!r}.")
+
+
+def _loss(prog: Program, params, scales, mask, x, y):
+    out = prog.model.apply(params, x, scales.mult, mask)
+    return 0.5 * jnp.mean((out - y) ** 2)
+
+
+def _member_parts(prog: Program, hyper: Hyper):
+    scales = prog.model.scales(hyper.width, hyper.abc, hyper.init_scale)
+    mask = width_mask(hyper.width, prog.n_pad)
+    return scales, mask, make_optimizer(prog, hyper, scales.lr)
+
+
+def _records(prog: Program, data: Data, hyper: Hyper, state: MemberState):
+    scales, mask, _ = _member_parts(prog, hyper)
+    ctx = _obs.Context(prog=prog, data=data, hyper=hyper, scales=scales, mask=mask)
+    out, extra = {}, dict(state.extra)
+    for name in prog.observables:
+        value, new = _obs.get(name).compute(ctx, state.params, state.extra.get(name))
+        if new is not None:
+            extra[name] = new
+        out[name] = jnp.where(state.alive, value, jnp.nan)
+    return out, state._replace(extra=extra)
+
+
+def _init_member(prog: Program, data: Data, hyper: Hyper) -> MemberState:
+    scales, mask, opt = _member_parts(prog, hyper)
+    key = jax.random.wrap_key_data(hyper.key)
+    params = prog.model.init(key, prog.n_pad, hyper.width, scales.std)
+    x, y = prog.task.batch(data, 0, prog.batch_size)
+    if prog.task.online:
+        x, y = data.x_test, data.y_test
+    loss0 = _loss(prog, params, scales, mask, x, y)
+    ctx = _obs.Context(prog=prog, data=data, hyper=hyper, scales=scales, mask=mask)
+    extra = {}
+    for name in prog.observables:
+        init_extra = _obs.get(name).init_extra
+        if init_extra is not None:
+            extra[name] = init_extra(ctx, params)
+    return MemberState(params, opt.init(params), jnp.asarray(True), jnp.asarray(-1, jnp.int32), loss0, extra)
+
+
+def _step_member(prog: Program, hyper: Hyper, state: MemberState, batch, step):
+    scales, mask, opt = _member_parts(prog, hyper)
+    x, y = batch
+    loss, grads = jax.value_and_grad(_loss, argnums=1)(prog, state.params, scales, mask, x, y)
+    updates, opt_state = opt.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    bad = ~jnp.isfinite(loss) | (loss > prog.diverge_factor * jnp.maximum(state.loss0, 1.0))
+    newly = state.alive & bad
+    alive = state.alive & ~bad
+    # A diverged member is frozen at zero: its records are NaN from now on, and zero weights keep non-finite
+    # numbers (and their slow paths) out of the arithmetic it still shares a program with.
+    keep = lambda new: jax.tree.map(lambda n: jnp.where(alive, n, jnp.zeros_like(n)), new)
+    return state._replace(
+        params=keep(params),
+        opt_state=keep(opt_state),
+        alive=alive,
+        diverged_at=jnp.where(newly, step, state.diverged_at).astype(jnp.int32),
+    )
+
+
+_HYPER_AXES = Hyper(0, 0, 0, 0, 0, 0, 0)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def init_group(prog: Program, data: Data, hyper: Hyper):
+    """States of a group of members and their records at step 0.
+
+    Args:
+      prog: static program description.
+      data: task arrays (shared by all members).
+      hyper: per-member numbers with leading axis ``G``.
+    Returns:
+      ``(state, records)`` with leading axis ``G``; ``records[name]`` has shape ``[G, ...]``.
+    """
+    TRACE_COUNT["init"] += 1
+
+    def one(h):
+        state = _init_member(prog, data, h)
+        records, state = _records(prog, data, h, state)
+        return state, records
+
+    return jax.vmap(one)(hyper)
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=2)
+def run_segment(prog: Program, data: Data, state: MemberState, hyper: Hyper, step0):
+    """Advance a group by ``prog.steps_per_segment`` steps from ``step0``, recording every ``record_every`` steps.
+
+    Returns:
+      ``(state, records)``; ``records[name]`` has shape ``[records_per_segment, G, ...]``.
+    """
+    TRACE_COUNT["segment"] += 1
+    step_all = jax.vmap(functools.partial(_step_member, prog), in_axes=(0, 0, None, None))
+    record_all = jax.vmap(functools.partial(_records, prog, data))
+
+    def one_step(st, t):
+        batch = prog.task.batch(data, t, prog.batch_size)
+        return step_all(hyper, st, batch, t), None
+
+    def interval(st, r):
+        start = step0 + r * prog.record_every
+        st, _ = jax.lax.scan(one_step, st, start + jnp.arange(prog.record_every))
+        recs, st = record_all(hyper, st)
+        return st, recs
+
+    return jax.lax.scan(interval, state, jnp.arange(prog.records_per_segment))
+
+
+def memory_estimate(prog: Program, group: int) -> int:
+    """Bytes a group program needs, estimated before compiling.
+
+    Parameters, gradients and optimizer state (1 extra copy for SGD with momentum, 2 for Adam) per member, plus
+    forward activations and their gradients (about 3 copies of each hidden ``[n_pad, batch]`` array), plus the
+    shared data.
+    """
+    itemsize = jnp.dtype(jnp.result_type(float)).itemsize
+    n_params = prog.model.n_params(prog.n_pad)
+    copies = 3 + (2 if prog.optimizer in ("adam", "adamw") else 1)
+    task = prog.task
+    batch = prog.batch_size or task.n_train or 1
+    evals = max(task.n_train, task.n_test)
+    acts = 3 * (prog.model.depth - 1) * prog.n_pad * max(batch, evals)
+    data = (task.d_in + task.d_out) * (task.n_train + task.n_test)
+    return int(itemsize * (group * (copies * n_params + acts) + data))

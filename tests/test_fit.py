@@ -1,0 +1,383 @@
+"""Tests for dynsim.fit: power-law / line fits with bootstrap confidence intervals.
+
+All data are synthetic with a known truth; every random draw uses a fixed seed, so the tests are deterministic. The
+statistical tolerances are nevertheless chosen so that they would also pass for the overwhelming majority of seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from dynsim import fit
+
+NAN = float("nan")
+
+# Shared design: 10 log-spaced abscissae over three decades.
+X = np.logspace(1.0, 4.0, 10)
+LX = np.log(X)
+SXX = float(np.sum((LX - LX.mean()) ** 2))
+
+
+def _lognormal(shape: tuple[int, ...], sigma: float, seed: int) -> np.ndarray:
+    """Multiplicative noise ``exp(sigma * N(0, 1))``."""
+    return np.exp(sigma * np.random.default_rng(seed).standard_normal(shape))
+
+
+def _ols_slope_se(sigma: float, n_seeds: int) -> float:
+    """Standard error of the OLS slope of ``log(mean_s y)`` on ``log x``.
+
+    With multiplicative lognormal noise of log-scale ``sigma``, ``log(mean over S seeds)`` has noise of standard
+    deviation ``~ sigma / sqrt(S)`` at each x (delta method), and the OLS slope's standard error is that divided by
+    ``sqrt(sum_k (log x_k - mean)^2)``.
+    """
+    return sigma / math.sqrt(n_seeds * SXX)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# power_law without offset
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_power_law_seed_replicates_recovers_exponent():
+    sigma, n_seeds = 0.05, 8
+    y = 3.0 * X**-0.7 * _lognormal((n_seeds, X.size), sigma, seed=1)
+    res = fit.power_law(X, y)
+
+    se = _ols_slope_se(sigma, n_seeds)
+    # 4 standard errors: a Gaussian estimator misses this band with probability 6e-5.
+    assert abs(res.exponent - 0.7) < 4 * se
+    # Intercept SE = sigma/sqrt(S) * sqrt(1/K + mean(log x)^2 / Sxx); add sigma^2 for the log-of-mean bias
+    # (log E[exp(sigma Z)] = sigma^2 / 2, shared by all x so it only moves the prefactor).
+    se_log_c = sigma / math.sqrt(n_seeds) * math.sqrt(1 / X.size + LX.mean() ** 2 / SXX)
+    assert abs(math.log(res.prefactor) - math.log(3.0)) < 4 * se_log_c + sigma**2
+    assert res.offset == 0.0
+    # A 95% interval covers the truth for 95% of datasets; with this fixed seed it does (deterministic check).
+    lo, hi = res.exponent_ci
+    assert lo < 0.7 < hi
+    assert res.prefactor_ci[0] < 3.0 < res.prefactor_ci[1]
+    # The bootstrap interval width should be of the order of the analytical one (2 * 1.96 * se); a factor 3 either
+    # way allows for the small-sample (S = 8) variability of the bootstrap spread.
+    assert (2 * 1.96 * se) / 3 < hi - lo < 3 * (2 * 1.96 * se)
+    assert res.n_boot == 1000 and res.level == 0.95
+
+
+def test_power_law_single_series_residual_bootstrap():
+    sigma = 0.05
+    y = 3.0 * X**-0.7 * _lognormal((X.size,), sigma, seed=2)
+    res = fit.power_law(X, y, level=0.9)
+
+    se = _ols_slope_se(sigma, 1)  # single series: no averaging over seeds
+    assert abs(res.exponent - 0.7) < 4 * se  # 4 SE: miss probability 6e-5 for a Gaussian estimator
+    assert res.exponent_ci[0] < 0.7 < res.exponent_ci[1]  # fixed-seed check of a 90% interval
+    assert res.n_boot == 1000 and res.level == 0.9
+    # A 2-D array with a single seed is the same data, so it takes the same (residual-bootstrap) path.
+    assert fit.power_law(X, y[None, :], level=0.9) == res
+
+
+def test_power_law_noiseless_exact():
+    y = 3.0 * X**-0.7
+    for data in (y, np.tile(y, (5, 1))):
+        res = fit.power_law(X, data, n_boot=50)
+        # Closed-form least squares on exact data: only floating-point rounding (~1e-15) remains; 1e-10 is generous.
+        assert res.exponent == pytest.approx(0.7, abs=1e-10)
+        assert res.prefactor == pytest.approx(3.0, rel=1e-10)
+        # Every bootstrap replicate sees the same exact data (identical seeds / zero residuals): degenerate CI.
+        assert res.exponent_ci == pytest.approx((0.7, 0.7), abs=1e-10)
+        assert res.prefactor_ci == pytest.approx((3.0, 3.0), rel=1e-10)
+        np.testing.assert_allclose(res.predict(X), y, rtol=1e-10)
+
+
+def test_power_law_positive_exponent_sign_convention():
+    growing = fit.power_law(X, 2.0 * X**0.3, n_boot=0)
+    assert growing.exponent == pytest.approx(-0.3, abs=1e-10)  # exact data, rounding only
+    decaying = fit.power_law(X, 2.0 * X**-0.3, n_boot=0)
+    assert decaying.exponent == pytest.approx(0.3, abs=1e-10)
+
+
+def test_power_law_without_bootstrap_has_nan_ci():
+    res = fit.power_law(X, 3.0 * X**-0.7, n_boot=0)
+    assert res.n_boot == 0
+    for ci in (res.exponent_ci, res.prefactor_ci, res.offset_ci):
+        assert all(math.isnan(v) for v in ci)
+
+
+def test_power_law_ignores_nan_and_drops_bad_points():
+    y = np.tile(3.0 * X**-0.7, (4, 1))
+    y[0, 1] = NAN  # one missing seed: the mean of the others is still exact
+    y[:, 2] = NAN  # a column with no data: dropped
+    y[:, 5] = -1.0  # non-positive mean: dropped
+    res = fit.power_law(X, y, n_boot=100)
+    assert res.exponent == pytest.approx(0.7, abs=1e-10)  # remaining points are exact
+    assert res.prefactor == pytest.approx(3.0, rel=1e-10)
+    assert res.n_boot == 100
+
+    # 1-D series with NaN and a zero: dropped, residual bootstrap runs on the remaining points.
+    y1 = 3.0 * X**-0.7
+    y1[[0, 4]] = [NAN, 0.0]
+    res1 = fit.power_law(X, y1, n_boot=100)
+    assert res1.exponent == pytest.approx(0.7, abs=1e-10)
+
+
+def test_power_law_bootstrap_skips_failed_refits():
+    # Column 1..8 are NaN except in seed 0, so resamples without seed 0 keep only points 0 and 9 (still 2 points),
+    # while the offset fit (needs 3) fails on them and those replicates are skipped.
+    y = np.tile(2.0 * X**-0.5 + 0.1, (3, 1))
+    y[1:, 1:9] = NAN
+    res = fit.power_law(X, y, offset=True, n_boot=200, seed=3)
+    # P(resample misses seed 0) = (2/3)^3 = 0.30, so ~60 of 200 fail; 0 < n_boot < 200 holds with overwhelming odds.
+    assert 0 < res.n_boot < 200
+
+
+def test_power_law_seed_reproducible_and_axis_seed():
+    y = 3.0 * X**-0.7 * _lognormal((6, X.size), 0.05, seed=4)
+    a = fit.power_law(X, y, seed=11)
+    assert fit.power_law(X, y, seed=11) == a
+    assert fit.power_law(X, y, seed=12).exponent_ci != a.exponent_ci
+    assert fit.power_law(X, y.T, seed=11, axis_seed=1) == a
+    assert fit.power_law(X, y, seed=11, axis_seed=0) == a
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# power_law with offset
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _offset_fit_se(x: np.ndarray, c: float, alpha: float, y_inf: float, sigma: float, n_seeds: int) -> np.ndarray:
+    """Delta-method standard errors of ``(y_inf, log c, alpha)`` for the variable-projection offset fit.
+
+    The fit minimises ``sum_k r_k^2`` with ``r_k = log(ybar_k - y_inf) - log c + alpha log x_k``. Noise
+    ``ybar_k = y_k (1 + eps_k)``, ``eps_k ~ N(0, sigma^2 / S)``, perturbs ``r_k`` by ``D_k eps_k`` with
+    ``D_k = y_k / (y_k - y_inf)``; linearising, ``Cov = (J^T J)^-1 J^T D^2 J (J^T J)^-1 sigma^2 / S``.
+    """
+    y = c * x**-alpha + y_inf
+    jac = np.stack([-1.0 / (y - y_inf), -np.ones_like(x), np.log(x)], axis=1)
+    d = y / (y - y_inf)
+    inv = np.linalg.inv(jac.T @ jac)
+    cov = inv @ jac.T @ np.diag(d**2) @ jac @ inv * sigma**2 / n_seeds
+    return np.sqrt(np.diag(cov))
+
+
+def test_power_law_offset_recovers_exponent_and_offset():
+    sigma, n_seeds = 0.01, 8
+    truth = 2.0 * X**-0.5 + 0.1
+    y = truth * _lognormal((n_seeds, X.size), sigma, seed=5)
+    res = fit.power_law(X, y, offset=True, n_boot=300)
+
+    se_offset, se_log_c, se_alpha = _offset_fit_se(X, 2.0, 0.5, 0.1, sigma, n_seeds)
+    # 4 delta-method standard errors (checked against a 300-dataset Monte Carlo to within 10%): miss prob. ~1e-4.
+    assert abs(res.exponent - 0.5) < 4 * se_alpha
+    assert abs(res.offset - 0.1) < 4 * se_offset
+    assert abs(math.log(res.prefactor) - math.log(2.0)) < 4 * se_log_c
+    # Fixed-seed check that the 95% intervals cover the truth.
+    assert res.exponent_ci[0] < 0.5 < res.exponent_ci[1]
+    assert res.offset_ci[0] < 0.1 < res.offset_ci[1]
+    assert res.n_boot == 300
+
+
+def test_power_law_offset_noiseless():
+    truth = 2.0 * X**-0.5 + 0.1
+    res = fit.power_law(X, truth, offset=True, n_boot=0)
+    # The offset is found by Brent's bounded search, whose relative tolerance is ~sqrt(machine eps) = 1.5e-8 in the
+    # search variable; the objective is quadratic at the optimum, so 1e-6 bounds the parameter error comfortably.
+    assert res.exponent == pytest.approx(0.5, abs=1e-6)
+    assert res.offset == pytest.approx(0.1, abs=1e-6)
+    assert res.prefactor == pytest.approx(2.0, rel=1e-6)
+    np.testing.assert_allclose(res.predict(X), truth, rtol=1e-6)
+
+    # Without a true offset the search must find y_inf ~ 0 (the lower bound), not a spurious interior optimum.
+    res0 = fit.power_law(X, 2.0 * X**-0.5, offset=True, n_boot=0)
+    assert res0.offset == pytest.approx(0.0, abs=1e-6 * 2.0 * X.max() ** -0.5)  # same tolerance, relative to min(y)
+    assert res0.exponent == pytest.approx(0.5, abs=1e-6)
+
+
+def test_power_law_offset_residual_bootstrap_runs():
+    truth = 2.0 * X**-0.5 + 0.1
+    y = truth * _lognormal((X.size,), 0.005, seed=6)
+    res = fit.power_law(X, y, offset=True, n_boot=100)
+    # Single series (S = 1): 4 delta-method standard errors, miss probability ~1e-4.
+    assert abs(res.exponent - 0.5) < 4 * _offset_fit_se(X, 2.0, 0.5, 0.1, 0.005, 1)[2]
+    assert res.n_boot > 90  # almost all refits succeed on 10 well-behaved points
+    assert res.exponent_ci[0] <= res.exponent <= res.exponent_ci[1]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Coverage
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("n_seeds", [16, 1])
+def test_power_law_ci_coverage(n_seeds: int):
+    """Over 40 independent datasets the 90% CI must cover the true exponent at least 28 times.
+
+    Percentile bootstraps under-cover with few replicates because they use normal rather than Student-t quantiles
+    (and the seed bootstrap also shrinks the variance by (S-1)/S). The expected coverage of a nominal 90% interval is
+    about P(|t_15| < 1.645 sqrt(15/16)) = 0.87 for the seed bootstrap with S = 16 and P(|t_8| < 1.645) = 0.86 for the
+    residual bootstrap on K = 10 points (8 residual degrees of freedom). Hits are then Binomial(40, 0.86), and
+    P(hits <= 27) <= 0.2%, while an interval that is badly too narrow (true coverage 0.6) fails with probability
+    > 99%. With S = 8 seeds the coverage would be only ~0.83 and P(hits <= 27) ~ 1%, hence S = 16 here.
+    """
+    sigma, n_datasets = 0.05, 40
+    hits = 0
+    for i in range(n_datasets):
+        noise = _lognormal((n_seeds, X.size), sigma, seed=1000 + i)
+        y = 3.0 * X**-0.7 * noise
+        res = fit.power_law(X, y if n_seeds > 1 else y[0], n_boot=400, level=0.9, seed=i)
+        hits += res.exponent_ci[0] <= 0.7 <= res.exponent_ci[1]
+    assert hits >= 28
+
+
+def test_slope_residual_bootstrap_ci_coverage():
+    """As :func:`test_power_law_ci_coverage`, for :func:`fit.slope` on a single series.
+
+    Expected coverage P(|t_10| < 1.645) = 0.87 with K = 12 points, so P(hits <= 27 of 40) = 0.13%.
+    """
+    x = np.linspace(0.0, 5.0, 12)
+    hits = 0
+    for i in range(40):
+        y = 0.8 * x - 1.0 + 0.05 * np.random.default_rng(2000 + i).standard_normal(x.size)
+        res = fit.slope(x, y, n_boot=400, level=0.9, seed=i)
+        hits += res.slope_ci[0] <= 0.8 <= res.slope_ci[1]
+    assert hits >= 28
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Bad input
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "x, y, kwargs",
+    [
+        (np.array([-1.0, 10.0, 100.0]), np.array([1.0, 0.5, 0.25]), {}),  # negative x
+        (np.array([0.0, 10.0, 100.0]), np.array([1.0, 0.5, 0.25]), {}),  # zero x
+        (np.array([1.0, np.nan, 100.0]), np.array([1.0, 0.5, 0.25]), {}),  # non-finite x
+        (np.ones((2, 3)), np.ones(3), {}),  # 2-D x
+        (np.array([10.0]), np.array([1.0]), {}),  # one point
+        (np.array([10.0, 100.0]), np.array([1.0, 0.5]), {"offset": True}),  # two points with offset
+        (np.array([10.0, 100.0, 1000.0]), np.array([1.0, np.nan, -1.0]), {}),  # one usable point
+        (np.array([10.0, 100.0, 1000.0]), np.full((3, 3), np.nan), {}),  # no usable point
+        (np.array([10.0, 10.0, 10.0]), np.array([1.0, 0.5, 0.25]), {}),  # no spread in x
+        (np.array([10.0, 100.0, 1000.0]), np.array([1.0, 0.5]), {}),  # mismatched 1-D
+        (np.array([10.0, 100.0, 1000.0]), np.ones((4, 2)), {}),  # mismatched 2-D
+        (np.array([10.0, 100.0, 1000.0]), np.ones((2, 2, 3)), {}),  # 3-D y
+        (np.array([10.0, 100.0, 1000.0]), np.ones(3), {"level": 1.0}),  # bad level
+        (np.array([10.0, 100.0, 1000.0]), np.ones(3), {"n_boot": -1}),  # bad n_boot
+    ],
+)
+def test_power_law_bad_input(x, y, kwargs):
+    with pytest.raises(ValueError):
+        fit.power_law(x, y, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "x, y",
+    [
+        (np.array([1.0]), np.array([1.0])),  # one point
+        (np.array([1.0, 2.0]), np.array([1.0, 2.0, 3.0])),  # mismatched
+        (np.array([1.0, 2.0, 3.0]), np.array([[1.0, np.nan, np.nan], [np.nan, np.nan, np.nan]])),  # 1 usable point
+        (np.array([np.inf, 2.0]), np.array([1.0, 2.0])),  # non-finite x
+    ],
+)
+def test_slope_bad_input(x, y):
+    with pytest.raises(ValueError):
+        fit.slope(x, y)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# slope
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_slope_on_bootstrap_rows():
+    # Rows are bootstrap replicates of log lr* vs log width whose per-row slope is exactly b_r = -1 + delta_r, so the
+    # CI must be the percentile interval of the b_r and the point estimate the slope of the row mean = mean(b_r).
+    lw = np.log([64.0, 128.0, 256.0, 512.0, 1024.0])
+    rng = np.random.default_rng(7)
+    deltas = 0.1 * rng.standard_normal(500)
+    intercepts = 2.0 + 0.3 * rng.standard_normal(500)
+    rows = (-1.0 + deltas)[:, None] * lw + intercepts[:, None]
+    res = fit.slope(lw, rows, level=0.9)
+
+    # Exact linear rows: only floating-point rounding separates the fit from the construction; 1e-10 is generous.
+    assert res.slope == pytest.approx(-1.0 + deltas.mean(), abs=1e-10)
+    assert res.intercept == pytest.approx(intercepts.mean(), abs=1e-10)
+    assert res.slope_ci == pytest.approx(tuple(np.percentile(-1.0 + deltas, [5.0, 95.0])), abs=1e-10)
+    assert res.intercept_ci == pytest.approx(tuple(np.percentile(intercepts, [5.0, 95.0])), abs=1e-10)
+    assert res.n_boot == 500 and res.level == 0.9
+
+
+def test_slope_rows_with_missing_points():
+    lw = np.log([64.0, 128.0, 256.0, 512.0])
+    rows = np.tile(-0.5 * lw + 1.0, (4, 1))
+    rows[0, 1:] = NAN  # one finite point: this row is skipped
+    rows[1, 0] = NAN  # three finite points: still an exact fit
+    rows[2, 3] = np.inf  # non-finite entries are ignored like NaN
+    res = fit.slope(lw, rows)
+    assert res.n_boot == 3
+    assert res.slope == pytest.approx(-0.5, abs=1e-10)  # every usable point is exact
+    assert res.slope_ci == pytest.approx((-0.5, -0.5), abs=1e-10)
+    assert res.intercept_ci == pytest.approx((1.0, 1.0), abs=1e-10)
+
+
+def test_slope_1d_residual_bootstrap():
+    sigma = 0.05
+    x = np.linspace(0.0, 5.0, 12)
+    y = 0.8 * x - 1.0 + sigma * np.random.default_rng(0).standard_normal(x.size)
+    res = fit.slope(x, y)
+    se = sigma / math.sqrt(np.sum((x - x.mean()) ** 2))  # OLS slope standard error
+    assert abs(res.slope - 0.8) < 4 * se  # 4 SE: miss probability 6e-5
+    assert res.slope_ci[0] < 0.8 < res.slope_ci[1]  # fixed-seed check of the 95% interval
+    assert res.n_boot == 1000
+    np.testing.assert_allclose(res.predict(x), res.slope * x + res.intercept)
+
+    no_boot = fit.slope(x, y, n_boot=0)
+    assert no_boot.slope == res.slope and all(math.isnan(v) for v in no_boot.slope_ci)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# agrees, serialisation
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "ci, predicted, tolerance, expected",
+    [
+        ((0.4, 0.6), 0.5, 0.0, True),  # inside
+        ((0.4, 0.6), 0.4, 0.0, True),  # on the lower edge (closed interval)
+        ((0.4, 0.6), 0.6, 0.0, True),  # on the upper edge
+        ((0.4, 0.6), 0.7, 0.0, False),  # above
+        ((0.4, 0.6), 0.3, 0.0, False),  # below
+        ((0.4, 0.6), 0.7, 0.15, True),  # above, rescued by tolerance
+        ((0.4, 0.6), 0.2, 0.15, False),  # below, tolerance not enough
+        ((0.5, 0.5), 0.5, 0.0, True),  # degenerate interval
+        ((NAN, 0.6), 0.5, 1.0, False),  # NaN lower end
+        ((0.4, NAN), 0.5, 1.0, False),  # NaN upper end
+        ((0.4, 0.6), NAN, 1.0, False),  # NaN prediction
+        ((0.4, 0.6), 0.5, NAN, False),  # NaN tolerance
+    ],
+)
+def test_agrees_truth_table(ci, predicted, tolerance, expected):
+    assert fit.agrees(ci, predicted, tolerance) is expected
+
+
+def test_agrees_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        fit.agrees((0.0, 1.0), 0.5, -0.1)
+    with pytest.raises(ValueError):
+        fit.agrees((0.0, 0.5, 1.0), 0.5, 0.1)  # type: ignore[arg-type]
+
+
+def test_to_dict_is_json_serialisable():
+    y = 3.0 * X**-0.7 * _lognormal((4, X.size), 0.05, seed=9)
+    d = fit.power_law(X, y, n_boot=50).to_dict()
+    assert json.loads(json.dumps(d)) == d
+    assert set(d) == {"exponent", "prefactor", "offset", "exponent_ci", "prefactor_ci", "offset_ci", "n_boot", "level"}
+    assert isinstance(d["exponent_ci"], list) and all(type(v) is float for v in d["exponent_ci"])
+
+    ld = fit.slope(LX, np.log(y), level=0.8).to_dict()
+    assert json.loads(json.dumps(ld)) == ld
+    assert set(ld) == {"slope", "intercept", "slope_ci", "intercept_ci", "n_boot", "level"}
