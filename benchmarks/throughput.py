@@ -1,0 +1,345 @@
+"""Ensemble throughput of the dynsim engine versus the loop a researcher writes (DESIGN.md section 9).
+
+Everything is measured in one process, as ratios:
+
+* **engine**: ``dynsim.run(MLP(d_in=d, depth=2), TeacherStudent(...), Sweep(...), steps=S, record_every=S)``,
+  full-batch SGD, standard parametrization;
+* **loop**: one ``jax.jit`` per width of a function that initialises a two-layer ReLU net in the usual layout
+  (``X`` is ``[P, d]``, ``h = X @ W1.T``, fan-in init) and runs ``lax.scan`` over ``S`` steps of full-batch SGD on
+  the same MSE loss, called in a Python loop over learning rate and seed (both traced arguments, so one compile per
+  width), blocking on the result;
+* **peak**: the best time of a jitted square float32 matmul, as FLOP/s.
+
+Useful FLOPs are ``model.flops(width, P) * steps`` summed over members (padding is not counted), the same count for
+the engine and the loop. Wall times include compilation; compile time is also reported on its own, both as JAX
+reports it (trace + lowering + backend compile, from :mod:`jax.monitoring`) and, for the engine, as
+``ds.attrs["timing"]["compile_s"]``.
+
+Usage::
+
+    python -m benchmarks.throughput                       # all three shapes, full size (~10+ min on 2 cores)
+    python -m benchmarks.throughput --shapes ii --steps 50
+    python -m benchmarks.throughput --smoke --json /tmp/b.json
+    python -m benchmarks.throughput --shapes i --variants "default;group=1;group=4;slab=4e6;buckets=each"
+
+``--variants`` runs the engine several times with different ``group=`` / ``slab_bytes=`` / ``buckets=`` settings
+against one loop measurement; the first variant gives the headline ``speedup`` and ``peak_fraction``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import dynsim
+from dynsim.models import MLP
+from dynsim.tasks import TeacherStudent
+
+__all__ = ["main", "SHAPES", "SMOKE_SHAPES", "matmul_peak", "run_engine", "run_loop"]
+
+
+def _widths(lo, hi, k):
+    return tuple(sorted({int(round(w)) for w in np.geomspace(lo, hi, k)}))
+
+
+def _lrs(lo, hi, k):
+    return tuple(float(f"{v:.4g}") for v in np.geomspace(lo, hi, k)) if k > 1 else (float(lo),)
+
+
+# Learning rates: standard parametrization under full-batch SGD is stable for lr below about 10 / width on this task
+# (top NTK eigenvalue ~ 0.16 n), so each range stays under that bound at the widest width; the run checks that no
+# member diverged and reports it.
+SHAPES = {
+    "i": dict(desc="FLOP-bound: 16 widths 16..1024 x 16 lrs x 4 seeds, P=1024, d=64",
+              widths=_widths(16, 1024, 16), lrs=_lrs(1e-4, 5e-3, 16), seeds=4, P=1024, d=64, steps=100),
+    "ii": dict(desc="overhead-bound: 8 widths 8..128 x 16 lrs x 4 seeds, P=128, d=16",
+               widths=_widths(8, 128, 8), lrs=_lrs(1e-3, 3e-2, 16), seeds=4, P=128, d=16, steps=200),
+    "iii": dict(desc="wide spread: 8 widths 16..4096, 1 lr, 1 seed, P=1024, d=64",
+                widths=_widths(16, 4096, 8), lrs=(1e-3,), seeds=1, P=1024, d=64, steps=100),
+}
+SMOKE_SHAPES = {
+    "i": dict(desc="smoke (i)", widths=(16, 32, 64), lrs=(1e-3, 3e-3), seeds=1, P=128, d=16, steps=5),
+    "ii": dict(desc="smoke (ii)", widths=(8, 16), lrs=(1e-3, 3e-3), seeds=1, P=32, d=8, steps=5),
+    "iii": dict(desc="smoke (iii)", widths=(16, 128), lrs=(1e-3,), seeds=1, P=128, d=16, steps=5),
+}
+N_TEST = 256
+
+
+# ----------------------------------------------------------------------------------------------- compile timing
+class _CompileClock:
+    """Sums JAX's own compile-phase durations (trace, lowering, backend compile) while active."""
+
+    EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+              "/jax/core/compile/backend_compile_duration")
+
+    def __init__(self):
+        self.total = 0.0
+        self.active = False
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+
+    def _listen(self, event, duration, **_):
+        if self.active and event in self.EVENTS:
+            self.total += duration
+
+    def __enter__(self):
+        self.total, self.active = 0.0, True
+        return self
+
+    def __exit__(self, *exc):
+        self.active = False
+
+
+_CLOCK = None
+
+
+def _clock() -> _CompileClock:
+    global _CLOCK
+    if _CLOCK is None:
+        _CLOCK = _CompileClock()
+    return _CLOCK
+
+
+# ----------------------------------------------------------------------------------------------------- the peak
+def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
+    """Best float32 FLOP/s of a jitted ``n x n`` matmul (compiled and warmed up first)."""
+    ka, kb = jax.random.split(jax.random.key(0))
+    a = jax.random.normal(ka, (n, n), jnp.float32)
+    b = jax.random.normal(kb, (n, n), jnp.float32)
+    f = jax.jit(lambda a, b: a @ b)
+    f(a, b).block_until_ready()
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a, b).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n**3 / best
+
+
+# ------------------------------------------------------------------------------------------------------ engine
+def _parse_variant(text: str) -> tuple[str, dict]:
+    """``"default"``, ``"group=4"``, ``"slab=4e6"``, ``"buckets=each"|"one"|"16,32/64"``, joined by ``+``."""
+    text = text.strip()
+    kw: dict = {}
+    if text in ("", "default"):
+        return "default", kw
+    for part in text.split("+"):
+        key, _, value = part.partition("=")
+        key = key.strip()
+        if key == "group":
+            kw["group"] = int(value)
+        elif key in ("slab", "slab_bytes"):
+            kw["slab_bytes"] = float(value)
+        elif key == "buckets":
+            kw["buckets"] = value.strip()
+        else:
+            raise ValueError(f"unknown variant key {key!r} in {text!r}; use group=, slab= or buckets=.")
+    return text, kw
+
+
+def _buckets(spec, widths):
+    if spec is None or isinstance(spec, list):
+        return spec
+    if spec == "each":
+        return [[w] for w in widths]
+    if spec == "one":
+        return [list(widths)]
+    return [[int(w) for w in b.split(",")] for b in spec.split("/")]
+
+
+def run_engine(shape: dict, steps: int, **kw) -> dict:
+    """Run the shape through ``dynsim.run``; wall time, compile time, divergence check."""
+    model = MLP(d_in=shape["d"], depth=2)
+    task = TeacherStudent(d_in=shape["d"], n_train=shape["P"], n_test=N_TEST)
+    sweep = dynsim.Sweep(width=shape["widths"], lr=shape["lrs"], seed=tuple(range(shape["seeds"])), param=("sp",))
+    kw = dict(kw)
+    kw["buckets"] = _buckets(kw.get("buckets"), shape["widths"])
+    with _clock() as clock:
+        t0 = time.perf_counter()
+        res = dynsim.run(model, task, sweep, steps=steps, record_every=steps, progress=False, **kw)
+        wall = time.perf_counter() - t0
+    timing = json.loads(res.attrs["timing"])
+    loss = res["loss"].values
+    first, last = loss[..., 0], loss[..., -1]
+    diverged = int(np.sum(res["diverged_at"].values >= 0))
+    return {
+        "wall_s": wall,
+        "compile_s": float(timing["compile_s"]),
+        "jax_compile_s": clock.total,
+        "buckets": json.loads(res.attrs["buckets"]),
+        "diverged": diverged,
+        "grew": int(np.sum(~(last <= first))),  # members whose final loss is not below the initial one
+        "mean_final_loss": float(np.nanmean(last)),
+    }
+
+
+# -------------------------------------------------------------------------------------------------------- loop
+def _loop_program(n: int, d: int, steps: int):
+    """The researcher's program for width ``n``: init a two-layer ReLU net and scan ``steps`` of full-batch SGD."""
+
+    def loss_fn(params, x, y):
+        w1, w2 = params
+        h = jax.nn.relu(x @ w1.T)  # [P, n]
+        out = (h @ w2.T)[:, 0]  # [P]
+        return 0.5 * jnp.mean((out - y) ** 2)
+
+    def train(x, y, lr, key):
+        k1, k2 = jax.random.split(key)
+        w1 = jax.random.normal(k1, (n, d), x.dtype) / math.sqrt(d)  # fan-in init
+        w2 = jax.random.normal(k2, (1, n), x.dtype) * math.sqrt(2.0 / n)  # He init for the ReLU read-out
+
+        def step(params, _):
+            grads = jax.grad(loss_fn)(params, x, y)
+            return jax.tree.map(lambda p, g: p - lr * g, params, grads), None
+
+        params, _ = jax.lax.scan(step, (w1, w2), None, length=steps)
+        return loss_fn(params, x, y)
+
+    return jax.jit(train)
+
+
+def run_loop(shape: dict, steps: int) -> dict:
+    """One jit per width, Python loop over lr and seed, blocking on each result."""
+    task = TeacherStudent(d_in=shape["d"], n_train=shape["P"], n_test=N_TEST)
+    with _clock() as clock:
+        t0 = time.perf_counter()
+        data = task.make()
+        x = jnp.asarray(data.x_train.T)  # usual layout: [P, d]
+        y = jnp.asarray(data.y_train[0])  # [P]
+        compile_s, first_call_s, later_call_s = 0.0, 0.0, 0.0
+        finals = []
+        for n in shape["widths"]:
+            f = _loop_program(n, shape["d"], steps)
+            first = True
+            for lr in shape["lrs"]:
+                for seed in range(shape["seeds"]):
+                    t1 = time.perf_counter()
+                    val = float(f(x, y, jnp.float32(lr), jax.random.key(seed)))  # float() blocks
+                    dt = time.perf_counter() - t1
+                    if first:
+                        first_call_s += dt
+                        first = False
+                    else:
+                        later_call_s += dt
+                    finals.append(val)
+        wall = time.perf_counter() - t0
+    return {"wall_s": wall, "jax_compile_s": clock.total, "first_calls_s": first_call_s,
+            "mean_final_loss": float(np.mean(finals)), "nonfinite": int(np.sum(~np.isfinite(finals)))}
+
+
+# ------------------------------------------------------------------------------------------------------- driver
+def useful_flops(shape: dict, steps: int) -> float:
+    model = MLP(d_in=shape["d"], depth=2)
+    per_width = len(shape["lrs"]) * shape["seeds"]
+    return float(sum(model.flops(n, shape["P"]) for n in shape["widths"]) * steps * per_width)
+
+
+def bench_shape(name: str, shape: dict, steps: int, peak: float, variants, log=print) -> dict:
+    flops = useful_flops(shape, steps)
+    members = len(shape["widths"]) * len(shape["lrs"]) * shape["seeds"]
+    log(f"[{name}] {shape['desc']}; {members} members, {steps} steps, {flops / 1e9:.1f} useful GFLOP")
+    engines = {}
+    for label, kw in variants:
+        e = run_engine(shape, steps, **kw)
+        e["gflops"] = flops / e["wall_s"] / 1e9
+        e["peak_fraction"] = e["gflops"] * 1e9 / peak
+        engines[label] = e
+        log(f"[{name}] engine[{label}]: {e['wall_s']:.2f} s ({e['gflops']:.1f} GFLOP/s, "
+            f"{100 * e['peak_fraction']:.0f}% of peak), compile_s {e['compile_s']:.2f} (attrs) / "
+            f"{e['jax_compile_s']:.2f} (jax), buckets [optimizer, n_pad, members, group] {e['buckets']}, "
+            f"diverged {e['diverged']}, loss not decreased {e['grew']}")
+    loop = run_loop(shape, steps)
+    loop["gflops"] = flops / loop["wall_s"] / 1e9
+    loop["peak_fraction"] = loop["gflops"] * 1e9 / peak
+    log(f"[{name}] loop: {loop['wall_s']:.2f} s ({loop['gflops']:.1f} GFLOP/s), compile {loop['jax_compile_s']:.2f} s "
+        f"(jax), non-finite {loop['nonfinite']}")
+    for label, e in engines.items():
+        e["speedup"] = loop["wall_s"] / e["wall_s"]
+        log(f"[{name}] speedup[{label}] (loop/engine) = {e['speedup']:.2f}")
+    head = engines[variants[0][0]]
+    return {
+        "desc": shape["desc"], "widths": list(shape["widths"]), "lrs": list(shape["lrs"]), "seeds": shape["seeds"],
+        "P": shape["P"], "d": shape["d"], "steps": steps, "members": members, "useful_gflop": flops / 1e9,
+        "engine_s": head["wall_s"], "loop_s": loop["wall_s"], "speedup": head["speedup"],
+        "engine_gflops": head["gflops"], "loop_gflops": loop["gflops"], "peak_fraction": head["peak_fraction"],
+        "loop_peak_fraction": loop["peak_fraction"], "engine_compile_s": head["compile_s"],
+        "engine_jax_compile_s": head["jax_compile_s"], "loop_compile_s": loop["jax_compile_s"],
+        "diverged": head["diverged"], "engine": engines, "loop": loop,
+    }
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--smoke", action="store_true", help="tiny versions of every shape (a few seconds)")
+    p.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    p.add_argument("--shapes", default="i,ii,iii", help="comma-separated subset of i,ii,iii")
+    p.add_argument("--steps", type=int, default=None, help="override the steps of every shape")
+    p.add_argument("--variants", default="default",
+                   help="';'-separated engine settings, e.g. 'default;group=1;slab=4e6;buckets=each;group=4+buckets=one'")
+    p.add_argument("--peak-size", type=int, default=None, help="matrix size of the peak matmul (default 2048)")
+    args = p.parse_args(argv)
+
+    table = SMOKE_SHAPES if args.smoke else SHAPES
+    names = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    for s in names:
+        if s not in table:
+            p.error(f"unknown shape {s!r}; choose from {', '.join(table)}.")
+    variants = [_parse_variant(v) for v in args.variants.split(";")]
+    peak_n = args.peak_size or (256 if args.smoke else 2048)
+
+    log = lambda msg: print(msg, flush=True)
+    info = dynsim.engine.versions()
+    log(f"dynsim {info['dynsim']}, jax {info['jax']}, backend {info['backend']} ({info['devices']}), "
+        f"{os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.2f}")
+    peak = matmul_peak(peak_n, repeats=5 if args.smoke else 10)
+    log(f"float32 matmul peak ({peak_n}x{peak_n}): {peak / 1e9:.1f} GFLOP/s")
+    out = {"versions": info, "cpus": os.cpu_count(), "peak_gflops": peak / 1e9, "peak_matmul_n": peak_n,
+           "smoke": args.smoke, "load_avg_start": os.getloadavg()[0], "shapes": {}}
+    t0 = time.perf_counter()
+    for name in names:
+        shape = table[name]
+        steps = args.steps or shape["steps"]
+        out["shapes"][name] = bench_shape(name, shape, steps, peak, variants, log)
+        if args.json:  # write as we go, so a long run leaves partial results
+            _write(args.json, out)
+    # Measure the peak again at the end (another process may have shared the cores) and keep the best.
+    peak2 = matmul_peak(peak_n, repeats=5 if args.smoke else 10)
+    if peak2 > peak:
+        out["peak_gflops"] = peak2 / 1e9
+        for r in out["shapes"].values():
+            r["peak_fraction"] = r["engine_gflops"] * 1e9 / peak2
+            r["loop_peak_fraction"] = r["loop_gflops"] * 1e9 / peak2
+            for e in r["engine"].values():
+                e["peak_fraction"] = e["gflops"] * 1e9 / peak2
+    out["total_s"] = time.perf_counter() - t0
+    out["load_avg_end"] = os.getloadavg()[0]
+
+    log("")
+    log(f"peak {out['peak_gflops']:.1f} GFLOP/s; load avg {out['load_avg_start']:.2f} -> {out['load_avg_end']:.2f}")
+    log(f"{'shape':5} {'engine s':>9} {'loop s':>9} {'speedup':>8} {'eng GF/s':>9} {'loop GF/s':>9} {'peak%':>6} "
+        f"{'eng comp s':>10} {'loop comp s':>11}")
+    for name, r in out["shapes"].items():
+        log(f"{name:5} {r['engine_s']:9.2f} {r['loop_s']:9.2f} {r['speedup']:8.2f} {r['engine_gflops']:9.1f} "
+            f"{r['loop_gflops']:9.1f} {100 * r['peak_fraction']:6.1f} "
+            f"{r['engine_compile_s']:5.2f}/{r['engine_jax_compile_s']:<4.2f} {r['loop_compile_s']:11.2f}")
+    log("(engine compile: timing attrs / jax compile events; the attrs figure includes the first group's run)")
+    if args.json:
+        _write(args.json, out)
+    return out
+
+
+def _write(path, out):
+    with open(path, "w") as fh:
+        json.dump(out, fh, indent=2, default=float)
+
+
+if __name__ == "__main__":
+    main()

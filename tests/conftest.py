@@ -1,0 +1,15 @@
+import jax
+import pytest
+
+# Strict numerics: no silent rank broadcasting anywhere in the library.
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture
+def x64():
+    """Run a test in float64 (theory comparisons that need it say so by taking this fixture)."""
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", False)

@@ -1,0 +1,112 @@
+"""Engine correctness: padding invariance, no retracing, divergence isolation, parametrization identities."""
+
+import numpy as np
+import pytest
+
+import dynsim as ds
+from dynsim import train
+from dynsim.models import MLP
+from dynsim.tasks import TeacherStudent
+
+TASK = TeacherStudent(d_in=8, n_train=64, n_test=64, seed=1)
+MODEL = MLP(d_in=8, depth=3)
+
+
+def _run(sweep, **kw):
+    kw.setdefault("steps", 200)
+    kw.setdefault("record_every", 20)
+    return ds.run(MODEL, TASK, sweep, observables=("loss", "test_loss", "outputs"), progress=False, **kw)
+
+
+@pytest.mark.parametrize("optimizer,lr", [("sgd", 0.1), ("adam", 3e-3)])
+def test_member_alone_equals_member_padded_in_bucket(optimizer, lr):
+    # The member of width 24 runs alone at its exact width, then padded to 64 inside one bucket and one group
+    # with members of other widths, learning rates and seeds.
+    alone = _run(ds.Sweep(width=[24], lr=[lr], seed=[3], param=["mup"], optimizer=[optimizer]), group=1)
+    crowd = _run(ds.Sweep(width=[24, 40, 64], lr=[lr / 2, lr], seed=[2, 3], param=["sp", "mup"],
+                          optimizer=[optimizer]), buckets=[[24, 40, 64]], group=8)
+    assert crowd.attrs["buckets"].count(optimizer) == 1  # everything in one padded program
+    a = alone.squeeze()
+    c = crowd.sel(width=24, lr=lr, seed=3, param="mup").squeeze()
+    # float32, 200 stable steps: round-off (1e-7) grows by the trajectory's mild sensitivity; 1e-5 relative is the
+    # required bound. Outputs are compared relative to their RMS.
+    for name in ("loss", "test_loss"):
+        np.testing.assert_allclose(c[name].values, a[name].values, rtol=1e-5)
+    scale = np.sqrt(np.mean(a["outputs"].values ** 2))
+    np.testing.assert_allclose(c["outputs"].values, a["outputs"].values, atol=1e-5 * scale)
+    assert float(a["loss"][-1]) < 0.5 * float(a["loss"][0])  # it trained
+
+
+def test_padding_invariance_float64(x64):
+    # In float64 the only difference is summation order over exact zeros: agreement to 1e-12 after 200 steps.
+    alone = _run(ds.Sweep(width=[24], lr=[0.1], seed=[3]), group=1)
+    crowd = _run(ds.Sweep(width=[24, 64], lr=[0.1], seed=[3]), buckets=[[24, 64]], group=2)
+    assert alone["loss"].dtype == np.float64
+    np.testing.assert_allclose(crowd["loss"].sel(width=24).values, alone["loss"].squeeze("width").values,
+                               rtol=1e-12)
+
+
+def test_second_call_with_new_numbers_does_not_retrace():
+    sweep = ds.Sweep(width=[16, 32], lr=[0.1, 0.2], seed=[0, 1])
+    _run(sweep, steps=20, record_every=10)
+    before = dict(train.TRACE_COUNT)
+    other = ds.Sweep(width=[16, 32], lr=[0.05, 0.3], seed=[5, 6], init_scale=[0.5], weight_decay=[1e-3],
+                     momentum=[0.5])
+    res = _run(other, steps=20, record_every=10)
+    assert train.TRACE_COUNT == before
+    assert np.isfinite(res["loss"].values).all()
+
+
+def test_diverging_member_leaves_neighbours_unchanged():
+    calm = ds.Sweep(width=[32], lr=[0.05, 0.1], seed=[0])
+    wild = ds.Sweep(width=[32], lr=[0.05, 0.1, 1e3], seed=[0])
+    a = _run(calm, group=2)
+    b = _run(wild, group=4)
+    div = b["diverged_at"].sel(lr=1e3).item()
+    assert 0 <= div < 5
+    assert np.isnan(b["loss"].sel(lr=1e3).isel(step=-1)).all()
+    assert (b["diverged_at"].sel(lr=[0.05, 0.1]) == -1).all()
+    np.testing.assert_allclose(b["loss"].sel(lr=[0.05, 0.1]).values, a["loss"].values, rtol=1e-6)
+
+
+def test_mean_field_equals_mup_under_sgd():
+    # MF is muP shifted by the abc symmetry (t = 1/2 on every layer): identical functions under SGD for all time.
+    res = _run(ds.Sweep(width=[16, 128], lr=[0.2], seed=[0], param=["mup", "mean_field"]), steps=60)
+    mup, mf = res["loss"].sel(param="mup"), res["loss"].sel(param="mean_field")
+    np.testing.assert_allclose(mf.values, mup.values, rtol=2e-4)  # float32 round-off through different scales
+
+
+def test_padded_units_stay_zero():
+    prog = train.Program(model=MODEL, task=TASK, optimizer="adam", n_pad=32, record_every=5,
+                         records_per_segment=2)
+    from dynsim.engine import member_hyper
+
+    sweep = ds.Sweep(width=[12], lr=[0.01], optimizer=["adam"], weight_decay=[0.1])
+    hyper = member_hyper(sweep, np.arange(1))
+    data = TASK.make()
+    state, _ = train.init_group(prog, data, hyper)
+    state, _ = train.run_segment(prog, data, state, hyper, 0)
+    w_in, w_hidden, w_out = (np.asarray(p[0]) for p in state.params)
+    assert np.abs(w_in[:12]).sum() > 0 and np.all(w_in[12:] == 0)
+    assert np.all(w_hidden[12:] == 0) and np.all(w_hidden[:, 12:] == 0)
+    assert np.all(w_out[:, 12:] == 0)
+
+
+def test_sweep_validation_messages():
+    with pytest.raises(ValueError, match="lr"):
+        ds.Sweep(width=[8], lr=[-1.0])
+    with pytest.raises(ValueError, match="optimizer"):
+        ds.Sweep(width=[8], lr=[0.1], optimizer=["rmsprop"])
+    with pytest.raises(ValueError, match="multiple"):
+        _run(ds.Sweep(width=[8], lr=[0.1]), steps=25, record_every=10)
+
+
+def test_minibatch_and_online_run():
+    online = TeacherStudent(d_in=8, n_train=0, n_test=64)
+    res = ds.run(MODEL, online, ds.Sweep(width=[16], lr=[0.1]), steps=40, record_every=20, batch_size=16,
+                 progress=False)
+    assert np.isfinite(res["loss"].values).all()
+    np.testing.assert_array_equal(res["loss"].values, res["test_loss"].values)  # population loss
+    mini = ds.run(MODEL, TASK, ds.Sweep(width=[16], lr=[0.1]), steps=40, record_every=20, batch_size=16,
+                  progress=False)
+    assert mini["loss"].isel(step=-1).item() < mini["loss"].isel(step=0).item()
