@@ -1,0 +1,41 @@
+"""The lr-transfer experiment end to end at quick size, and the parametrization exponents it checks."""
+
+import json
+
+import numpy as np
+import pytest
+
+from dynsim import experiments, fit
+from dynsim.theory.parametrization import lr_exponent
+
+
+def test_lr_exponent_table():
+    assert lr_exponent("mup", "adam") == 0 and lr_exponent("sp", "sgd") == -1
+    with pytest.raises(ValueError):
+        lr_exponent("sp", "lion")
+
+
+def test_lr_optimum_interpolates_in_log_lr():
+    lr = np.logspace(-3, 0, 7)
+    loss = (np.log10(lr)[None, :] - np.array([[-1.3], [-2.9]])) ** 2 + 1
+    est = fit.lr_optimum(lr, np.exp(loss))  # exp of a parabola in log lr: the vertex is recovered exactly
+    np.testing.assert_allclose(np.log10(est[0]), -1.3, atol=1e-9)
+    assert np.isnan(est[1])  # optimum below the grid: unresolved, not clipped to the edge
+
+
+@pytest.mark.slow
+def test_lr_transfer_quick(tmp_path):
+    out, summary = experiments.run("lr-transfer", quick=True, out=tmp_path, sets=["seed=[0,1]"],
+                                   progress=False, log=lambda s: None)
+    assert json.loads((out / "summary.json").read_text())["experiment"] == "lr-transfer"
+    for name in ("report.md", "loss_vs_lr.png", "lr_star_vs_width.png", "results.nc"):
+        assert (out / name).exists(), name
+    checks = {c["name"]: c for c in summary["checks"]}
+    assert len(checks) == 6
+    # Full-batch SGD sits at the stability edge, so its optimum is sharp: the SGD checks must agree.
+    for par in ("sp", "mup", "ntk"):
+        assert checks[f"lr* exponent, {par} / sgd"]["agrees"], checks[f"lr* exponent, {par} / sgd"]
+    # Adam: SP's optimum must move down with width and muP's must not move by more than the tolerance.
+    assert checks["lr* exponent, sp / adam"]["measured"] < -0.4
+    assert abs(checks["lr* exponent, mup / adam"]["measured"]) < 0.3
+    assert summary["regimes"]["mup/sgd"] == "transfers"

@@ -1,0 +1,98 @@
+"""Models, parametrization tables, sweeps and the planner."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dynsim as ds
+from dynsim import param
+from dynsim.models import MLP, uv
+from dynsim.sweep import _bucket_widths, group_size, plan
+
+
+def test_init_does_not_depend_on_padding():
+    model = MLP(d_in=5, depth=3)
+    key = jax.random.key(7)
+    std = model.scales(20, param.mup().table(), 1.0).std
+    exact = model.init(key, 20, 20, std)
+    padded = model.init(key, 64, 20, std)
+    for e, p in zip(exact, padded):
+        rows, cols = e.shape
+        np.testing.assert_array_equal(np.asarray(p)[:rows, :cols], np.asarray(e))
+        assert np.all(np.asarray(p)[rows:, :] == 0) and np.all(np.asarray(p)[:, cols:] == 0)
+
+
+@pytest.mark.parametrize("name", ["sp", "ntk", "mup", "mean_field"])
+def test_init_and_forward_scales_follow_the_table(name):
+    # Empirical std of each layer's weights at true width n = 2048 matches init_scale * gain * n^-b (d^-1/2 for
+    # the input layer); 2048*d entries give a relative standard error below 1%, so 3% is > 3 sigma.
+    n, d = 2048, 8
+    model = MLP(d_in=d, depth=3)
+    p = param.get(name)
+    sc = model.scales(n, p.table("sgd"), 1.5)
+    ws = model.init(jax.random.key(0), n, n, sc.std)
+    a, b, c = p.a, p.b, p.c
+    expected = [1.5 / np.sqrt(d) * n ** -b[0], 1.5 * np.sqrt(2) * n ** -b[1], 1.5 * np.sqrt(2) * n ** -b[2]]
+    for w, e in zip(ws, expected):
+        assert abs(float(jnp.std(w)) / e - 1) < 0.03
+    np.testing.assert_allclose(np.asarray(sc.mult), [n ** -a[0], n ** -a[1], n ** -a[2]], rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(sc.lr), [n ** -c[0], n ** -c[1], n ** -c[2]], rtol=1e-6)
+
+
+def test_adam_tables_differ_from_sgd_where_theory_says():
+    assert param.mup().table("adam")[2].tolist() == [0.5, 1.0, 0.5]
+    assert param.sp().table("adam")[2].tolist() == [0.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match="unknown parametrization"):
+        param.get("xavier")
+
+
+def test_model_specs_hash_by_value_and_validate():
+    assert hash(MLP(d_in=3, depth=4)) == hash(MLP(d_in=3, depth=4))
+    assert uv(2) == MLP(d_in=2, depth=2, act="linear")
+    with pytest.raises(ValueError, match="depth"):
+        MLP(d_in=3, depth=1)
+    with pytest.raises(ValueError, match="act"):
+        MLP(d_in=3, act="gelu")
+
+
+def test_uv_model_is_v_dot_u_x_over_sqrt_n():
+    model, n = uv(1), 50
+    sc = model.scales(n, param.ntk().table(), 1.0)
+    u, v = model.init(jax.random.key(1), n, n, sc.std)
+    x = jnp.asarray([[0.3, -1.2]])
+    expected = (v @ (u @ x)) / np.sqrt(n)
+    np.testing.assert_allclose(model.apply((u, v), x, sc.mult, jnp.ones(n)), expected, rtol=1e-6)
+
+
+def test_bucketing_cost_model():
+    flops = lambda n: float(n)
+    # Free compiles: every width alone. Expensive compiles: one bucket.
+    assert _bucket_widths([1, 2, 4, 8], [1, 1, 1, 1], flops, 0.0) == [[1], [2], [4], [8]]
+    assert _bucket_widths([1, 2, 4, 8], [1, 1, 1, 1], flops, 1e9) == [[1, 2, 4, 8]]
+    # A moderate compile cost merges the cheap small widths but keeps the expensive large one apart.
+    assert _bucket_widths([1, 2, 4, 64], [1, 1, 1, 1], flops, 5.0) == [[1, 2, 4], [64]]
+
+
+def test_plan_covers_every_member_once_and_skips_done():
+    sweep = ds.Sweep(width=[8, 16, 300], lr=[0.1, 0.2, 0.3], seed=[0, 1], optimizer=["sgd", "adam"])
+    model = MLP(d_in=4)
+    buckets = plan(sweep, model, steps=10, batch=32)
+    members = np.concatenate([b.members for b in buckets])
+    assert sorted(members.tolist()) == list(range(sweep.size))
+    for b in buckets:
+        table = sweep.members()
+        assert set(table["optimizer"][b.members]) == {b.optimizer}
+        assert table["width"][b.members].max() == b.n_pad
+        assert b.group >= 1 and (b.group & (b.group - 1) == 0 or b.group == len(b.members))
+    done = np.zeros(sweep.size, bool)
+    done[:5] = True
+    rest = np.concatenate([b.members for b in plan(sweep, model, steps=10, batch=32, done=done)])
+    assert sorted(rest.tolist()) == list(range(5, sweep.size))
+
+
+def test_group_size_rules():
+    assert group_size(1024, 1024, 64, backend="cpu") == 1  # a 4 MiB member runs alone in cache
+    assert group_size(16, 128, 64, backend="cpu") >= 16  # small members share a step
+    assert group_size(1024, 1024, 64, backend="gpu") == 64  # accelerators: the whole bucket
+    assert group_size(16, 128, 3, backend="cpu") == 2  # a power of two, at most the member count
