@@ -45,6 +45,8 @@ def main(argv=None) -> int:
     from . import experiments
     from .spec import SpecError
 
+    if args.out is not None and pathlib.Path(args.out).exists() and not pathlib.Path(args.out).is_dir():
+        return _error(f"--out {args.out!r} exists and is not a directory.")
     try:
         out, summary = experiments.run(args.target, out=args.out, quick=args.quick, sets=args.sets,
                                        progress=False if args.no_progress else None)
@@ -52,6 +54,8 @@ def main(argv=None) -> int:
         return _error(str(e))
     except MemoryError as e:
         return _error(str(e))
+    except OSError as e:
+        return _error(f"cannot access {str(e.filename or args.out)!r}: {e.strerror or e}.")
     _print_checks(summary)
     print(f"report: {out / 'report.md'}")
     return 0

@@ -118,9 +118,14 @@ def _expand_range(key: str, table: dict, kind: str) -> list:
             and args[2] >= 1):
         raise SpecError(f"spec key {key!r}: {how} takes [start, stop, count] with an integer count >= 1.")
     start, stop, num = args
+    if not (math.isfinite(start) and math.isfinite(stop)):
+        raise SpecError(f"spec key {key!r}: {how} needs a finite start and stop.")
     if how == "geomspace" and (start <= 0 or stop <= 0):
         raise SpecError(f"spec key {key!r}: geomspace needs positive start and stop.")
-    values = getattr(np, how)(start, stop, num).tolist()
+    with np.errstate(all="ignore"):
+        values = getattr(np, how)(start, stop, num).tolist()
+    if not all(math.isfinite(v) for v in values):
+        raise SpecError(f"spec key {key!r}: {how} {args!r} gives values too large to represent.")
     if kind.startswith("int"):
         values = sorted({int(round(v)) for v in values})
     return values
@@ -148,7 +153,8 @@ def _sweep_axis(key: str, value, kind: str) -> list:
         if not ok(v):
             raise SpecError(f"spec key {full!r} takes {what}, got {v!r}.")
     if len(set(value)) != len(value):
-        raise SpecError(f"spec key {full!r} has repeated values.")
+        dup = next(v for i, v in enumerate(value) if v in value[:i])
+        raise SpecError(f"spec key {full!r} has the value {dup!r} more than once.")
     return value
 
 
@@ -190,6 +196,8 @@ def validate(spec: dict, *, required: Iterable[str] = ()) -> dict:
     if steps is not None and every is not None and steps % every:
         raise SpecError(f"spec key 'train.steps' ({steps}) must be a multiple of 'train.record_every' ({every}).")
     task = out.get("task", {})
+    if out.get("model", {}).get("kind") == "uv" and task.get("d_out", 1) != 1:
+        raise SpecError(f"spec key 'task.d_out' ({task['d_out']}) must be 1 for the scalar model.kind = 'uv'.")
     if task.get("n_train", 1) == 0 and train.get("batch_size", 0) == 0:
         raise SpecError("spec key 'train.batch_size' must be positive for an online task (task.n_train = 0).")
     if task.get("n_train", 0) and train.get("batch_size", 0) > task.get("n_train", 0):
@@ -205,9 +213,10 @@ def parse_set(item: str) -> tuple[str, object]:
     if not sep or not key:
         raise SpecError(f"--set {item!r} is not of the form key=value.")
     try:
-        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+        parsed = tomllib.loads(f"v = {raw.strip()}")
     except tomllib.TOMLDecodeError:
-        value = raw.strip()
+        parsed = {}
+    value = parsed["v"] if list(parsed) == ["v"] else raw.strip()  # one TOML value, else the text itself
     return key, value
 
 
@@ -218,14 +227,21 @@ def apply_sets(spec: dict, sets: Iterable[str]) -> dict:
         key, value = parse_set(item)
         if "." in key:
             section, _, sub = key.partition(".")
+            if section not in SCHEMA:
+                raise SpecError(f"unknown spec key {key!r} in --set" + _suggest(section, SCHEMA))
         elif key in TOP_KEYS:
             out[key] = value
             continue
+        elif key in SCHEMA:
+            raise SpecError(f"spec key {key!r} is a table; --set one of its keys as {key}.KEY=VALUE.")
         else:
             owners = [s for s, keys in SCHEMA.items() if key in keys] + (["sweep"] if key in AXIS_KINDS else [])
             if "sweep" in owners and len(owners) > 1:
                 owners = ["sweep"]  # `seed`: a bare name means the sweep axis; use task.seed for the data seed
-            if len(owners) != 1:
+            if len(owners) > 1:
+                raise SpecError(f"spec key {key!r} in --set is ambiguous; write "
+                                + " or ".join(f"{s}.{key}" for s in owners) + ".")
+            if not owners:
                 known = sorted({k for keys in SCHEMA.values() for k in keys} | set(AXIS_KINDS))
                 raise SpecError(f"unknown spec key {key!r} in --set" + _suggest(key, known))
             section, sub = owners[0], key
@@ -240,21 +256,23 @@ def load(path) -> dict:
     """Read a TOML spec file (not yet validated against an experiment)."""
     path = pathlib.Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as e:
-        raise SpecError(f"cannot read spec file {str(path)!r}: {e.strerror}.") from None
+        raise SpecError(f"cannot read spec file {str(path)!r}: {e.strerror or e}.") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"spec file {str(path)!r} is not UTF-8 text, as TOML requires.") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"spec file {str(path)!r} is not valid TOML: {e}.") from None
 
 
-def merge(base: dict, over: dict) -> dict:
-    """Deep-merge two specs (``over`` wins)."""
+def merge(base: dict, over: dict, _section: str | None = None) -> dict:
+    """Deep-merge two specs (``over`` wins; a sweep axis, list or range table, is replaced whole)."""
     out = copy.deepcopy(base)
     for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge(out[k], v)
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and _section != "sweep":
+            out[k] = merge(out[k], v, k if _section is None else _section)
         else:
             out[k] = copy.deepcopy(v)
     return out

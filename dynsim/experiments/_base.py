@@ -61,6 +61,8 @@ class Experiment:
       quick: overrides for ``--quick`` (well under a minute on 2 CPU cores).
       analyse: ``(ds, spec, outdir) -> {"checks": [Check], "regimes": {...}, "figures": [paths],
         "report": markdown}``.
+      validate: ``(spec) -> None``, raising :class:`dynsim.spec.SpecError` for experiment-specific keys
+        (``[analysis]``) before anything is computed.
     """
 
     name: str
@@ -68,6 +70,7 @@ class Experiment:
     defaults: dict
     quick: dict
     analyse: Callable
+    validate: Callable | None = None
 
 
 _REGISTRY: dict[str, Experiment] = {}
@@ -91,21 +94,32 @@ def get(name: str) -> Experiment:
 
 
 def resolve_spec(name_or_path: str, *, quick: bool = False, sets=()) -> tuple[Experiment, dict]:
-    """The experiment and its validated spec from a name or a TOML file, ``--quick`` and ``--set`` overrides."""
+    """The experiment and its validated spec from a name or a TOML file, ``--quick`` and ``--set`` overrides.
+
+    Layers, later ones winning: the experiment's defaults, its quick size (``--quick``), the spec file, ``--set``.
+    Validation runs once, on the result.
+    """
     path = pathlib.Path(name_or_path)
+    user = {}
     if name_or_path.endswith(".toml") or path.is_file():
         user = _spec.load(path)
-        _spec.validate(user)
-        exp = get(user.get("experiment", "sweep"))
-        spec = _spec.merge(exp.defaults, user)
+        name = user.get("experiment", "sweep")
+        if not isinstance(name, str):
+            raise _spec.SpecError(f"spec key 'experiment' must be an experiment name, got {name!r}.")
+        exp = get(name)
     else:
         exp = get(name_or_path)
-        spec = _spec.merge(exp.defaults, {})
-    if quick:
-        spec = _spec.merge(spec, exp.quick)
+    for item in sets:
+        if item.partition("=")[0].strip() == "experiment":
+            raise _spec.SpecError("spec key 'experiment' cannot be changed with --set; name the experiment or "
+                                  "put it in the spec file.")
+    spec = _spec.merge(exp.defaults, exp.quick) if quick else _spec.merge(exp.defaults, {})
+    spec = _spec.merge(spec, user)
     spec = _spec.apply_sets(spec, sets)
     spec["experiment"] = exp.name
     spec = _spec.validate(spec, required=("task.d_in", "train.steps", "sweep.width", "sweep.lr"))
+    if exp.validate is not None:
+        exp.validate(spec)
     return exp, spec
 
 

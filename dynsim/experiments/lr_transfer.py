@@ -141,6 +141,20 @@ def _plot_optimum(widths, point, boot, fits, opts, params, out):
     return save(fig, out / "lr_star_vs_width.png")
 
 
+def validate(spec):
+    from ..spec import SpecError
+
+    analysis = spec.get("analysis", {})
+    unknown = set(analysis) - {"metric"}
+    if unknown:
+        raise SpecError(f"unknown spec key 'analysis.{sorted(unknown)[0]}'; lr-transfer takes analysis.metric.")
+    metric = analysis.get("metric", "loss")
+    observables = spec.get("train", {}).get("observables", ["loss", "test_loss"])
+    if metric not in ("loss", "test_loss") or metric not in observables:
+        raise SpecError(f"spec key 'analysis.metric' must be 'loss' or 'test_loss' and recorded in "
+                        f"train.observables, got {metric!r}.")
+
+
 EXPERIMENT = register(Experiment("lr-transfer", "optimal learning rate vs width under SP, muP and NTK, with SGD "
                                  "and Adam, against the parametrization's predicted exponent", DEFAULTS, QUICK,
-                                 analyse))
+                                 analyse, validate))

@@ -32,5 +32,15 @@ def analyse(ds, spec, out):
     return {"checks": [], "regimes": {}, "figures": [save(fig, out / "loss_curves.png")], "report": report}
 
 
+def validate(spec):
+    from ..spec import SpecError
+
+    if spec.get("analysis"):
+        raise SpecError(f"unknown spec key 'analysis.{sorted(spec['analysis'])[0]}'; the sweep experiment takes "
+                        "no analysis settings.")
+    if "loss" not in spec.get("train", {}).get("observables", ["loss"]):
+        raise SpecError("spec key 'train.observables' must include 'loss' for the sweep experiment's figures.")
+
+
 EXPERIMENT = register(Experiment("sweep", "a bare sweep from a TOML spec: results and loss curves, no theory",
-                                 DEFAULTS, QUICK, analyse))
+                                 DEFAULTS, QUICK, analyse, validate))

@@ -1,0 +1,182 @@
+"""The command line end to end: ``list``, one-line errors with exit code 2, a tiny run, ``show`` and resume."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import xarray as xr
+
+from dynsim import cli
+
+TINY = """\
+experiment = "sweep"
+
+[task]
+d_in = 4
+n_train = 16
+n_test = 16
+
+[train]
+steps = 10
+record_every = 5
+
+[sweep]
+width = [4, 8]
+lr = [0.1]
+"""
+
+
+def _dynsim(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "dynsim.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=120)
+
+
+def _assert_one_line_error(stderr: str, fragments) -> None:
+    lines = stderr.splitlines()
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("dynsim: error: "), stderr
+    assert "Traceback" not in stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, stderr)
+
+
+def test_list_names_the_experiments(tmp_path):
+    r = _dynsim("list", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    names = [line.split()[0] for line in r.stdout.splitlines()]
+    assert names == ["lr-transfer", "sweep"]
+    assert "muP" in r.stdout  # each with its one-line description
+    assert r.stderr == ""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# bad invocations, in process: (id, files to write into the working directory, argv after `run`, fragments)
+
+BAD_RUNS = [
+    ("unknown-experiment", {}, ["nope"], ["'nope'", "dynsim list"]),
+    ("missing-spec-file", {}, ["missing.toml"], ["missing.toml", "No such file"]),
+    ("malformed-toml", {"bad.toml": "[sweep\nwidth = [4]\n"}, ["bad.toml"], ["bad.toml", "not valid TOML"]),
+    ("non-utf8-spec", {"bin.toml": b"\xff\xfe[sweep]\n"}, ["bin.toml"], ["bin.toml", "UTF-8"]),
+    ("unknown-experiment-in-file", {"s.toml": 'experiment = "nope"\n'}, ["s.toml"], ["'nope'"]),
+    ("unknown-top-key", {"s.toml": 'experimnt = "sweep"\n'}, ["s.toml"], ["'experimnt'", "'experiment'"]),
+    ("unknown-sweep-axis", {"s.toml": "[sweep]\nwidht = [4]\n"}, ["s.toml"], ["'sweep.widht'", "'width'"]),
+    ("steps-string", {"s.toml": '[train]\nsteps = "ten"\n'}, ["s.toml"], ["'train.steps'"]),
+    ("negative-lr", {"s.toml": "[sweep]\nlr = [-1]\n"}, ["s.toml"], ["'sweep.lr'"]),
+    ("bad-range", {"s.toml": "[sweep]\nlr = {logspace = [-4, 1]}\n"}, ["s.toml"], ["'sweep.lr'", "logspace"]),
+    ("section-not-table", {"s.toml": "model = 3\n"}, ["s.toml"], ["'model'"]),
+    ("set-unknown-key", {}, ["sweep", "--set", "widht=[4]"], ["'widht'", "'width'"]),
+    ("set-repeated-width", {}, ["sweep", "--set", "width=[4,4]"], ["'sweep.width'"]),
+    ("set-not-multiple", {}, ["sweep", "--set", "train.steps=55"], ["'train.steps'", "'train.record_every'"]),
+    ("set-depth-one", {}, ["sweep", "--set", "model.depth=1"], ["'model.depth'"]),
+    ("set-bad-param", {}, ["sweep", "--set", "param=mu_p"], ["'sweep.param'", "'mu_p'"]),
+    ("set-bad-optimizer", {}, ["lr-transfer", "--quick", "--set", "optimizer=rmsprop"], ["'sweep.optimizer'"]),
+    ("set-ambiguous", {}, ["sweep", "--set", "kind=uv"], ["'kind'", "model.kind"]),
+    ("set-no-equals", {}, ["sweep", "--set", "width"], ["'width'", "key=value"]),
+    ("set-online-no-batch", {}, ["sweep", "--set", "task.n_train=0"], ["'train.batch_size'"]),
+    ("set-batch-too-big", {}, ["sweep", "--set", "batch_size=1000"], ["'train.batch_size'", "'task.n_train'"]),
+    ("set-uv-vector-output", {}, ["sweep", "--set", "model.kind=uv", "--set", "task.d_out=2"], ["'task.d_out'"]),
+    ("set-over-file", {"s.toml": TINY}, ["s.toml", "--set", "lr=[0.1,0.1]"], ["'sweep.lr'"]),
+    ("out-is-a-file", {"taken": "x"}, ["sweep", "--out", "taken"], ["--out", "'taken'"]),
+]
+
+
+@pytest.mark.parametrize("files,argv,fragments", [c[1:] for c in BAD_RUNS], ids=[c[0] for c in BAD_RUNS])
+def test_bad_run_is_one_line_exit_2(tmp_path, monkeypatch, capsys, files, argv, fragments):
+    monkeypatch.chdir(tmp_path)
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content if isinstance(content, bytes) else content.encode())
+    if "--out" not in argv:
+        argv = [*argv, "--out", "out"]
+    assert cli.main(["run", *argv, "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    _assert_one_line_error(captured.err, fragments)
+    assert captured.out == ""
+    assert not (tmp_path / "out").exists()  # nothing was started
+    assert not (tmp_path / "runs").exists()
+
+
+def test_show_of_a_directory_without_a_run(tmp_path, capsys):
+    assert cli.main(["show", str(tmp_path)]) == 2
+    _assert_one_line_error(capsys.readouterr().err, [str(tmp_path), "summary.json"])
+
+
+@pytest.mark.parametrize("files,argv,fragments", [
+    ({"bad.toml": "[sweep\n"}, ["run", "bad.toml"], ["bad.toml", "not valid TOML"]),
+    ({}, ["run", "nope"], ["'nope'"]),
+    ({}, ["run", "sweep", "--set", "sweep.lr=[-1]"], ["'sweep.lr'"]),
+], ids=["malformed-toml", "unknown-experiment", "bad-set"])
+def test_bad_run_subprocess(tmp_path, files, argv, fragments):
+    for name, content in files.items():
+        (tmp_path / name).write_text(content)
+    r = _dynsim(*argv, "--no-progress", cwd=tmp_path)
+    assert r.returncode == 2
+    _assert_one_line_error(r.stderr, fragments)
+    assert r.stdout == ""
+    assert not (tmp_path / "runs").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a tiny valid run, show, resume
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("cli")
+    (cwd / "tiny.toml").write_text(TINY)
+    r = _dynsim("run", "tiny.toml", "--out", "out", "--no-progress", cwd=cwd)
+    return cwd, r
+
+
+def test_tiny_run_writes_results_report_and_figure(tiny_run):
+    cwd, r = tiny_run
+    assert r.returncode == 0, r.stderr
+    assert "Traceback" not in r.stderr
+    out = cwd / "out"
+    assert f"report: {out.relative_to(cwd) / 'report.md'}" in r.stdout.splitlines()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["experiment"] == "sweep"
+    assert summary["spec"]["sweep"]["width"] == [4, 8]
+    assert summary["timing"]["members"] == 2  # both members were trained
+    assert (out / "report.md").read_text().startswith("# sweep\n")
+    pngs = sorted(out.glob("*.png"))
+    assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    assert [p.name for p in pngs] == summary["figures"]
+    ds = xr.load_dataset(out / "results.nc")
+    assert ds["width"].values.tolist() == [4, 8]
+    assert ds["step"].values.tolist() == [0, 5, 10]
+    loss = ds["loss"].values
+    assert loss.shape[-1] == 3 and (loss > 0).all()
+    assert (ds["diverged_at"].values == -1).all()
+
+
+def test_show_prints_the_report_path(tiny_run):
+    cwd, _ = tiny_run
+    r = _dynsim("show", "out", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0] == "sweep: out"
+    assert "report: out/report.md" in r.stdout.splitlines()
+
+
+def test_rerun_with_same_out_resumes(tiny_run):
+    cwd, first = tiny_run
+    assert first.returncode == 0, first.stderr
+    out = cwd / "out"
+    before = xr.load_dataset(out / "results.nc")
+    chunks = {p.name: p.stat().st_mtime_ns for p in (out / "chunks").glob("*.nc")}
+    assert chunks
+    r = _dynsim("run", "tiny.toml", "--out", "out", "--no-progress", cwd=cwd)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((out / "summary.json").read_text())["timing"]["members"] == 0  # nothing retrained
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "chunks").glob("*.nc")} == chunks
+    xr.testing.assert_equal(xr.load_dataset(out / "results.nc"), before)
+
+
+def test_rerun_with_a_different_spec_into_the_same_out_is_refused(tiny_run, monkeypatch, capsys):
+    cwd, first = tiny_run
+    assert first.returncode == 0, first.stderr
+    monkeypatch.chdir(cwd)
+    meta = (cwd / "out" / "meta.json").read_text()
+    assert cli.main(["run", "tiny.toml", "--out", "out", "--no-progress", "--set", "lr=[0.2]"]) == 2
+    _assert_one_line_error(capsys.readouterr().err, ["out", "--out"])
+    assert (cwd / "out" / "meta.json").read_text() == meta
