@@ -135,7 +135,9 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
     def make_prog(bucket):
         return Program(model=model, task=task, optimizer=bucket.optimizer, n_pad=bucket.n_pad,
                        record_every=record_every, records_per_segment=n_rec, batch_size=batch_size,
-                       observables=observables, diverge_factor=diverge_factor, betas=tuple(betas), eps=eps)
+                       observables=observables, diverge_factor=diverge_factor, betas=tuple(betas), eps=eps,
+                       weight_decay=any(v != 0 for v in sweep.weight_decay),
+                       momentum=any(v != 0 for v in sweep.momentum))
 
     probe = make_prog(Bucket(sweep.optimizer[0], 1, np.zeros(1, int), 1))
     variables = {o.name: {"dims": list(o.dims), "shape": list(o.shape(probe)), "description": o.doc}

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 
 __all__ = ["MLP", "uv", "Scales", "scales", "width_mask"]
 
+_NARROW_READOUT = 4
+
 _ACTS = {
     "relu": (jax.nn.relu, math.sqrt(2.0)),
     "tanh": (jnp.tanh, 1.0),
@@ -125,6 +127,11 @@ class MLP:
     def init(self, key, n_pad: int, width, std) -> tuple[jax.Array, ...]:
         """Initial weights at padded width ``n_pad``; units ``>= width`` are zero.
 
+        Unit ``i`` draws its input weights and its output weights from one key, ``fold_in(key, i)``; row ``i`` of
+        hidden layer ``l`` draws from ``fold_in(fold_in(key, l), i)``. Each draw is 1-D, and a 1-D draw's prefix
+        does not depend on its length, so nothing depends on ``n_pad``. Drawing a unit's input and output weights
+        together halves the random-number programs XLA compiles for a two-layer network.
+
         Args:
           key: a PRNG key.
           n_pad: static padded width.
@@ -133,20 +140,23 @@ class MLP:
         Returns:
           A tuple of ``depth`` weight matrices with shapes :meth:`shapes`.
         """
+        dtype = jnp.result_type(float)
         mask = width_mask(width, n_pad)
-        params = []
-        for layer, (fan_out, fan_in) in enumerate(self.shapes(n_pad)):
-            layer_key = jax.random.fold_in(key, layer)
-            rows = jax.vmap(lambda i, k=layer_key, m=fan_in: jax.random.normal(jax.random.fold_in(k, i), (m,)))(
-                jnp.arange(fan_out)
+        units = jnp.arange(n_pad)
+        ends = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (self.d_in + self.d_out,), dtype))(
+            units
+        )
+        w_in = std[0] * ends[:, : self.d_in] * mask[:, None]
+        w_out = std[-1] * ends[:, self.d_in :].T * mask[None, :]
+        hidden = []
+        for layer in range(1, self.depth - 1):
+            # Hidden layers live under a key no unit index can reach (unit keys use i >= 0).
+            layer_key = jax.random.fold_in(jax.random.fold_in(key, 2**31 - 1), layer)
+            rows = jax.vmap(lambda i, k=layer_key: jax.random.normal(jax.random.fold_in(k, i), (n_pad,), dtype))(
+                units
             )
-            w = std[layer] * rows
-            if layer > 0:
-                w = w * mask[None, :]
-            if layer < self.depth - 1:
-                w = w * mask[:, None]
-            params.append(w.astype(jnp.result_type(float)))
-        return tuple(params)
+            hidden.append(std[layer] * rows * mask[:, None] * mask[None, :])
+        return (w_in, *hidden, w_out)
 
     def apply(self, params, x, mult, mask, *, return_preacts: bool = False):
         """Forward pass on ``x`` of shape ``[d_in, P]``; returns ``[d_out, P]``.
@@ -160,7 +170,14 @@ class MLP:
             h = mult[layer] * (w @ z)
             preacts.append(h)
             z = phi(h) * mask[:, None]
-        out = mult[-1] * (params[-1] @ z)
+        w_out = params[-1]
+        if self.d_out <= _NARROW_READOUT:
+            # A narrow readout is a multiply-and-reduce: under vmap a [d_out, n] @ [n, P] product becomes a batched
+            # matrix-vector product, which XLA:CPU runs as one small kernel per member; the broadcast form fuses.
+            out = jnp.stack([jnp.sum(w_out[k][:, None] * z, axis=0) for k in range(self.d_out)])
+        else:
+            out = w_out @ z
+        out = mult[-1] * out
         return (out, preacts) if return_preacts else out
 
 

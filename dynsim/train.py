@@ -52,6 +52,8 @@ class Program:
       diverge_factor: a member whose loss exceeds ``diverge_factor * max(loss_0, 1)`` (or is not finite) diverges.
       betas: Adam's ``(b1, b2)``.
       eps: Adam's epsilon.
+      weight_decay: whether any member uses weight decay (else the transform is left out of the program).
+      momentum: whether any SGD member uses momentum (else no momentum buffer is carried).
     """
 
     model: MLP
@@ -65,6 +67,8 @@ class Program:
     diverge_factor: float = 1e4
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
+    weight_decay: bool = True
+    momentum: bool = True
 
     @property
     def steps_per_segment(self) -> int:
@@ -135,16 +139,17 @@ def make_optimizer(prog: Program, hyper: Hyper, lr_mult) -> optax.GradientTransf
     layer's learning rate as in ``optax.adamw``.
     """
     steps = tuple(-hyper.lr * lr_mult[i] for i in range(prog.model.depth))
-    wd = hyper.weight_decay
+    # Transforms no member uses are left out (static flags), so the common plain-SGD program carries no
+    # momentum buffer and spends no passes over the weights on a zero decay.
+    decay = [optax.add_decayed_weights(hyper.weight_decay)] if prog.weight_decay else []
     if prog.optimizer == "sgd":
-        return optax.chain(optax.add_decayed_weights(wd), optax.trace(decay=hyper.momentum), _scale_by_tree(steps))
+        momentum = [optax.trace(decay=hyper.momentum)] if prog.momentum else []
+        return optax.chain(*decay, *momentum, _scale_by_tree(steps))
     b1, b2 = prog.betas
     if prog.optimizer == "adam":
-        return optax.chain(optax.add_decayed_weights(wd), optax.scale_by_adam(b1, b2, prog.eps),
-                           _scale_by_tree(steps))
+        return optax.chain(*decay, optax.scale_by_adam(b1, b2, prog.eps), _scale_by_tree(steps))
     if prog.optimizer == "adamw":
-        return optax.chain(optax.scale_by_adam(b1, b2, prog.eps), optax.add_decayed_weights(wd),
-                           _scale_by_tree(steps))
+        return optax.chain(optax.scale_by_adam(b1, b2, prog.eps), *decay, _scale_by_tree(steps))
     raise ValueError(f"unknown optimizer {prog.optimizer!r}.")
 
 

@@ -47,7 +47,7 @@ def test_padding_invariance_float64(x64):
 
 
 def test_second_call_with_new_numbers_does_not_retrace():
-    sweep = ds.Sweep(width=[16, 32], lr=[0.1, 0.2], seed=[0, 1])
+    sweep = ds.Sweep(width=[16, 32], lr=[0.1, 0.2], seed=[0, 1], weight_decay=[1e-4], momentum=[0.9])
     _run(sweep, steps=20, record_every=10)
     before = dict(train.TRACE_COUNT)
     other = ds.Sweep(width=[16, 32], lr=[0.05, 0.3], seed=[5, 6], init_scale=[0.5], weight_decay=[1e-3],
@@ -55,6 +55,9 @@ def test_second_call_with_new_numbers_does_not_retrace():
     res = _run(other, steps=20, record_every=10)
     assert train.TRACE_COUNT == before
     assert np.isfinite(res["loss"].values).all()
+    # Switching weight decay or momentum off altogether is a different (leaner) program.
+    _run(ds.Sweep(width=[16, 32], lr=[0.1, 0.2], seed=[0, 1]), steps=20, record_every=10)
+    assert train.TRACE_COUNT["segment"] > before["segment"]
 
 
 def test_diverging_member_leaves_neighbours_unchanged():
