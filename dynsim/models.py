@@ -22,8 +22,6 @@ import jax.numpy as jnp
 
 __all__ = ["MLP", "uv", "Scales", "scales", "width_mask"]
 
-_NARROW_READOUT = 4
-
 _ACTS = {
     "relu": (jax.nn.relu, math.sqrt(2.0)),
     "tanh": (jnp.tanh, 1.0),
@@ -170,14 +168,7 @@ class MLP:
             h = mult[layer] * (w @ z)
             preacts.append(h)
             z = phi(h) * mask[:, None]
-        w_out = params[-1]
-        if self.d_out <= _NARROW_READOUT:
-            # A narrow readout is a multiply-and-reduce: under vmap a [d_out, n] @ [n, P] product becomes a batched
-            # matrix-vector product, which XLA:CPU runs as one small kernel per member; the broadcast form fuses.
-            out = jnp.stack([jnp.sum(w_out[k][:, None] * z, axis=0) for k in range(self.d_out)])
-        else:
-            out = w_out @ z
-        out = mult[-1] * out
+        out = mult[-1] * (params[-1] @ z)
         return (out, preacts) if return_preacts else out
 
 
