@@ -25,10 +25,10 @@ N_BOOT = 300
 DEFAULTS = {
     "experiment": "lr-transfer",
     "model": {"kind": "mlp", "depth": 2, "act": "relu"},
-    "task": {"d_in": 32, "n_train": 256, "n_test": 512, "teacher": "mlp", "teacher_width": 32, "noise": 0.0,
+    "task": {"d_in": 32, "n_train": 256, "n_test": 256, "teacher": "mlp", "teacher_width": 32, "noise": 0.0,
              "seed": 0},
-    "train": {"steps": 200, "record_every": 20, "observables": ["loss", "test_loss"]},
-    "sweep": {"width": [64, 128, 256, 512, 1024, 2048, 4096], "lr": {"logspace": [-4, 1, 21]}, "seed": [0, 1, 2],
+    "train": {"steps": 150, "record_every": 25, "observables": ["loss", "test_loss"]},
+    "sweep": {"width": [64, 128, 256, 512, 1024, 2048, 4096], "lr": {"logspace": [-4, 1, 16]}, "seed": [0, 1, 2],
               "param": ["sp", "mup", "ntk"], "optimizer": ["sgd", "adam"]},
     "analysis": {"metric": "loss"},
 }
