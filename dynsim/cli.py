@@ -47,6 +47,7 @@ def main(argv=None) -> int:
 
     if args.out is not None and pathlib.Path(args.out).exists() and not pathlib.Path(args.out).is_dir():
         return _error(f"--out {args.out!r} exists and is not a directory.")
+    _enable_compilation_cache()
     try:
         out, summary = experiments.run(args.target, out=args.out, quick=args.quick, sets=args.sets,
                                        progress=False if args.no_progress else None)
@@ -59,6 +60,26 @@ def main(argv=None) -> int:
     _print_checks(summary)
     print(f"report: {out / 'report.md'}")
     return 0
+
+
+def _enable_compilation_cache() -> None:
+    """Keep compiled programs on disk so a repeated or resumed run skips compilation.
+
+    ``DYNSIM_CACHE_DIR`` picks the folder (default ``~/.cache/dynsim/jax``); an empty value turns the cache off.
+    """
+    import os
+
+    import jax
+
+    folder = os.environ.get("DYNSIM_CACHE_DIR", str(pathlib.Path.home() / ".cache" / "dynsim" / "jax"))
+    if not folder:
+        return
+    try:
+        pathlib.Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
 
 
 def _print_checks(summary: dict) -> None:
