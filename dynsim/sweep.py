@@ -136,7 +136,7 @@ class Bucket:
       optimizer: the optimizer family.
       n_pad: padded width.
       members: flat member indices, sorted.
-      group: members per vectorised step.
+      group: members per vectorised step (the last group is padded by repeating a member).
     """
 
     optimizer: str
@@ -157,21 +157,21 @@ def group_size(n_pad: int, batch: int, n_members: int, *, backend: str | None = 
                slab_bytes: float | None = None, depth: int = 2, itemsize: int = 4) -> int:
     """How many members share one vectorised step.
 
-    On CPU, throughput peaks when one group's activations fit in cache (DESIGN.md section 9): members are
-    grouped so that ``group * n_pad * batch * depth * itemsize`` is about ``slab_bytes`` (default 1 MiB); wider
-    members run alone. On GPU/TPU the group is as large as the member count allows (memory permitting, see
-    :func:`dynsim.train.memory_estimate`), which is what fills the device. The result is a power of two, so
-    buckets of different sizes reuse few program shapes.
+    Members are grouped so that one group's hidden activations, ``group * n_pad * batch * (depth - 1) * itemsize``
+    bytes, are about ``slab_bytes``. On CPU the default is 16 MB: in the width-major layout grouped steps run at
+    140-185 GFLOP/s on 2 cores against 60-140 for one member at a time, and throughput falls off only above
+    about 32 MB per group (measured with ``benchmarks/throughput.py``). On GPU/TPU the default is 1 GiB, which in
+    practice puts a whole bucket in one group: that is what fills the device.
+
+    The group is then balanced, ``ceil(n / ceil(n / g))``, so that a bucket splits into equal groups instead of
+    full groups plus a mostly padded last one.
     """
     backend = backend or default_backend()
-    if backend == "cpu":
-        slab = slab_bytes or 2**20
-        g = max(1, int(slab // (n_pad * max(batch, 1) * max(depth - 1, 1) * itemsize)))
-    else:
-        slab = slab_bytes or 2**30
-        g = max(1, int(slab // (n_pad * max(batch, 1) * max(depth - 1, 1) * itemsize)))
-    g = min(g, max(n_members, 1))
-    return 1 << (g.bit_length() - 1)
+    slab = slab_bytes or (16e6 if backend == "cpu" else 2**30)
+    g = max(1, int(slab // (n_pad * max(batch, 1) * max(depth - 1, 1) * itemsize)))
+    n = max(n_members, 1)
+    g = min(g, n)
+    return -(-n // -(-n // g))
 
 
 def _bucket_widths(widths: Sequence[int], counts: Sequence[int], flops_fn, compile_cost: float) -> list[list[int]]:
@@ -214,7 +214,8 @@ def plan(sweep: Sweep, model, *, steps: int, batch: int, done: np.ndarray | None
     backend = backend or default_backend()
     # Measured on a 2-core CPU: about 1-1.5 s to compile a bucket's init and segment programs.
     compile_seconds = 1.5 if compile_seconds is None else compile_seconds
-    flop_rate = flop_rate or (5e10 if backend == "cpu" else 2e13)
+    # Grouped steady-state throughput: 1.5e11 FLOP/s measured on 2 CPU cores; a nominal 2e13 on accelerators.
+    flop_rate = flop_rate or (1.5e11 if backend == "cpu" else 2e13)
     table = sweep.members()
     todo = np.ones(sweep.size, bool) if done is None else ~np.asarray(done, bool)
     out = []
