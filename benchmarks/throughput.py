@@ -15,15 +15,21 @@ the engine and the loop. Wall times include compilation; compile time is also re
 reports it (trace + lowering + backend compile, from :mod:`jax.monitoring`) and, for the engine, as
 ``ds.attrs["timing"]["compile_s"]``.
 
+Wall time is the headline (best of ``--repeat`` alternating runs); process CPU time is reported beside it because
+other processes sharing the cores inflate wall time but hardly CPU time. The peak is measured before, between and
+after the shapes and the best is kept.
+
 Usage::
 
-    python -m benchmarks.throughput                       # all three shapes, full size (~10+ min on 2 cores)
-    python -m benchmarks.throughput --shapes ii --steps 50
+    python -m benchmarks.throughput                       # all three shapes, full size (a few minutes on 2 cores)
+    python -m benchmarks.throughput --shapes ii --steps 50 --repeat 3
     python -m benchmarks.throughput --smoke --json /tmp/b.json
-    python -m benchmarks.throughput --shapes i --variants "default;group=1;group=4;slab=4e6;buckets=each"
+    python -m benchmarks.throughput --shapes i --variants "default;slab=16e6;slab=16e6+compile=1.0+rate=1.5e11"
 
-``--variants`` runs the engine several times with different ``group=`` / ``slab_bytes=`` / ``buckets=`` settings
-against one loop measurement; the first variant gives the headline ``speedup`` and ``peak_fraction``.
+``--variants`` runs the engine with several settings against one loop measurement; the first gives the headline
+``speedup`` and ``peak_fraction``. Keys, joined by ``+``: ``group=G``, ``slab=BYTES`` (``slab_bytes=``),
+``buckets=each|one|16,32/64,128`` (forced buckets), ``compile=S`` / ``rate=FLOP_PER_S`` (buckets chosen by
+:func:`dynsim.sweep.plan` with those cost-model constants).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import argparse
 import json
 import math
 import os
-import sys
+import resource
 import time
 
 import jax
@@ -40,6 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import dynsim
+import dynsim.engine
+import dynsim.sweep
 from dynsim.models import MLP
 from dynsim.tasks import TeacherStudent
 
@@ -65,10 +73,11 @@ SHAPES = {
     "iii": dict(desc="wide spread: 8 widths 16..4096, 1 lr, 1 seed, P=1024, d=64",
                 widths=_widths(16, 4096, 8), lrs=(1e-3,), seeds=1, P=1024, d=64, steps=100),
 }
+# Smoke sizes share one task (P, d), so its arrays compile once; a few seconds in all, dominated by compilation.
 SMOKE_SHAPES = {
-    "i": dict(desc="smoke (i)", widths=(16, 32, 64), lrs=(1e-3, 3e-3), seeds=1, P=128, d=16, steps=5),
-    "ii": dict(desc="smoke (ii)", widths=(8, 16), lrs=(1e-3, 3e-3), seeds=1, P=32, d=8, steps=5),
-    "iii": dict(desc="smoke (iii)", widths=(16, 128), lrs=(1e-3,), seeds=1, P=128, d=16, steps=5),
+    "i": dict(desc="smoke (i)", widths=(16, 32), lrs=(1e-3, 3e-3), seeds=1, P=64, d=8, steps=5),
+    "ii": dict(desc="smoke (ii)", widths=(8, 16), lrs=(1e-3, 3e-3), seeds=1, P=64, d=8, steps=5),
+    "iii": dict(desc="smoke (iii)", widths=(16, 128), lrs=(1e-3,), seeds=1, P=64, d=8, steps=5),
 }
 N_TEST = 256
 
@@ -124,8 +133,18 @@ def matmul_peak(n: int = 2048, repeats: int = 10) -> float:
 
 
 # ------------------------------------------------------------------------------------------------------ engine
+def _cpu_s() -> float:
+    """CPU seconds used by this process (all threads): less sensitive than wall time to other processes."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _parse_variant(text: str) -> tuple[str, dict]:
-    """``"default"``, ``"group=4"``, ``"slab=4e6"``, ``"buckets=each"|"one"|"16,32/64"``, joined by ``+``."""
+    """``"default"``, ``"group=4"``, ``"slab=4e6"``, ``"buckets=each"|"one"|"16,32/64"``, joined by ``+``.
+
+    ``compile=SECONDS`` and ``rate=FLOP_PER_S`` re-run :func:`dynsim.sweep.plan`'s bucketing with those cost-model
+    constants and force the buckets it picks (so a proposed default can be measured without editing the engine).
+    """
     text = text.strip()
     kw: dict = {}
     if text in ("", "default"):
@@ -139,14 +158,20 @@ def _parse_variant(text: str) -> tuple[str, dict]:
             kw["slab_bytes"] = float(value)
         elif key == "buckets":
             kw["buckets"] = value.strip()
+        elif key in ("compile", "rate"):
+            kw.setdefault("buckets", {})[key] = float(value)
         else:
-            raise ValueError(f"unknown variant key {key!r} in {text!r}; use group=, slab= or buckets=.")
+            raise ValueError(f"unknown variant key {key!r} in {text!r}; use group=, slab=, buckets=, compile=, rate=.")
     return text, kw
 
 
-def _buckets(spec, widths):
+def _buckets(spec, widths, sweep=None, model=None, steps=None, batch=None):
     if spec is None or isinstance(spec, list):
         return spec
+    if isinstance(spec, dict):  # cost-model constants: let dynsim.sweep.plan choose with them
+        plan = dynsim.sweep.plan(sweep, model, steps=steps, batch=batch, group=1,
+                                 compile_seconds=spec.get("compile"), flop_rate=spec.get("rate"))
+        return [sorted({int(w) for w in sweep.members()["width"][b.members]}) for b in plan]
     if spec == "each":
         return [[w] for w in widths]
     if spec == "one":
@@ -154,28 +179,33 @@ def _buckets(spec, widths):
     return [[int(w) for w in b.split(",")] for b in spec.split("/")]
 
 
-def run_engine(shape: dict, steps: int, **kw) -> dict:
-    """Run the shape through ``dynsim.run``; wall time, compile time, divergence check."""
+def run_engine(shape: dict, steps: int, fresh: bool = False, **kw) -> dict:
+    """Run the shape through ``dynsim.run``; wall time, compile time, divergence check.
+
+    ``fresh`` clears JAX's caches first, so that a repeated or varied run compiles from scratch as a new process would.
+    """
     model = MLP(d_in=shape["d"], depth=2)
     task = TeacherStudent(d_in=shape["d"], n_train=shape["P"], n_test=N_TEST)
     sweep = dynsim.Sweep(width=shape["widths"], lr=shape["lrs"], seed=tuple(range(shape["seeds"])), param=("sp",))
     kw = dict(kw)
-    kw["buckets"] = _buckets(kw.get("buckets"), shape["widths"])
-    jax.clear_caches()  # every variant compiles from scratch, as a fresh process would...
-    task.make()  # ...except the task's arrays, which both sides build the same way
+    kw["buckets"] = _buckets(kw.get("buckets"), shape["widths"], sweep, model, steps, shape["P"])
+    if fresh:
+        jax.clear_caches()
+    task.make()  # the task's arrays are built outside the timing (their eager ops compile once for both sides)
     with _clock() as clock:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_s()
         res = dynsim.run(model, task, sweep, steps=steps, record_every=steps, progress=False, **kw)
-        wall = time.perf_counter() - t0
-    timing = json.loads(res.attrs["timing"])
+        wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
+    timing = json.loads(res.attrs.get("timing", "{}"))
     loss = res["loss"].values
     first, last = loss[..., 0], loss[..., -1]
     diverged = int(np.sum(res["diverged_at"].values >= 0))
     return {
         "wall_s": wall,
-        "compile_s": float(timing["compile_s"]),
+        "cpu_s": cpu,
+        "compile_s": float(timing.get("compile_s", math.nan)),
         "jax_compile_s": clock.total,
-        "buckets": json.loads(res.attrs["buckets"]),
+        "buckets": json.loads(res.attrs.get("buckets", "null")),
         "diverged": diverged,
         "grew": int(np.sum(~(last <= first))),  # members whose final loss is not below the initial one
         "mean_final_loss": float(np.nanmean(last)),
@@ -210,10 +240,9 @@ def _loop_program(n: int, d: int, steps: int):
 def run_loop(shape: dict, steps: int) -> dict:
     """One jit per width, Python loop over lr and seed, blocking on each result."""
     task = TeacherStudent(d_in=shape["d"], n_train=shape["P"], n_test=N_TEST)
-    jax.clear_caches()
-    task.make()  # as in run_engine: the task's arrays are built once outside the timing
+    task.make()  # as in run_engine (each call of _loop_program is a new function, so jit always compiles afresh)
     with _clock() as clock:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_s()
         data = task.make()
         x = jnp.asarray(data.x_train.T)  # usual layout: [P, d]
         y = jnp.asarray(data.y_train[0])  # [P]
@@ -231,8 +260,8 @@ def run_loop(shape: dict, steps: int) -> dict:
                         first_call_s += dt
                         first = False
                     finals.append(val)
-        wall = time.perf_counter() - t0
-    return {"wall_s": wall, "jax_compile_s": clock.total, "first_calls_s": first_call_s,
+        wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
+    return {"wall_s": wall, "cpu_s": cpu, "jax_compile_s": clock.total, "first_calls_s": first_call_s,
             "mean_final_loss": float(np.mean(finals)), "nonfinite": int(np.sum(~np.isfinite(finals)))}
 
 
@@ -243,35 +272,51 @@ def useful_flops(shape: dict, steps: int) -> float:
     return float(sum(model.flops(n, shape["P"]) for n in shape["widths"]) * steps * per_width)
 
 
-def bench_shape(name: str, shape: dict, steps: int, peak: float, variants, log=print) -> dict:
+def _rates(r: dict, flops: float, peak: float) -> dict:
+    r["gflops"] = flops / r["wall_s"] / 1e9
+    r["gflops_excl_compile"] = flops / max(r["wall_s"] - r["jax_compile_s"], 1e-9) / 1e9
+    r["peak_fraction"] = r["gflops"] * 1e9 / peak
+    return r
+
+
+def bench_shape(name: str, shape: dict, steps: int, peak: float, variants, log=print, repeat: int = 1) -> dict:
+    """Engine (each variant) and loop on one shape. With ``repeat > 1`` they alternate and the best wall time of
+    each is kept (``walls_s`` lists them all), which rejects interference from other processes."""
     flops = useful_flops(shape, steps)
     members = len(shape["widths"]) * len(shape["lrs"]) * shape["seeds"]
     log(f"[{name}] {shape['desc']}; {members} members, {steps} steps, {flops / 1e9:.3g} useful GFLOP")
-    engines = {}
-    for label, kw in variants:
-        e = run_engine(shape, steps, **kw)
-        e["gflops"] = flops / e["wall_s"] / 1e9
-        e["gflops_excl_compile"] = flops / max(e["wall_s"] - e["jax_compile_s"], 1e-9) / 1e9
-        e["peak_fraction"] = e["gflops"] * 1e9 / peak
-        engines[label] = e
-        log(f"[{name}] engine[{label}]: {e['wall_s']:.2f} s ({e['gflops']:.3g} GFLOP/s, "
-            f"{100 * e['peak_fraction']:.3g}% of peak; {e['gflops_excl_compile']:.3g} GFLOP/s without compile), compile_s {e['compile_s']:.2f} (attrs) / "
-            f"{e['jax_compile_s']:.2f} (jax), buckets [optimizer, n_pad, members, group] {e['buckets']}, "
-            f"diverged {e['diverged']}, loss not decreased {e['grew']}")
-    loop = run_loop(shape, steps)
-    loop["gflops"] = flops / loop["wall_s"] / 1e9
-    loop["gflops_excl_compile"] = flops / max(loop["wall_s"] - loop["jax_compile_s"], 1e-9) / 1e9
-    loop["peak_fraction"] = loop["gflops"] * 1e9 / peak
-    log(f"[{name}] loop: {loop['wall_s']:.2f} s ({loop['gflops']:.3g} GFLOP/s; {loop['gflops_excl_compile']:.3g} without compile), compile {loop['jax_compile_s']:.2f} s "
-        f"(jax), non-finite {loop['nonfinite']}")
+    engines, loop = {}, None
+    best = lambda old, new: new if old is None or new["wall_s"] < old["wall_s"] else old
+    for rep in range(repeat):
+        for label, kw in variants:
+            fresh = rep > 0 or label != variants[0][0]
+            e = _rates(run_engine(shape, steps, fresh=fresh, **kw), flops, peak)
+            log(f"[{name}] engine[{label}]: {e['wall_s']:.2f} s, {e['cpu_s']:.1f} CPU s ({e['gflops']:.3g} GFLOP/s, "
+                f"{100 * e['peak_fraction']:.3g}% of peak; {e['gflops_excl_compile']:.3g} without compile), "
+                f"compile {e['compile_s']:.2f} s (attrs) / {e['jax_compile_s']:.2f} s (jax), "
+                f"buckets [optimizer, n_pad, members, group] {e['buckets']}, diverged {e['diverged']}, "
+                f"loss not decreased {e['grew']}")
+            walls = engines.get(label, {}).get("walls_s", []) + [e["wall_s"]]
+            engines[label] = best(engines.get(label), e)
+            engines[label]["walls_s"] = walls
+        lp = _rates(run_loop(shape, steps), flops, peak)
+        log(f"[{name}] loop: {lp['wall_s']:.2f} s, {lp['cpu_s']:.1f} CPU s ({lp['gflops']:.3g} GFLOP/s; "
+            f"{lp['gflops_excl_compile']:.3g} without compile), compile {lp['jax_compile_s']:.2f} s (jax), "
+            f"non-finite {lp['nonfinite']}")
+        walls = (loop or {}).get("walls_s", []) + [lp["wall_s"]]
+        loop = best(loop, lp)
+        loop["walls_s"] = walls
     for label, e in engines.items():
         e["speedup"] = loop["wall_s"] / e["wall_s"]
-        log(f"[{name}] speedup[{label}] (loop/engine) = {e['speedup']:.2f}")
+        e["speedup_cpu"] = loop["cpu_s"] / e["cpu_s"]
+        log(f"[{name}] speedup[{label}] (loop/engine, best of {repeat}) = {e['speedup']:.2f} wall, "
+            f"{e['speedup_cpu']:.2f} CPU time")
     head = engines[variants[0][0]]
     return {
         "desc": shape["desc"], "widths": list(shape["widths"]), "lrs": list(shape["lrs"]), "seeds": shape["seeds"],
         "P": shape["P"], "d": shape["d"], "steps": steps, "members": members, "useful_gflop": flops / 1e9,
-        "engine_s": head["wall_s"], "loop_s": loop["wall_s"], "speedup": head["speedup"],
+        "repeat": repeat, "engine_s": head["wall_s"], "loop_s": loop["wall_s"], "speedup": head["speedup"],
+        "speedup_cpu": head["speedup_cpu"], "engine_cpu_s": head["cpu_s"], "loop_cpu_s": loop["cpu_s"],
         "engine_gflops": head["gflops"], "loop_gflops": loop["gflops"], "peak_fraction": head["peak_fraction"],
         "loop_peak_fraction": loop["peak_fraction"], "engine_compile_s": head["compile_s"],
         "engine_jax_compile_s": head["jax_compile_s"], "loop_compile_s": loop["jax_compile_s"],
@@ -288,6 +333,8 @@ def main(argv=None) -> dict:
     p.add_argument("--steps", type=int, default=None, help="override the steps of every shape")
     p.add_argument("--variants", default="default",
                    help="';'-separated engine settings, e.g. 'default;group=1;slab=4e6;buckets=each;group=4+buckets=one'")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="alternate engine and loop this many times per shape and keep the best wall time of each")
     p.add_argument("--peak-size", type=int, default=None, help="matrix size of the peak matmul (default 2048)")
     args = p.parse_args(argv)
 
@@ -319,7 +366,7 @@ def main(argv=None) -> dict:
     for name in names:
         shape = table[name]
         steps = args.steps or shape["steps"]
-        out["shapes"][name] = bench_shape(name, shape, steps, max(peaks), variants, log)
+        out["shapes"][name] = bench_shape(name, shape, steps, max(peaks), variants, log, args.repeat)
         out["shapes"][name]["load_avg"] = os.getloadavg()[0]
         peaks.append(matmul_peak(peak_n, repeats=reps))
         log(f"float32 matmul peak again: {peaks[-1] / 1e9:.1f} GFLOP/s; load avg {os.getloadavg()[0]:.2f}")

@@ -1,0 +1,169 @@
+"""Sharpness observable: agreement with the explicit Hessian, padding invariance, the edge of stability."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import dynsim as ds
+from dynsim import obs, obs_sharpness, train
+from dynsim.engine import member_hyper
+from dynsim.models import MLP, width_mask
+from dynsim.tasks import TeacherStudent
+
+TASK = TeacherStudent(d_in=3, n_train=10, n_test=10, seed=0)
+LR = 0.05
+
+
+def _member(model, width, n_pad, param="mup", task=TASK):
+    """Context and initial parameters of one member (seed 0), built as the engine builds them."""
+    sweep = ds.Sweep(width=[width], lr=[LR], seed=[0], param=[param])
+    hyper = jax.tree.map(lambda a: a[0], member_hyper(sweep, np.arange(1)))
+    prog = train.Program(model=model, task=task, optimizer="sgd", n_pad=n_pad, record_every=1,
+                         records_per_segment=1)
+    scales = model.scales(hyper.width, hyper.abc, hyper.init_scale)
+    ctx = obs.Context(prog=prog, data=task.make(), hyper=hyper, scales=scales, mask=width_mask(hyper.width, n_pad))
+    return ctx, model.init(jax.random.wrap_key_data(hyper.key), n_pad, hyper.width, scales.std)
+
+
+def _true_width(params, width):
+    """The member's weights without padding: layer-0 rows, hidden rows and columns, output columns."""
+    return (params[0][:width], *(w[:width, :width] for w in params[1:-1]), params[-1][:, :width])
+
+
+def _hessian_spectrum(ctx, width):
+    """``params -> eigenvalues`` of the explicit Hessian of the training loss over the true-width weights.
+
+    Built from the model's ``apply`` at the true width with an all-ones mask, so no padding machinery is involved.
+    """
+    data = ctx.data
+    ones = jnp.ones(width, ctx.mask.dtype)
+    _, unravel = ravel_pytree(tuple(jnp.zeros(shape, ones.dtype) for shape in ctx.prog.model.shapes(width)))
+
+    def loss(flat):
+        out = ctx.prog.model.apply(unravel(flat), data.x_train, ctx.scales.mult, ones)
+        return 0.5 * jnp.mean((out - data.y_train) ** 2)
+
+    hessian = jax.jit(jax.hessian(loss))
+    return lambda params: np.linalg.eigvalsh(np.asarray(hessian(ravel_pytree(_true_width(params, width))[0])))
+
+
+def test_top_eigenpair_finds_the_largest_not_the_dominant_eigenvalue():
+    # Power iteration would return -3 (the largest magnitude); the top eigenvalue is 1.
+    a = jnp.diag(jnp.array([-3.0, 1.0, 0.5, -2.0, 0.25]))
+    x = jnp.ones(5) / jnp.sqrt(5.0)
+    lam, res, vec = obs_sharpness.top_eigenpair(lambda v: a @ v, x, 10)
+    # float32: a 5x5 problem solved to round-off.
+    assert float(lam) == pytest.approx(1.0, abs=1e-6) and float(res) < 1e-5
+    assert abs(float(vec[1])) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_top_eigenpair_keeps_a_finite_iterate_when_the_matvec_is_not():
+    x = jnp.ones(4) / 2
+    lam, res, vec = obs_sharpness.top_eigenpair(lambda v: v * jnp.nan, x, 3)
+    assert np.isnan(float(lam))
+    np.testing.assert_array_equal(np.asarray(vec), np.asarray(x))  # the warm start survives for the next record
+
+
+@pytest.mark.parametrize("depth,param", [(2, "mup"), (3, "mup"), (2, "sp"), (3, "ntk")])
+def test_sharpness_matches_explicit_hessian(x64, depth, param):
+    model = MLP(d_in=3, depth=depth, act="tanh")
+    ctx, params = _member(model, 6, 10, param)  # width 6 padded to 10
+    eig = _hessian_spectrum(ctx, 6)(params)
+    if (depth, param) == (2, "mup"):
+        # The negative end dominates here: power iteration would converge to eig[0], LOBPCG must not.
+        assert -eig[0] > 1.5 * eig[-1]
+    sharpness = jax.jit(lambda p, v: obs_sharpness.sharpness(ctx, p, v, 40))
+    lam, res, vec = sharpness(params, obs_sharpness.start_vector(ctx))
+    # 40 LOBPCG iterations converge these (gaps >= 0.3%) to round-off: the Ritz value of a float64 symmetric
+    # eigenproblem of size ~50 is accurate to ~1e-14 relative; 1e-10 leaves room for the Hessian-vector products.
+    np.testing.assert_allclose(float(lam), eig[-1], rtol=1e-10)
+    assert float(res) < 1e-8 * eig[-1]
+    # The eigenvector lives on the true width: padded rows and columns are exactly zero.
+    w_in, *hidden, w_out = jax.tree.map(np.asarray, ravel_pytree(params)[1](vec))
+    assert np.all(w_in[6:] == 0) and np.all(w_out[:, 6:] == 0)
+    assert all(np.all(h[6:] == 0) and np.all(h[:, 6:] == 0) for h in hidden)
+
+
+def _run(model, sweep, monkeypatch, observables=("loss", "sharpness", "sharpness_err", "sharpness_32"), **kw):
+    """20 steps recording the default sharpness, its residual and a converged reference (32 iterations per record)."""
+    monkeypatch.setitem(obs._REGISTRY, "sharpness_32", obs_sharpness.sharpness_observable("sharpness_32", iters=32))
+    return ds.run(model, TASK, sweep, steps=20, record_every=5, progress=False, observables=observables, **kw)
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_recorded_sharpness_tracks_the_hessian(x64, monkeypatch, depth):
+    model = MLP(d_in=3, depth=depth, act="tanh")
+    alone = _run(model, ds.Sweep(width=[6], lr=[LR]), monkeypatch, group=1).squeeze()
+
+    # Replay the member's plain GD (mup, SGD: every layer's lr multiplier is 1) and take the explicit Hessian's top
+    # eigenvalue at every record.
+    ctx, params = _member(model, 6, 6)
+    grad = jax.jit(jax.grad(obs_sharpness.training_loss_fn(ctx)))
+    spectrum = _hessian_spectrum(ctx, 6)
+    top = []
+    for step in range(21):
+        if step % 5 == 0:
+            top.append(spectrum(params)[-1])
+        params = jax.tree.map(lambda w, g: w - LR * g, params, grad(params))
+    top = np.asarray(top)
+    # Converged: float64 round-off (1e-14) through a replayed trajectory; 1e-9 is ample.
+    np.testing.assert_allclose(alone["sharpness_32"].values, top, rtol=1e-9)
+    # The default (4 warm-started iterations per record): at step 0 the warm-up has converged it.
+    lam, err = alone["sharpness"].values, alone["sharpness_err"].values
+    np.testing.assert_allclose(lam[0], top[0], rtol=1e-9)
+    # Later it may lag where the top eigenvector turns fast (it does in these tiny networks early on, by up to 2%),
+    # but it is a Rayleigh quotient, so it never exceeds lambda_max, and sharpness_err bounds its error: some
+    # eigenvalue lies within the residual, here the top one.
+    assert np.all(lam <= top * (1 + 1e-12))
+    assert np.all(top - lam <= err + 1e-12 * top)
+    np.testing.assert_allclose(lam, top, rtol=0.05)
+
+
+def test_padded_member_has_unpadded_sharpness(x64, monkeypatch):
+    model = MLP(d_in=3, depth=3, act="tanh")  # a hidden layer: padding in its rows and its columns
+    alone = _run(model, ds.Sweep(width=[6], lr=[LR]), monkeypatch, group=1).squeeze()  # compiled above already
+    # Width 6 padded to 10 in one group with a width-10 member and with members that diverge at once.
+    crowd = _run(model, ds.Sweep(width=[6, 10], lr=[LR, 1e3]), monkeypatch, ("loss", "sharpness", "sharpness_err"),
+                 buckets=[[6, 10]], group=4)
+    assert crowd.attrs["buckets"].count("sgd") == 1
+    padded = crowd.sel(width=6, lr=LR).squeeze()
+    # float64: identical iterates up to the summation order over exact zeros.
+    for name in ("sharpness", "sharpness_err"):
+        np.testing.assert_allclose(padded[name].values, alone[name].values, rtol=1e-10, atol=1e-13)
+    assert (crowd["diverged_at"].sel(lr=1e3) >= 0).all()
+    assert np.isnan(crowd["sharpness"].sel(lr=1e3).isel(step=-1)).all()
+    assert np.isfinite(crowd["sharpness"].sel(lr=LR)).all()
+
+
+def test_training_loss_of_an_online_task_is_the_population_loss():
+    online = TeacherStudent(d_in=3, n_train=0, n_test=10, seed=0)
+    model = MLP(d_in=3, depth=2)
+    ctx, params = _member(model, 6, 6, task=online)
+    value, _ = obs.get("loss").compute(ctx, params, None)
+    assert float(obs_sharpness.training_loss_fn(ctx)(params)) == float(value)
+
+
+@pytest.mark.slow
+def test_sharpness_rises_to_and_hovers_at_the_edge_of_stability():
+    # Cohen et al. (2021): under full-batch GD the sharpness rises (progressive sharpening) until it reaches 2/lr,
+    # then hovers there while the loss keeps falling, non-monotonically. A width-32 tanh net in SP starts at
+    # 0.65-0.75 of 2/lr for lr = 0.25 and reaches the edge by step 80-180 for these seeds (float32); after that the
+    # sharpness saw-tooths between about 0.85 and 1.2 of 2/lr, with a loss spike at each drop.
+    lr = 0.25
+    task = TeacherStudent(d_in=4, n_train=32, n_test=32, seed=0)
+    res = ds.run(MLP(d_in=4, depth=3, act="tanh"), task, ds.Sweep(width=[32], lr=[lr], seed=[0, 1, 2], param=["sp"]),
+                 steps=400, record_every=10, observables=("loss", "sharpness"), progress=False).squeeze()
+    assert (res["diverged_at"] == -1).all()
+    ratio = res["sharpness"].values * lr / 2  # [seed, record]: sharpness over the GD threshold 2/lr
+    loss = res["loss"].values
+    assert np.all(ratio[:, 0] < 0.8)  # it has to sharpen to get there
+    # Measured medians over steps 260..400 are 0.99-1.03; 10% would catch a sharpness off by a constant factor, one
+    # still rising, or one stuck at its initial value.
+    late = np.median(ratio[:, -15:], axis=1)
+    assert np.all(np.abs(late - 1) < 0.1), late
+    # Training goes on at the edge: the late loss is below the loss at the record where the edge was first reached.
+    reached = np.argmax(ratio >= 0.95, axis=1)
+    assert np.all(ratio.max(axis=1) >= 0.95) and np.all(reached < ratio.shape[1] - 15)
+    assert np.all(np.median(loss[:, -15:], axis=1) < loss[np.arange(3), reached]), (loss, reached)
