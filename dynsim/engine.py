@@ -22,6 +22,7 @@ import xarray as xr
 
 from . import io as _io
 from . import obs as _obs
+from . import packed as _packed
 from . import param as _param
 from .sweep import AXES, Bucket, Sweep, plan
 from .train import Hyper, Program, init_group, memory_estimate, run_segment
@@ -53,10 +54,18 @@ def member_hyper(sweep: Sweep, members: np.ndarray, group: int | None = None) ->
                  init_scale=f("init_scale"), abc=jnp.asarray(abc, dtype), key=jnp.asarray(keys))
 
 
-def chunks(bucket: Bucket, max_members: int) -> list[np.ndarray]:
-    """Split a bucket's members into storage chunks of whole groups, about ``max_members`` each."""
-    per = max(1, max_members // bucket.group) * bucket.group
-    return [bucket.members[i:i + per] for i in range(0, len(bucket.members), per)]
+def chunks(bucket: Bucket, max_members: int) -> list[list[np.ndarray]]:
+    """Split a bucket into storage chunks: lists of whole groups, about ``max_members`` members each."""
+    out, current, size = [], [], 0
+    for group in bucket.member_groups():
+        if current and size + len(group) > max_members:
+            out.append(current)
+            current, size = [], 0
+        current.append(group)
+        size += len(group)
+    if current:
+        out.append(current)
+    return out
 
 
 def _segment_records(total_intervals: int, record_every: int, target_steps: int = 500) -> int:
@@ -85,7 +94,7 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
         observables: Sequence[str] = ("loss", "test_loss"), out=None, progress: bool | None = None,
         group: int | None = None, buckets=None, slab_bytes: float | None = None,
         diverge_factor: float = 1e4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-        chunk_members: int = 256, spec: dict | None = None, log=None) -> xr.Dataset:
+        chunk_members: int = 256, layout: str = "auto", spec: dict | None = None, log=None) -> xr.Dataset:
     """Train every member of ``sweep`` and return its records.
 
     Args:
@@ -105,6 +114,9 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
       diverge_factor: loss ratio (to ``max(loss_0, 1)``) above which a member counts as diverged.
       betas, eps: Adam constants.
       chunk_members: members per stored chunk (rounded to whole groups).
+      layout: ``"vmap"`` (members padded to their bucket's width and vmapped), ``"packed"`` (two-layer networks:
+        the units of members of any widths side by side, see :mod:`dynsim.packed`) or ``"auto"``: packed where the
+        model is two-layer and every observable is available packed, else vmap.
       spec: the full experiment spec, stored in the results' attributes.
       log: optional callable receiving one-line progress messages.
     Returns:
@@ -127,6 +139,7 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
                          f"({task.d_in}, {task.d_out}).")
     observables = tuple(observables)
     obs_defs = [_obs.get(n) for n in observables]
+    layout = _choose_layout(layout, model, observables)
     intervals = steps // record_every
     record_steps = np.arange(intervals + 1) * record_every
     n_rec = _segment_records(intervals, record_every)
@@ -137,7 +150,7 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
                        record_every=record_every, records_per_segment=n_rec, batch_size=batch_size,
                        observables=observables, diverge_factor=diverge_factor, betas=tuple(betas), eps=eps,
                        weight_decay=any(v != 0 for v in sweep.weight_decay),
-                       momentum=any(v != 0 for v in sweep.momentum))
+                       momentum=any(v != 0 for v in sweep.momentum), layout=layout)
 
     probe = make_prog(Bucket(sweep.optimizer[0], 1, np.zeros(1, int), 1))
     variables = {o.name: {"dims": list(o.dims), "shape": list(o.shape(probe)), "description": o.doc}
@@ -152,10 +165,11 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
 
     store = _io.Store(out, meta) if out is not None else _MemoryStore(meta)
     done = store.done()
-    all_buckets = plan(sweep, model, steps=steps, batch=batch, group=group, buckets=buckets, slab_bytes=slab_bytes)
-    work = [(b, c) for b in all_buckets for c in chunks(b, chunk_members) if not done[c].all()]
+    all_buckets = plan(sweep, model, steps=steps, batch=batch, group=group, buckets=buckets, slab_bytes=slab_bytes,
+                       layout=layout)
+    work = [(b, c) for b in all_buckets for c in chunks(b, chunk_members) if not done[np.concatenate(c)].all()]
     data = task.make()
-    timing = {"compile_s": 0.0, "run_s": 0.0, "members": int(sum(len(c) for _, c in work))}
+    timing = {"compile_s": 0.0, "run_s": 0.0, "members": int(sum(len(g) for _, c in work for g in c))}
     t_start = time.perf_counter()
     bar = _progress(timing["members"] * steps, progress, "training")
     clock = _CompileClock()
@@ -165,15 +179,21 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
         _check_memory(need, bucket)
         recs = {n: [] for n in observables}
         div = []
-        for g0 in range(0, len(chunk), bucket.group):
-            members = chunk[g0:g0 + bucket.group]
+        for members in chunk:
             hyper = member_hyper(sweep, members, bucket.group)
+            if prog.layout == "packed":
+                pack = _packed.pack_arrays(sweep.members()["width"][members], bucket.n_pad, bucket.group)
+                init = lambda: _packed.init_packed(prog, data, hyper, pack)
+                advance = lambda st, t0: _packed.run_packed(prog, data, st, hyper, pack, t0)
+            else:
+                init = lambda: init_group(prog, data, hyper)
+                advance = lambda st, t0: run_segment(prog, data, st, hyper, t0)
             with clock:
-                state, rec0 = init_group(prog, data, hyper)
+                state, rec0 = init()
             parts = {n: [np.asarray(rec0[n])[:, None]] for n in observables}
             for seg in range(intervals // n_rec):
                 with clock:
-                    state, r = run_segment(prog, data, state, hyper, jnp.asarray(seg * n_rec * record_every))
+                    state, r = advance(state, jnp.asarray(seg * n_rec * record_every))
                 for n in observables:
                     parts[n].append(np.moveaxis(np.asarray(r[n]), 0, 1))
                 bar.update(len(members) * n_rec * record_every)
@@ -187,16 +207,30 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
             for n in observables:
                 recs[n].append(np.concatenate(parts[n], axis=1)[: len(members)])
             div.append(np.asarray(state.diverged_at)[: len(members)])
-        store.write_chunk(chunk, {n: np.concatenate(v) for n, v in recs.items()}, np.concatenate(div))
+        stored = np.concatenate(chunk)
+        store.write_chunk(stored, {n: np.concatenate(v) for n, v in recs.items()}, np.concatenate(div))
         if log is not None:
-            log(f"bucket n_pad={bucket.n_pad} ({bucket.optimizer}): stored {len(chunk)} members")
+            log(f"bucket n_pad={bucket.n_pad} ({bucket.optimizer}): stored {len(stored)} members")
     bar.close()
     timing["compile_s"] = clock.total
     timing["run_s"] = time.perf_counter() - t_start
     ds = store.finalize()
     ds.attrs["timing"] = json.dumps(timing)
     ds.attrs["buckets"] = json.dumps([[b.optimizer, b.n_pad, len(b.members), b.group] for b in all_buckets])
+    ds.attrs["layout"] = layout
     return ds
+
+
+def _choose_layout(layout: str, model, observables) -> str:
+    packable = model.depth == 2 and set(observables) <= _packed.SUPPORTED_OBSERVABLES
+    if layout == "auto":
+        return "packed" if packable else "vmap"
+    if layout == "packed" and not packable:
+        raise ValueError("the packed layout needs a two-layer model and observables among "
+                         f"{', '.join(sorted(_packed.SUPPORTED_OBSERVABLES))}.")
+    if layout not in ("vmap", "packed"):
+        raise ValueError(f"layout must be 'auto', 'vmap' or 'packed', got {layout!r}.")
+    return layout
 
 
 class _CompileClock:

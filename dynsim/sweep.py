@@ -136,17 +136,26 @@ class Bucket:
       optimizer: the optimizer family.
       n_pad: padded width.
       members: flat member indices, sorted.
-      group: members per vectorised step (the last group is padded by repeating a member).
+      group: members per vectorised step (the last group is padded by repeating a member); for the packed
+        layout, member slots per pack.
+      packs: packed layout only: the members of each pack (``n_pad`` is then the units per pack).
     """
 
     optimizer: str
     n_pad: int
     members: np.ndarray
     group: int
+    packs: tuple | None = None
 
     @property
     def n_groups(self) -> int:
-        return -(-len(self.members) // self.group)
+        return len(self.packs) if self.packs is not None else -(-len(self.members) // self.group)
+
+    def member_groups(self) -> list[np.ndarray]:
+        """Members of each vectorised step, in order."""
+        if self.packs is not None:
+            return list(self.packs)
+        return [self.members[i:i + self.group] for i in range(0, len(self.members), self.group)]
 
 
 def default_backend() -> str:
@@ -194,7 +203,7 @@ def _bucket_widths(widths: Sequence[int], counts: Sequence[int], flops_fn, compi
 def plan(sweep: Sweep, model, *, steps: int, batch: int, done: np.ndarray | None = None,
          backend: str | None = None, group: int | None = None, slab_bytes: float | None = None,
          compile_seconds: float | None = None, flop_rate: float | None = None,
-         buckets: Sequence[Sequence[int]] | None = None) -> list[Bucket]:
+         buckets: Sequence[Sequence[int]] | None = None, layout: str = "vmap") -> list[Bucket]:
     """Sort the members of ``sweep`` that are not ``done`` into buckets.
 
     Args:
@@ -208,6 +217,8 @@ def plan(sweep: Sweep, model, *, steps: int, batch: int, done: np.ndarray | None
       compile_seconds, flop_rate: cost-model constants; compile time is charged as
         ``compile_seconds * flop_rate`` FLOPs per bucket.
       buckets: force the width buckets (lists of widths), bypassing the cost model.
+      layout: ``"vmap"`` (width buckets) or ``"packed"`` (one bucket per optimizer, members packed by unit count;
+        see :mod:`dynsim.packed`).
     Returns:
       Buckets in order of increasing padded width.
     """
@@ -225,6 +236,15 @@ def plan(sweep: Sweep, model, *, steps: int, batch: int, done: np.ndarray | None
         if not widths:
             continue
         counts = [int(np.sum(sel & (table["width"] == w))) for w in widths]
+        if layout == "packed":
+            from .packed import choose_capacity, pack_members
+
+            idx = np.flatnonzero(sel)
+            units, slots = choose_capacity(table["width"][idx], model.d_in, batch)
+            slots = min(slots, len(idx))
+            packs = tuple(idx[p] for p in pack_members(table["width"][idx], units, slots))
+            out.append(Bucket(opt, units, np.concatenate(packs), slots, packs))
+            continue
         if buckets is None:
             parts = _bucket_widths(widths, counts, lambda n: steps * model.flops(n, batch),
                                    compile_seconds * flop_rate)

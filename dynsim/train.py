@@ -54,6 +54,8 @@ class Program:
       eps: Adam's epsilon.
       weight_decay: whether any member uses weight decay (else the transform is left out of the program).
       momentum: whether any SGD member uses momentum (else no momentum buffer is carried).
+      layout: ``"vmap"`` (``n_pad`` is the padded width) or ``"packed"`` (``n_pad`` is the units per pack, see
+        :mod:`dynsim.packed`).
     """
 
     model: MLP
@@ -69,6 +71,7 @@ class Program:
     eps: float = 1e-8
     weight_decay: bool = True
     momentum: bool = True
+    layout: str = "vmap"
 
     @property
     def steps_per_segment(self) -> int:

@@ -1,0 +1,257 @@
+"""Packed layout for two-layer networks: the hidden units of many members, of any widths, side by side.
+
+A *pack* holds ``U`` unit slots and ``M`` member slots. Member ``m`` of width ``n_m`` owns ``n_m`` consecutive
+units; ``seg[i]`` names the member slot of unit ``i`` (``M`` for an empty unit) and ``unit[i]`` its index inside the
+member. The first layer of every member in the pack is then one matmul ``[U, d] @ [d, P]``, and each member's output
+is a segment sum over its units, computed as a 0/1 membership matrix ``[M, U]`` times the weighted activations.
+Nothing is padded to a common width, and one compiled program serves every mix of widths, so a sweep over many
+small widths compiles once instead of once per width bucket.
+
+Members stay independent: the objective is the sum of the members' losses over disjoint parameters, so each
+unit's gradient is its member's gradient; optimizer state is elementwise; per-member numbers (learning rates,
+parametrization factors, weight decay, momentum) are gathered per unit. Unit ``i`` of a member draws its weights
+from ``fold_in(key, i)`` exactly as :meth:`dynsim.models.MLP.init` does, so a member's trajectory equals its
+trajectory in the vmapped layout to round-off (a test checks this).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from .models import _ACTS
+
+__all__ = ["Pack", "SUPPORTED_OBSERVABLES", "pack_members", "pack_arrays", "init_packed", "run_packed",
+           "choose_capacity"]
+
+SUPPORTED_OBSERVABLES = frozenset({"loss", "test_loss", "outputs", "output_rms"})
+
+
+class Pack(NamedTuple):
+    """Unit layout of one pack (traced).
+
+    Attributes:
+      seg: ``[U]`` member slot of each unit; ``M`` marks an empty unit.
+      unit: ``[U]`` index of each unit inside its member.
+    """
+
+    seg: jax.Array
+    unit: jax.Array
+
+
+def choose_capacity(widths, d_in: int, batch: int, *, min_units: int = 256) -> tuple[int, int]:
+    """Units ``U`` and member slots ``M`` per pack.
+
+    ``U`` is at least the widest member and ``min_units``. ``M = U // min(width)`` lets a pack fill with its
+    narrowest members. The membership matmul costs ``M * U * P`` per output against ``U * d * P`` for the first
+    layer, so ``U`` stays small when members are narrow.
+    """
+    widths = np.asarray(widths)
+    units = int(max(widths.max(), min_units))
+    slots = int(max(1, units // widths.min()))
+    return units, slots
+
+
+def pack_members(widths, units: int, slots: int) -> list[np.ndarray]:
+    """First-fit decreasing: positions into ``widths`` grouped into packs of at most ``units`` units and ``slots``
+    members. Deterministic, so a resumed run rebuilds the same packs."""
+    widths = np.asarray(widths)
+    if widths.max() > units:
+        raise ValueError(f"a member of width {int(widths.max())} does not fit in a pack of {units} units.")
+    order = np.argsort(-widths, kind="stable")
+    used, packs = [], []
+    for m in order:
+        w = int(widths[m])
+        for b in range(len(packs)):
+            if used[b] + w <= units and len(packs[b]) < slots:
+                used[b] += w
+                packs[b].append(int(m))
+                break
+        else:
+            used.append(w)
+            packs.append([int(m)])
+    return [np.asarray(p) for p in packs]
+
+
+def pack_arrays(widths, units: int, slots: int) -> Pack:
+    """Layout arrays for members of ``widths`` (in slot order) in a pack of ``units`` units."""
+    seg = np.full(units, slots, np.int32)
+    unit = np.zeros(units, np.int32)
+    pos = 0
+    for s, w in enumerate(np.asarray(widths, int)):
+        seg[pos:pos + w] = s
+        unit[pos:pos + w] = np.arange(w)
+        pos += w
+    return Pack(jnp.asarray(seg), jnp.asarray(unit))
+
+
+class _Layout(NamedTuple):
+    slot: jax.Array  # [U] member slot, clipped to a valid index
+    valid: jax.Array  # [U] 1.0 for a member's unit, 0.0 for an empty one
+    member: jax.Array  # [M, U] 0/1 membership
+    mult: jax.Array  # [M, 2] forward multipliers
+    std: jax.Array  # [M, 2] init stds
+    lr: jax.Array  # [M, 2] lr multipliers
+
+
+def _layout(prog, hyper, pack: Pack) -> _Layout:
+    slots = hyper.width.shape[0]
+    sc = jax.vmap(prog.model.scales)(hyper.width, hyper.abc, hyper.init_scale)
+    dtype = jnp.result_type(float)
+    return _Layout(slot=jnp.minimum(pack.seg, slots - 1), valid=(pack.seg < slots).astype(dtype),
+                   member=jax.nn.one_hot(pack.seg, slots, dtype=dtype).T, mult=sc.mult, std=sc.std, lr=sc.lr)
+
+
+def _forward(prog, params, lay: _Layout, x):
+    """Outputs of every member slot, ``[M, d_out, P]``."""
+    w_in, w_out = params
+    phi = _ACTS[prog.model.act][0]
+    h = lay.mult[lay.slot, 0][:, None] * (w_in @ x)
+    z = phi(h) * lay.valid[:, None]
+    out = jnp.stack([lay.member @ (w_out[k][:, None] * z) for k in range(prog.model.d_out)], axis=1)
+    return lay.mult[:, 1][:, None, None] * out
+
+
+def _losses(prog, params, lay, x, y):
+    out = _forward(prog, params, lay, x)
+    return 0.5 * jnp.mean((out - y[None]) ** 2, axis=(1, 2))
+
+
+def _per_unit_tree(values, lay: _Layout):
+    """A per-member ``[M]`` array as a tree matching ``(w_in [U, d], w_out [k, U])``."""
+    u = values[lay.slot]
+    return (u[:, None], u[None, :])
+
+
+def _tree_transform(fn, stateful: bool):
+    def init_fn(params):
+        return jax.tree.map(jnp.zeros_like, params) if stateful else optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        return fn(updates, state, params)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def _optimizer(prog, hyper, lay: _Layout) -> optax.GradientTransformation:
+    """Same chain as :func:`dynsim.train.make_optimizer`, with per-unit learning rates, decay and momentum."""
+    steps = (-(hyper.lr[lay.slot] * lay.lr[lay.slot, 0])[:, None], -(hyper.lr[lay.slot] * lay.lr[lay.slot, 1])[None, :])
+    scale = _tree_transform(lambda u, s, p: (jax.tree.map(lambda a, b: a * b, u, steps), s), False)
+    decay = []
+    if prog.weight_decay:
+        wd = _per_unit_tree(hyper.weight_decay, lay)
+        decay = [_tree_transform(lambda u, s, p: (jax.tree.map(lambda g, w, c: g + c * w, u, p, wd), s), False)]
+    if prog.optimizer == "sgd":
+        momentum = []
+        if prog.momentum:
+            beta = _per_unit_tree(hyper.momentum, lay)
+
+            def trace(u, s, p):
+                t = jax.tree.map(lambda g, old, b: g + b * old, u, s, beta)
+                return t, t
+
+            momentum = [_tree_transform(trace, True)]
+        return optax.chain(*decay, *momentum, scale)
+    b1, b2 = prog.betas
+    adam = optax.scale_by_adam(b1, b2, prog.eps)
+    if prog.optimizer == "adam":
+        return optax.chain(*decay, adam, scale)
+    return optax.chain(adam, *decay, scale)
+
+
+def _keep(tree, alive_units, shapes):
+    """Zero the entries of frozen members in every parameter-shaped leaf."""
+    (u_in, u_out) = (alive_units[:, None], alive_units[None, :])
+
+    def one(x):
+        if x.shape == shapes[0]:
+            return jnp.where(u_in, x, jnp.zeros_like(x))
+        if x.shape == shapes[1]:
+            return jnp.where(u_out, x, jnp.zeros_like(x))
+        return x
+
+    return jax.tree.map(one, tree)
+
+
+def _records(prog, data, lay, state):
+    from .train import MemberState  # noqa: F401  (state type)
+
+    out = {}
+    need_test = {"test_loss", "outputs", "output_rms"} & set(prog.observables)
+    f_test = _forward(prog, state.params, lay, data.x_test) if need_test else None
+    for name in prog.observables:
+        if name == "loss":
+            x, y = (data.x_test, data.y_test) if prog.task.online else (data.x_train, data.y_train)
+            value = _losses(prog, state.params, lay, x, y)
+        elif name == "test_loss":
+            value = 0.5 * jnp.mean((f_test - data.y_test[None]) ** 2, axis=(1, 2))
+        elif name == "outputs":
+            value = f_test[:, 0, :]
+        elif name == "output_rms":
+            value = jnp.sqrt(jnp.mean(f_test**2, axis=(1, 2)))
+        else:
+            raise ValueError(f"observable {name!r} is not available in the packed layout.")
+        alive = state.alive.reshape(state.alive.shape + (1,) * (value.ndim - 1))
+        out[name] = jnp.where(alive, value, jnp.nan)
+    return out
+
+
+def init_packed(prog, data, hyper, pack: Pack):
+    """States of the members in one pack and their records at step 0 (leading axis ``M`` on per-member leaves)."""
+    from .train import TRACE_COUNT, MemberState
+
+    TRACE_COUNT["init"] += 1
+    lay = _layout(prog, hyper, pack)
+    d, k = prog.model.d_in, prog.model.d_out
+    dtype = jnp.result_type(float)
+    keys = hyper.key[lay.slot]
+    ends = jax.vmap(lambda kd, i: jax.random.normal(jax.random.fold_in(jax.random.wrap_key_data(kd), i), (d + k,),
+                                                    dtype))(keys, pack.unit)
+    w_in = lay.std[lay.slot, 0][:, None] * ends[:, :d] * lay.valid[:, None]
+    w_out = (lay.std[lay.slot, 1][:, None] * ends[:, d:] * lay.valid[:, None]).T
+    params = (w_in, w_out)
+    x, y = prog.task.batch(data, 0, prog.batch_size)
+    if prog.task.online:
+        x, y = data.x_test, data.y_test
+    slots = hyper.width.shape[0]
+    state = MemberState(params, _optimizer(prog, hyper, lay).init(params), jnp.ones(slots, bool),
+                        jnp.full(slots, -1, jnp.int32), _losses(prog, params, lay, x, y), {})
+    return state, _records(prog, data, lay, state)
+
+
+def run_packed(prog, data, state, hyper, pack: Pack, step0):
+    """Advance one pack by ``prog.steps_per_segment`` steps; records have shape ``[records_per_segment, M, ...]``."""
+    from .train import TRACE_COUNT
+
+    TRACE_COUNT["segment"] += 1
+    lay = _layout(prog, hyper, pack)
+    opt = _optimizer(prog, hyper, lay)
+    shapes = (state.params[0].shape, state.params[1].shape)
+
+    def one_step(st, t):
+        x, y = prog.task.batch(data, t, prog.batch_size)
+        total = lambda p: (lambda per: (per.sum(), per))(_losses(prog, p, lay, x, y))
+        (_, per), grads = jax.value_and_grad(total, has_aux=True)(st.params)
+        updates, opt_state = opt.update(grads, st.opt_state, st.params)
+        params = optax.apply_updates(st.params, updates)
+        bad = ~jnp.isfinite(per) | (per > prog.diverge_factor * jnp.maximum(st.loss0, 1.0))
+        newly = st.alive & bad
+        alive = st.alive & ~bad
+        alive_units = alive[lay.slot] & (lay.valid > 0)
+        return st._replace(params=_keep(params, alive_units, shapes), opt_state=_keep(opt_state, alive_units, shapes),
+                           alive=alive, diverged_at=jnp.where(newly, t, st.diverged_at).astype(jnp.int32)), None
+
+    def interval(st, r):
+        start = step0 + r * prog.record_every
+        st, _ = jax.lax.scan(one_step, st, start + jnp.arange(prog.record_every))
+        return st, _records(prog, data, lay, st)
+
+    return jax.lax.scan(interval, state, jnp.arange(prog.records_per_segment))
+
+
+init_packed = jax.jit(init_packed, static_argnums=0)
+run_packed = jax.jit(run_packed, static_argnums=0, donate_argnums=2)
