@@ -54,6 +54,10 @@ def test_auto_layout_falls_back_to_vmap():
     deep = ds.run(MLP(d_in=8, depth=3), TASK, sweep, steps=10, record_every=5, progress=False)
     assert deep.attrs["layout"] == "vmap"
     shallow = ds.run(MLP(d_in=8), TASK, sweep, steps=10, record_every=5, progress=False)
-    assert shallow.attrs["layout"] == "packed"
+    assert shallow.attrs["layout"] == "packed"  # small members: one program beats a compile per width
+    from dynsim.engine import _choose_layout
+
+    flop_bound = ds.Sweep(width=[16, 64, 256, 1024], lr=[0.1] * 1 + [0.2], seed=range(8))
+    assert _choose_layout("auto", MLP(d_in=64), ("loss",), flop_bound, 1024) == "vmap"  # readout would double FLOPs
     with pytest.raises(ValueError, match="packed layout"):
         ds.run(MLP(d_in=8, depth=3), TASK, sweep, steps=10, record_every=5, layout="packed", progress=False)
