@@ -27,7 +27,7 @@ from . import param as _param
 from .sweep import AXES, Bucket, Sweep, plan
 from .train import Hyper, Program, init_group, memory_estimate, run_segment
 
-__all__ = ["run", "member_hyper", "chunks", "versions"]
+__all__ = ["run", "member_hyper", "member_table", "chunks", "versions"]
 
 
 def versions() -> dict:
@@ -40,18 +40,33 @@ def versions() -> dict:
             "devices": str(jax.devices()[0].device_kind), "x64": bool(jax.config.jax_enable_x64)}
 
 
-def member_hyper(sweep: Sweep, members: np.ndarray, group: int | None = None) -> Hyper:
-    """Traced numbers of ``members`` (flat indices), padded to ``group`` by repeating the last member."""
+def member_hyper(sweep: Sweep, members: np.ndarray, group: int | None = None, *, table: dict | None = None) -> Hyper:
+    """Traced numbers of ``members`` (flat indices), padded to ``group`` by repeating the last member.
+
+    ``table`` is :func:`member_table` of ``sweep``, computed once per run instead of once per group.
+    """
     members = np.asarray(members)
     if group is not None and len(members) < group:
         members = np.concatenate([members, np.full(group - len(members), members[-1])])
-    table = sweep.members()
+    table = table if table is not None else member_table(sweep)
     dtype = jnp.result_type(float)
-    abc = np.stack([_param.get(p).table(o) for p, o in zip(table["param"][members], table["optimizer"][members])])
-    keys = np.stack([np.asarray(jax.random.key_data(jax.random.key(int(s)))) for s in table["seed"][members]])
-    f = lambda name: jnp.asarray(np.asarray(table[name][members], np.float64), dtype)
+    f = lambda name: jnp.asarray(table[name][members], dtype)
     return Hyper(width=f("width"), lr=f("lr"), momentum=f("momentum"), weight_decay=f("weight_decay"),
-                 init_scale=f("init_scale"), abc=jnp.asarray(abc, dtype), key=jnp.asarray(keys))
+                 init_scale=f("init_scale"), abc=jnp.asarray(table["abc"][members], dtype),
+                 key=jnp.asarray(table["key"][members]))
+
+
+def member_table(sweep: Sweep) -> dict[str, np.ndarray]:
+    """The sweep's member table with numeric columns, each member's parametrization exponents (``abc``) and the
+    key data of its seed (``key``)."""
+    table = sweep.members()
+    out = {name: np.asarray(table[name], np.float64) for name in ("width", "lr", "momentum", "weight_decay",
+                                                                   "init_scale")}
+    tables = {(p, o): _param.get(p).table(o) for p in sweep.param for o in sweep.optimizer}
+    out["abc"] = np.stack([tables[(p, o)] for p, o in zip(table["param"], table["optimizer"])])
+    seed_keys = {s: np.asarray(jax.random.key_data(jax.random.key(s))) for s in sweep.seed}
+    out["key"] = np.stack([seed_keys[int(s)] for s in table["seed"]])
+    return out
 
 
 def chunks(bucket: Bucket, max_members: int) -> list[list[np.ndarray]]:
@@ -173,6 +188,7 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
     t_start = time.perf_counter()
     bar = _progress(timing["members"] * steps, progress, "training")
     clock = _CompileClock()
+    table = member_table(sweep)
     for bucket, chunk in work:
         prog = make_prog(bucket)
         need = memory_estimate(prog, bucket.group)
@@ -180,9 +196,9 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
         recs = {n: [] for n in observables}
         div = []
         for members in chunk:
-            hyper = member_hyper(sweep, members, bucket.group)
+            hyper = member_hyper(sweep, members, bucket.group, table=table)
             if prog.layout == "packed":
-                pack = _packed.pack_arrays(sweep.members()["width"][members], bucket.n_pad, bucket.group)
+                pack = _packed.pack_arrays(table["width"][members].astype(int), bucket.n_pad, bucket.group)
                 init = lambda: _packed.init_packed(prog, data, hyper, pack)
                 advance = lambda st, t0: _packed.run_packed(prog, data, st, hyper, pack, t0)
             else:
