@@ -196,7 +196,7 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
         recs = {n: [] for n in observables}
         div = []
         for members in chunk:
-            hyper = member_hyper(sweep, members, bucket.group, table=table)
+            hyper = _shard(member_hyper(sweep, members, bucket.group, table=table), prog)
             if prog.layout == "packed":
                 pack = _packed.pack_arrays(table["width"][members].astype(int), bucket.n_pad, bucket.group)
                 init = lambda: _packed.init_packed(prog, data, hyper, pack)
@@ -235,6 +235,16 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
     ds.attrs["buckets"] = json.dumps([[b.optimizer, b.n_pad, len(b.members), b.group] for b in all_buckets])
     ds.attrs["layout"] = layout
     return ds
+
+
+def _shard(hyper: Hyper, prog) -> Hyper:
+    """Shard a vmapped group's member axis over the local devices (state follows through jit); no-op on one."""
+    devices = jax.local_devices()
+    if len(devices) == 1 or prog.layout != "vmap":
+        return hyper
+    mesh = jax.sharding.Mesh(np.asarray(devices), ("members",))
+    spec = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("members"))
+    return jax.tree.map(lambda a: jax.device_put(a, spec), hyper)
 
 
 def _choose_layout(layout: str, model, observables, sweep: Sweep, batch: int) -> str:

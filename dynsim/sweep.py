@@ -260,5 +260,8 @@ def plan(sweep: Sweep, model, *, steps: int, batch: int, done: np.ndarray | None
             g = group or group_size(n_pad, batch, len(idx), backend=backend, slab_bytes=slab_bytes,
                                     depth=model.depth)
             g = min(g, len(idx))
+            n_dev = jax.local_device_count()
+            if n_dev > 1:  # the member axis is sharded over local devices: a multiple of their count
+                g = -(-g // n_dev) * n_dev
             out.append(Bucket(opt, n_pad, idx, g))
     return out

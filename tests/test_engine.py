@@ -113,3 +113,37 @@ def test_minibatch_and_online_run():
     mini = ds.run(MODEL, TASK, ds.Sweep(width=[16], lr=[0.1]), steps=40, record_every=20, batch_size=16,
                   progress=False)
     assert mini["loss"].isel(step=-1).item() < mini["loss"].isel(step=0).item()
+
+
+SHARDED = """
+import os, sys, json
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import numpy as np, jax, dynsim as ds
+from dynsim import engine, train
+from dynsim.models import MLP
+from dynsim.tasks import TeacherStudent
+task = TeacherStudent(d_in=8, n_train=64, n_test=64, seed=1)
+sweep = ds.Sweep(width=[16, 24], lr=[0.05, 0.1, 1e4], seed=[0, 1, 2])
+res = ds.run(MLP(d_in=8, depth=3), task, sweep, steps=40, record_every=20, progress=False)
+prog = train.Program(model=MLP(d_in=8, depth=3), task=task, optimizer="sgd", n_pad=24, record_every=20,
+                     records_per_segment=1)
+hyper = engine._shard(engine.member_hyper(sweep, np.arange(4), 4), prog)
+state, _ = train.init_group(prog, task.make(), hyper)
+print(json.dumps({"devices": jax.device_count(), "shards": len(state.params[0].sharding.device_set),
+                  "loss": np.nan_to_num(res["loss"].values, nan=-1.0).tolist()}))
+"""
+
+
+def test_member_axis_is_sharded_over_devices_without_changing_results(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    script = tmp_path / "sharded.py"
+    script.write_text(SHARDED)
+    out = json.loads(subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                                    check=True).stdout.strip().splitlines()[-1])
+    assert out["devices"] == 2 and out["shards"] == 2
+    single = ds.run(MLP(d_in=8, depth=3), TASK, ds.Sweep(width=[16, 24], lr=[0.05, 0.1, 1e4], seed=[0, 1, 2]),
+                    steps=40, record_every=20, progress=False)
+    np.testing.assert_allclose(out["loss"], np.nan_to_num(single["loss"].values, nan=-1.0), rtol=1e-6)
