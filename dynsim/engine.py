@@ -230,11 +230,9 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
     bar.close()
     timing["compile_s"] = clock.total
     timing["run_s"] = time.perf_counter() - t_start
-    ds = store.finalize()
-    ds.attrs["timing"] = json.dumps(timing)
-    ds.attrs["buckets"] = json.dumps([[b.optimizer, b.n_pad, len(b.members), b.group] for b in all_buckets])
-    ds.attrs["layout"] = layout
-    return ds
+    return store.finalize({"timing": json.dumps(timing), "layout": layout,
+                           "buckets": json.dumps([[b.optimizer, b.n_pad, len(b.members), b.group]
+                                                  for b in all_buckets])})
 
 
 def _shard(hyper: Hyper, prog) -> Hyper:
@@ -341,5 +339,7 @@ class _MemoryStore:
     def write_chunk(self, members, variables, diverged_at):
         self._chunks.append((np.asarray(members), variables, np.asarray(diverged_at)))
 
-    def finalize(self):
-        return _io.grid_dataset(self.meta, self._chunks)
+    def finalize(self, attrs=None):
+        ds = _io.grid_dataset(self.meta, self._chunks)
+        ds.attrs.update(attrs or {})
+        return ds

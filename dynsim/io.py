@@ -93,9 +93,10 @@ class Store:
         name = f"chunk-{int(np.min(members)):09d}-{uuid.uuid4().hex[:8]}.nc"
         _atomic_write_dataset(ds, self.path / "chunks" / name)
 
-    def finalize(self) -> xr.Dataset:
-        """Assemble the grid, write ``results.nc`` atomically and return it."""
+    def finalize(self, attrs: dict | None = None) -> xr.Dataset:
+        """Assemble the grid, add ``attrs`` (e.g. timing), write ``results.nc`` atomically and return it."""
         ds = assemble(self.path)
+        ds.attrs.update(attrs or {})
         _atomic_write_dataset(ds, self.path / "results.nc")
         return ds
 

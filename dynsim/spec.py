@@ -5,7 +5,7 @@ A spec has five tables::
     experiment = "lr-transfer"      # which analysis runs on the results ("sweep": none beyond figures)
     [model]  kind, depth, act
     [task]   d_in, d_out, n_train, n_test, teacher, teacher_width, noise, input_alpha, seed
-    [train]  steps, record_every, batch_size, observables, diverge_factor, betas, group, chunk_members
+    [train]  steps, record_every, batch_size, observables, diverge_factor, betas, group, chunk_members, layout
     [sweep]  width, lr, seed, param, optimizer, init_scale, weight_decay, momentum
     [analysis]  experiment-specific settings
 
@@ -94,7 +94,8 @@ SCHEMA: dict[str, dict[str, Callable]] = {
              "input_alpha": _nonneg_num, "seed": _nonneg_int, "d_out": _pos_int},
     "train": {"steps": _pos_int, "record_every": _pos_int, "batch_size": _nonneg_int,
               "observables": _observables, "diverge_factor": lambda v: (_is_num(v) and v > 1, "a number > 1"),
-              "betas": _betas, "eps": _pos_num, "group": _pos_int, "chunk_members": _pos_int},
+              "betas": _betas, "eps": _pos_num, "group": _pos_int, "chunk_members": _pos_int,
+              "layout": _choice("auto", "vmap", "packed")},
     "sweep": {},  # checked by _sweep_axis
     "analysis": {},  # free-form, checked by the experiment
 }

@@ -180,3 +180,15 @@ def test_rerun_with_a_different_spec_into_the_same_out_is_refused(tiny_run, monk
     assert cli.main(["run", "tiny.toml", "--out", "out", "--no-progress", "--set", "lr=[0.2]"]) == 2
     _assert_one_line_error(capsys.readouterr().err, ["out", "--out"])
     assert (cwd / "out" / "meta.json").read_text() == meta
+
+
+def test_layout_key(tmp_path, capsys):
+    from dynsim import io
+
+    assert cli.main(["run", "sweep", "--quick", "--set", "train.layout=vmap", "--out", str(tmp_path / "v"),
+                     "--no-progress"]) == 0
+    assert io.load(tmp_path / "v").attrs["layout"] == "vmap"
+    assert cli.main(["run", "sweep", "--quick", "--set", "train.layout=packed", "--set", "depth=3", "--out",
+                     str(tmp_path / "p"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "packed layout" in err[0] and not (tmp_path / "p").exists()

@@ -70,6 +70,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     subprocess.run([sys.executable, str(script), str(tmp_path / "clean")], env=env, check=True)
     resumed, clean = ds.io.load(killed), ds.io.load(tmp_path / "clean")
     assert resumed.attrs["complete"] == 1
-    # Same members in the same groups on the same backend: bit-identical.
-    xr.testing.assert_identical(resumed[["loss", "test_loss", "diverged_at"]], clean[["loss", "test_loss",
-                                                                                      "diverged_at"]])
+    # Same members in the same groups on the same backend: bit-identical values (timings differ, naturally).
+    xr.testing.assert_equal(resumed[["loss", "test_loss", "diverged_at"]], clean[["loss", "test_loss",
+                                                                                 "diverged_at"]])
+    assert resumed.attrs["spec"] == clean.attrs["spec"]

@@ -142,7 +142,7 @@ def build(spec: dict):
                                                                                    ["loss", "test_loss"])),
             "diverge_factor": train.pop("diverge_factor", 1e4), "betas": tuple(train.pop("betas", (0.9, 0.999))),
             "eps": train.pop("eps", 1e-8), "group": train.pop("group", None),
-            "chunk_members": train.pop("chunk_members", 256)}
+            "chunk_members": train.pop("chunk_members", 256), "layout": train.pop("layout", "auto")}
     return model, task, sweep, opts
 
 
@@ -154,6 +154,10 @@ def run(name_or_path: str, *, out=None, quick: bool = False, sets=(), progress: 
     """
     exp, spec = resolve_spec(name_or_path, quick=quick, sets=sets)
     model, task, sweep, opts = build(spec)
+    try:  # reject a layout the model cannot use before anything is written
+        _engine._choose_layout(opts["layout"], model, opts["observables"], sweep, opts["batch_size"] or task.n_train)
+    except ValueError as e:
+        raise _spec.SpecError(str(e)) from None
     out = pathlib.Path(out or f"runs/{exp.name}{'-quick' if quick else ''}")
     out.mkdir(parents=True, exist_ok=True)
     log(f"dynsim: {exp.name}: {sweep.size} members, {opts['steps']} steps -> {out}")
@@ -161,6 +165,8 @@ def run(name_or_path: str, *, out=None, quick: bool = False, sets=(), progress: 
     try:
         ds = _engine.run(model, task, sweep, out=out, progress=progress, spec=spec, **opts)
     except _io.MetaMismatch as e:
+        raise _spec.SpecError(str(e)) from None
+    except ValueError as e:  # inputs the engine rejects (e.g. a layout the model cannot use)
         raise _spec.SpecError(str(e)) from None
     t_train = time.perf_counter() - t0
     result = exp.analyse(ds, spec, out)
