@@ -20,8 +20,9 @@ SCRIPT = textwrap.dedent("""
     from dynsim.models import MLP
     from dynsim.tasks import TeacherStudent
     ds.run(MLP(d_in=8), TeacherStudent(d_in=8, n_train=64, n_test=32),
-           ds.Sweep(width=[8, 16, 32, 48], lr=[0.05, 0.1, 0.2], seed=[0, 1, 2]), steps=400, record_every=50,
-           group=1, chunk_members=1, buckets=[[8], [16], [32], [48]], out=sys.argv[1], progress=False)
+           ds.Sweep(width=[8, 16, 32, 48], lr=[0.05, 0.1, 0.2], seed=[0, 1, 2]), steps=2000, record_every=100,
+           group=1, chunk_members=1, buckets=[[8], [16], [32], [48]], layout="vmap", out=sys.argv[1],
+           progress=False)
 """)
 
 
@@ -60,7 +61,8 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
         n = len(list((killed / "chunks").glob("*.nc"))) if (killed / "chunks").exists() else 0
         if n >= 3 or proc.poll() is not None:
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
+    assert proc.poll() is None, "the job finished before it could be killed; make it longer"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     partial = ds.io.load(killed)
