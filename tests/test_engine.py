@@ -1,5 +1,7 @@
 """Engine correctness: padding invariance, no retracing, divergence isolation, parametrization identities."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -147,3 +149,17 @@ def test_member_axis_is_sharded_over_devices_without_changing_results(tmp_path):
     single = ds.run(MLP(d_in=8, depth=3), TASK, ds.Sweep(width=[16, 24], lr=[0.05, 0.1, 1e4], seed=[0, 1, 2]),
                     steps=40, record_every=20, progress=False)
     np.testing.assert_allclose(out["loss"], np.nan_to_num(single["loss"].values, nan=-1.0), rtol=1e-6)
+
+
+def test_memory_estimate_and_refusal():
+    from dynsim.engine import _check_memory
+    from dynsim.sweep import Bucket
+
+    prog = train.Program(model=MODEL, task=TASK, optimizer="adam", n_pad=1024, record_every=1,
+                         records_per_segment=1)
+    one, many = train.memory_estimate(prog, 1), train.memory_estimate(prog, 64)
+    assert 0 < one < many and many > 60 * (one - train.memory_estimate(prog, 0))  # grows with the group
+    packed = dataclasses.replace(prog, layout="packed", model=MLP(d_in=8))
+    assert train.memory_estimate(packed, 64) < 2 * train.memory_estimate(packed, 1) + 64 * 1024 * 8
+    with pytest.raises(MemoryError, match="pass a smaller group"):
+        _check_memory(10**16, Bucket("sgd", 1024, np.arange(64), 64))
