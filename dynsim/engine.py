@@ -27,7 +27,11 @@ from . import param as _param
 from .sweep import AXES, Bucket, Sweep, plan
 from .train import Hyper, Program, init_group, memory_estimate, run_segment
 
-__all__ = ["run", "member_hyper", "member_table", "chunks", "versions"]
+__all__ = ["run", "member_hyper", "member_table", "chunks", "versions", "InputError"]
+
+
+class InputError(ValueError):
+    """An argument of :func:`run` that cannot work; the message is one sentence naming it."""
 
 
 def versions() -> dict:
@@ -131,7 +135,8 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
       chunk_members: members per stored chunk (rounded to whole groups).
       layout: ``"vmap"`` (members padded to their bucket's width and vmapped), ``"packed"`` (two-layer networks:
         the units of members of any widths side by side, see :mod:`dynsim.packed`) or ``"auto"``: packed where the
-        model is two-layer and every observable is available packed, else vmap.
+        model is two-layer, every observable is available packed, ``group`` and ``buckets`` are not set, and the
+        packed readout is cheap or the members small (see ``_choose_layout``); else vmap.
       spec: the full experiment spec, stored in the results' attributes.
       log: optional callable receiving one-line progress messages.
     Returns:
@@ -147,13 +152,18 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
         res["loss"].isel(step=-1).mean("seed")
     """
     if steps <= 0 or record_every <= 0 or steps % record_every:
-        raise ValueError(f"steps ({steps}) must be a positive multiple of record_every ({record_every}).")
-    task.validate_batch_size(batch_size)
+        raise InputError(f"steps ({steps}) must be a positive multiple of record_every ({record_every}).")
+    try:
+        task.validate_batch_size(batch_size)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     if model.d_in != task.d_in or model.d_out != task.d_out:
-        raise ValueError(f"model d_in/d_out ({model.d_in}, {model.d_out}) must match the task's "
+        raise InputError(f"model d_in/d_out ({model.d_in}, {model.d_out}) must match the task's "
                          f"({task.d_in}, {task.d_out}).")
     observables = tuple(observables)
     obs_defs = [_obs.get(n) for n in observables]
+    if layout == "auto" and (group is not None or buckets is not None):
+        layout = "vmap"  # group sizes and width buckets are settings of the vmapped layout
     layout = _choose_layout(layout, model, observables, sweep, batch_size or task.n_train)
     intervals = steps // record_every
     record_steps = np.arange(intervals + 1) * record_every
@@ -182,6 +192,9 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
     done = store.done()
     all_buckets = plan(sweep, model, steps=steps, batch=batch, group=group, buckets=buckets, slab_bytes=slab_bytes,
                        layout=layout)
+    # Chunks and groups come from the plan of the full sweep, so an interrupted run resumed with the same settings
+    # recomputes exactly the missing chunks; with other settings only groups holding a missing member run, and only
+    # missing members are written.
     work = [(b, c) for b in all_buckets for c in chunks(b, chunk_members) if not done[np.concatenate(c)].all()]
     data = task.make()
     timing = {"compile_s": 0.0, "run_s": 0.0, "members": int(sum(len(g) for _, c in work for g in c))}
@@ -195,6 +208,7 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
         _check_memory(need, bucket)
         recs = {n: [] for n in observables}
         div = []
+        chunk = [members for members in chunk if not done[members].all()]
         for members in chunk:
             hyper = _shard(member_hyper(sweep, members, bucket.group, table=table), prog)
             if prog.layout == "packed":
@@ -224,7 +238,8 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
                 recs[n].append(np.concatenate(parts[n], axis=1)[: len(members)])
             div.append(np.asarray(state.diverged_at)[: len(members)])
         stored = np.concatenate(chunk)
-        store.write_chunk(stored, {n: np.concatenate(v) for n, v in recs.items()}, np.concatenate(div))
+        new = ~done[stored]
+        store.write_chunk(stored[new], {n: np.concatenate(v)[new] for n, v in recs.items()}, np.concatenate(div)[new])
         if log is not None:
             log(f"bucket n_pad={bucket.n_pad} ({bucket.optimizer}): stored {len(stored)} members")
     bar.close()
@@ -246,7 +261,8 @@ def _shard(hyper: Hyper, prog) -> Hyper:
 
 
 def _choose_layout(layout: str, model, observables, sweep: Sweep, batch: int) -> str:
-    """Pick the layout. ``auto`` packs two-layer sweeps unless the membership matmul would dominate.
+    """Pick the layout. ``auto`` packs two-layer sweeps unless the membership matmul would dominate (or the caller
+    set ``group`` or ``buckets``, which belong to the vmapped layout).
 
     The packed readout costs about ``M * d_out / d_in`` times the first layer (``M`` members per pack), which pays
     off when compiling one program instead of one per width bucket matters more: when members are small
@@ -267,10 +283,10 @@ def _choose_layout(layout: str, model, observables, sweep: Sweep, batch: int) ->
         cheap_readout = 4 * slots * model.d_out <= model.d_in
         return "packed" if (small or cheap_readout) else "vmap"
     if layout == "packed" and not packable:
-        raise ValueError("the packed layout needs a two-layer model and observables among "
+        raise InputError("the packed layout needs a two-layer model and observables among "
                          f"{', '.join(sorted(_packed.SUPPORTED_OBSERVABLES))}.")
     if layout not in ("vmap", "packed"):
-        raise ValueError(f"layout must be 'auto', 'vmap' or 'packed', got {layout!r}.")
+        raise InputError(f"layout must be 'auto', 'vmap' or 'packed', got {layout!r}.")
     return layout
 
 
@@ -320,9 +336,11 @@ def _check_memory(need: int, bucket: Bucket) -> None:
         except (ValueError, OSError, AttributeError):
             return
     if need > 0.8 * limit:
-        raise MemoryError(f"a group of {bucket.group} members at width {bucket.n_pad} needs about "
-                          f"{need / 2**30:.1f} GiB, more than 80% of the {limit / 2**30:.1f} GiB available; "
-                          f"pass a smaller group.")
+        what = (f"a pack of {bucket.n_pad} units" if bucket.packs is not None else
+                f"a group of {bucket.group} members at width {bucket.n_pad}")
+        advice = "use layout='vmap' with a small group" if bucket.packs is not None else "pass a smaller group"
+        raise MemoryError(f"{what} needs about {need / 2**30:.1f} GiB, more than 80% of the "
+                          f"{limit / 2**30:.1f} GiB available; {advice}.")
 
 
 class _MemoryStore:

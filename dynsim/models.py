@@ -126,7 +126,7 @@ class MLP:
         """Initial weights at padded width ``n_pad``; units ``>= width`` are zero.
 
         Unit ``i`` draws its input weights and its output weights from one key, ``fold_in(key, i)``; row ``i`` of
-        hidden layer ``l`` draws from ``fold_in(fold_in(key, l), i)``. Each draw is 1-D, and a 1-D draw's prefix
+        hidden layer ``l`` draws from ``fold_in(fold_in(fold_in(key, 2**31 - 1), l), i)``. Each draw is 1-D, and a 1-D draw's prefix
         does not depend on its length, so nothing depends on ``n_pad``. Drawing a unit's input and output weights
         together halves the random-number programs XLA compiles for a two-layer network.
 

@@ -96,7 +96,8 @@ def _preact_rms(ctx, params, extra):
     return jnp.stack([jnp.sqrt(jnp.sum(h**2) / (width * h.shape[1])) for h in pre]), None
 
 
-register(Observable("loss", _train_loss, "training loss 0.5*mean((f-y)^2) on the full training set"))
+register(Observable("loss", _train_loss, "training loss 0.5*mean((f-y)^2) on the full training set (on the test "
+                    "set, i.e. the population loss, for online tasks)"))
 register(Observable("test_loss", _test_loss, "test loss 0.5*mean((f-y)^2) on the held-out set"))
 register(Observable("output_rms", _output_rms, "root mean square of the network output on the test inputs"))
 register(Observable("preact_rms", _preact_rms, "RMS of each hidden layer's pre-activations on the test inputs",

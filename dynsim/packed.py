@@ -107,13 +107,24 @@ def _layout(prog, hyper, pack: Pack) -> _Layout:
 
 
 def _forward(prog, params, lay: _Layout, x):
-    """Outputs of every member slot, ``[M, d_out, P]``."""
+    """Outputs of every member slot, ``[M, d_out, P]``; NaN for a member with a non-finite unit.
+
+    The membership matmul would turn one unit's overflow into ``0 * inf = NaN`` in every member of the pack, so
+    non-finite unit contributions are zeroed before it and their member is flagged instead.
+    """
     w_in, w_out = params
     phi = _ACTS[prog.model.act][0]
     h = lay.mult[lay.slot, 0][:, None] * (w_in @ x)
     z = phi(h) * lay.valid[:, None]
-    out = jnp.stack([lay.member @ (w_out[k][:, None] * z) for k in range(prog.model.d_out)], axis=1)
-    return lay.mult[:, 1][:, None, None] * out
+    outs, bad_units = [], jnp.zeros(z.shape[0], z.dtype)
+    for k in range(prog.model.d_out):
+        contrib = w_out[k][:, None] * z
+        finite = jnp.isfinite(contrib)
+        bad_units = jnp.maximum(bad_units, 1.0 - jnp.min(finite, axis=1).astype(z.dtype))
+        outs.append(lay.member @ jnp.where(finite, contrib, 0.0))
+    bad = (lay.member @ bad_units) > 0
+    out = lay.mult[:, 1][:, None, None] * jnp.stack(outs, axis=1)
+    return jnp.where(bad[:, None, None], jnp.nan, out)
 
 
 def _losses(prog, params, lay, x, y):

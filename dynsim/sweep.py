@@ -135,7 +135,7 @@ class Bucket:
     Attributes:
       optimizer: the optimizer family.
       n_pad: padded width.
-      members: flat member indices, sorted.
+      members: flat member indices (sorted for the vmapped layout, in pack order for the packed one).
       group: members per vectorised step (the last group is padded by repeating a member); for the packed
         layout, member slots per pack.
       packs: packed layout only: the members of each pack (``n_pad`` is then the units per pack).
@@ -220,7 +220,7 @@ def plan(sweep: Sweep, model, *, steps: int, batch: int, done: np.ndarray | None
       layout: ``"vmap"`` (width buckets) or ``"packed"`` (one bucket per optimizer, members packed by unit count;
         see :mod:`dynsim.packed`).
     Returns:
-      Buckets in order of increasing padded width.
+      Buckets, per optimizer in order of increasing padded width (packed: one bucket per optimizer).
     """
     backend = backend or default_backend()
     # Measured on a 2-core CPU: about 1-1.5 s to compile a bucket's init and segment programs.
@@ -249,6 +249,11 @@ def plan(sweep: Sweep, model, *, steps: int, batch: int, done: np.ndarray | None
             parts = _bucket_widths(widths, counts, lambda n: steps * model.flops(n, batch),
                                    compile_seconds * flop_rate)
         else:
+            listed = [w for b in buckets for w in b]
+            if len(listed) != len(set(listed)):
+                repeated = sorted({w for w in listed if listed.count(w) > 1})
+                raise ValueError(f"forced buckets list widths {repeated} more than once; each width belongs to one "
+                                 f"bucket.")
             parts = [[w for w in b if w in widths] for b in buckets]
             missing = set(widths) - {w for b in parts for w in b}
             if missing:

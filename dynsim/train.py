@@ -1,4 +1,4 @@
-"""Training: per-member step functions, scanned segments and the sweep executor.
+"""Training: per-member step functions and scanned segments (the executor that drives them is :mod:`dynsim.engine`).
 
 The unit of compiled work is a *group*: ``G`` members of one bucket (same optimizer, same padded width) whose
 states carry a leading member axis. :func:`init_group` builds their states and the records at step 0;
@@ -267,7 +267,8 @@ def run_segment(prog: Program, data: Data, state: MemberState, hyper: Hyper, ste
 def memory_estimate(prog: Program, group: int) -> int:
     """Bytes a group program needs, estimated before compiling.
 
-    Parameters, gradients and optimizer state (1 extra copy for SGD with momentum, 2 for Adam) per member, plus
+    Parameters, gradients and optimizer state (1 extra copy for SGD, an upper bound when there is no momentum;
+    2 for Adam) per member, plus
     forward activations and their gradients (about 3 copies of each hidden ``[n_pad, batch]`` array), plus the
     shared data. In the packed layout ``n_pad`` already counts the units of all ``group`` members of a pack, which
     add a ``[group, n_pad]`` membership matrix.

@@ -76,3 +76,24 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     xr.testing.assert_equal(resumed[["loss", "test_loss", "diverged_at"]], clean[["loss", "test_loss",
                                                                                  "diverged_at"]])
     assert resumed.attrs["spec"] == clean.attrs["spec"]
+
+
+def test_resume_with_other_group_settings_stores_each_member_once(tmp_path):
+    model, task = MLP(d_in=4, depth=3), TeacherStudent(d_in=4, n_train=16, n_test=16)
+    sweep = ds.Sweep(width=[8], lr=[0.05, 0.1, 0.2, 0.3])
+    kw = dict(steps=10, record_every=5, out=tmp_path, progress=False)
+    first = ds.run(model, task, sweep, group=2, chunk_members=2, **kw)
+    chunk_files = sorted((tmp_path / "chunks").glob("*.nc"))
+    assert len(chunk_files) == 2
+    chunk_files[0].unlink()
+    (tmp_path / "results.nc").unlink()
+    again = ds.run(model, task, sweep, group=4, chunk_members=4, **kw)
+    members = np.concatenate([xr.load_dataset(f)["member"].values for f in (tmp_path / "chunks").glob("*.nc")])
+    assert sorted(members.tolist()) == [0, 1, 2, 3]  # the two lost members recomputed, nobody twice
+    xr.testing.assert_allclose(again["loss"], first["loss"])
+
+
+def test_overlapping_forced_buckets_are_refused():
+    with pytest.raises(ValueError, match="more than once"):
+        ds.run(MLP(d_in=4), TeacherStudent(d_in=4, n_train=16), ds.Sweep(width=[8, 16, 32], lr=[0.1]), steps=5,
+               record_every=5, buckets=[[8, 16], [16, 32]], progress=False)

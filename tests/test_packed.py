@@ -61,3 +61,12 @@ def test_auto_layout_falls_back_to_vmap():
     assert _choose_layout("auto", MLP(d_in=64), ("loss",), flop_bound, 1024) == "vmap"  # readout would double FLOPs
     with pytest.raises(ValueError, match="packed layout"):
         ds.run(MLP(d_in=8, depth=3), TASK, sweep, steps=10, record_every=5, layout="packed", progress=False)
+
+
+def test_overflow_in_one_member_does_not_reach_its_pack_mates():
+    # lr = 1e30 overflows one member's units to inf; the membership matmul must not turn that into NaN elsewhere.
+    task = TeacherStudent(d_in=8, d_out=2, n_train=32, n_test=32)
+    sweep = ds.Sweep(width=[4, 8], lr=[0.05, 1e30])
+    res = ds.run(MLP(d_in=8, d_out=2), task, sweep, steps=6, record_every=2, layout="packed", progress=False)
+    assert (res["diverged_at"].sel(lr=1e30) >= 0).all() and (res["diverged_at"].sel(lr=0.05) == -1).all()
+    assert np.isfinite(res["loss"].sel(lr=0.05)).all()

@@ -156,7 +156,7 @@ def run(name_or_path: str, *, out=None, quick: bool = False, sets=(), progress: 
     model, task, sweep, opts = build(spec)
     try:  # reject a layout the model cannot use before anything is written
         _engine._choose_layout(opts["layout"], model, opts["observables"], sweep, opts["batch_size"] or task.n_train)
-    except ValueError as e:
+    except _engine.InputError as e:
         raise _spec.SpecError(str(e)) from None
     out = pathlib.Path(out or f"runs/{exp.name}{'-quick' if quick else ''}")
     out.mkdir(parents=True, exist_ok=True)
@@ -166,7 +166,7 @@ def run(name_or_path: str, *, out=None, quick: bool = False, sets=(), progress: 
         ds = _engine.run(model, task, sweep, out=out, progress=progress, spec=spec, **opts)
     except _io.MetaMismatch as e:
         raise _spec.SpecError(str(e)) from None
-    except ValueError as e:  # inputs the engine rejects (e.g. a layout the model cannot use)
+    except _engine.InputError as e:  # inputs the engine rejects
         raise _spec.SpecError(str(e)) from None
     t_train = time.perf_counter() - t0
     result = exp.analyse(ds, spec, out)
