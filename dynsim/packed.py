@@ -3,7 +3,7 @@
 A *pack* holds ``U`` unit slots and ``M`` member slots. Member ``m`` of width ``n_m`` owns ``n_m`` consecutive
 units; ``seg[i]`` names the member slot of unit ``i`` (``M`` for an empty unit) and ``unit[i]`` its index inside the
 member. The first layer of every member in the pack is then one matmul ``[U, d] @ [d, P]``, and each member's output
-is a segment sum over its units, computed as a 0/1 membership matrix ``[M, U]`` times the weighted activations.
+is a segment sum over its consecutive units.
 Nothing is padded to a common width, and one compiled program serves every mix of widths, so a sweep over many
 small widths compiles once instead of once per width bucket.
 
@@ -46,9 +46,8 @@ class Pack(NamedTuple):
 def choose_capacity(widths, d_in: int, batch: int, *, min_units: int = 256) -> tuple[int, int]:
     """Units ``U`` and member slots ``M`` per pack.
 
-    ``U`` is at least the widest member and ``min_units``. ``M = U // min(width)`` lets a pack fill with its
-    narrowest members. The membership matmul costs ``M * U * P`` per output against ``U * d * P`` for the first
-    layer, so ``U`` stays small when members are narrow.
+    ``U`` is at least the widest member and ``min_units``; ``M = U // min(width)`` lets a pack fill with its
+    narrowest members. Small packs keep each step's activations in cache when members are narrow.
     """
     widths = np.asarray(widths)
     units = int(max(widths.max(), min_units))
@@ -90,9 +89,9 @@ def pack_arrays(widths, units: int, slots: int) -> Pack:
 
 
 class _Layout(NamedTuple):
+    seg: jax.Array  # [U] member slot, M for an empty unit
     slot: jax.Array  # [U] member slot, clipped to a valid index
     valid: jax.Array  # [U] 1.0 for a member's unit, 0.0 for an empty one
-    member: jax.Array  # [M, U] 0/1 membership
     mult: jax.Array  # [M, 2] forward multipliers
     std: jax.Array  # [M, 2] init stds
     lr: jax.Array  # [M, 2] lr multipliers
@@ -102,29 +101,24 @@ def _layout(prog, hyper, pack: Pack) -> _Layout:
     slots = hyper.width.shape[0]
     sc = jax.vmap(prog.model.scales)(hyper.width, hyper.abc, hyper.init_scale)
     dtype = jnp.result_type(float)
-    return _Layout(slot=jnp.minimum(pack.seg, slots - 1), valid=(pack.seg < slots).astype(dtype),
-                   member=jax.nn.one_hot(pack.seg, slots, dtype=dtype).T, mult=sc.mult, std=sc.std, lr=sc.lr)
+    return _Layout(seg=pack.seg, slot=jnp.minimum(pack.seg, slots - 1), valid=(pack.seg < slots).astype(dtype),
+                   mult=sc.mult, std=sc.std, lr=sc.lr)
 
 
 def _forward(prog, params, lay: _Layout, x):
-    """Outputs of every member slot, ``[M, d_out, P]``; NaN for a member with a non-finite unit.
+    """Outputs of every member slot, ``[M, d_out, P]``.
 
-    The membership matmul would turn one unit's overflow into ``0 * inf = NaN`` in every member of the pack, so
-    non-finite unit contributions are zeroed before it and their member is flagged instead.
+    Each member's readout is a segment sum over its (consecutive) units. A sum, unlike a 0/1 membership matmul,
+    never forms ``0 * inf``, so one member's overflow stays in that member.
     """
     w_in, w_out = params
     phi = _ACTS[prog.model.act][0]
     h = lay.mult[lay.slot, 0][:, None] * (w_in @ x)
     z = phi(h) * lay.valid[:, None]
-    outs, bad_units = [], jnp.zeros(z.shape[0], z.dtype)
-    for k in range(prog.model.d_out):
-        contrib = w_out[k][:, None] * z
-        finite = jnp.isfinite(contrib)
-        bad_units = jnp.maximum(bad_units, 1.0 - jnp.min(finite, axis=1).astype(z.dtype))
-        outs.append(lay.member @ jnp.where(finite, contrib, 0.0))
-    bad = (lay.member @ bad_units) > 0
-    out = lay.mult[:, 1][:, None, None] * jnp.stack(outs, axis=1)
-    return jnp.where(bad[:, None, None], jnp.nan, out)
+    slots = lay.mult.shape[0]
+    outs = [jax.ops.segment_sum(w_out[k][:, None] * z, lay.seg, num_segments=slots + 1,
+                                indices_are_sorted=True)[:slots] for k in range(prog.model.d_out)]
+    return lay.mult[:, 1][:, None, None] * jnp.stack(outs, axis=1)
 
 
 def _losses(prog, params, lay, x, y):

@@ -270,8 +270,7 @@ def memory_estimate(prog: Program, group: int) -> int:
     Parameters, gradients and optimizer state (1 extra copy for SGD, an upper bound when there is no momentum;
     2 for Adam) per member, plus
     forward activations and their gradients (about 3 copies of each hidden ``[n_pad, batch]`` array), plus the
-    shared data. In the packed layout ``n_pad`` already counts the units of all ``group`` members of a pack, which
-    add a ``[group, n_pad]`` membership matrix.
+    shared data. In the packed layout ``n_pad`` already counts the units of all ``group`` members of a pack.
     """
     itemsize = jnp.dtype(jnp.result_type(float)).itemsize
     n_params = prog.model.n_params(prog.n_pad)
@@ -282,5 +281,5 @@ def memory_estimate(prog: Program, group: int) -> int:
     acts = 3 * (prog.model.depth - 1) * prog.n_pad * max(batch, evals)
     data = (task.d_in + task.d_out) * (task.n_train + task.n_test)
     if prog.layout == "packed":
-        return int(itemsize * (copies * n_params + acts + group * prog.n_pad + data))
+        return int(itemsize * (copies * n_params + acts + data))
     return int(itemsize * (group * (copies * n_params + acts) + data))

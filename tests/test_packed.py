@@ -64,7 +64,7 @@ def test_auto_layout_falls_back_to_vmap():
 
 
 def test_overflow_in_one_member_does_not_reach_its_pack_mates():
-    # lr = 1e30 overflows one member's units to inf; the membership matmul must not turn that into NaN elsewhere.
+    # lr = 1e30 overflows one member's units to inf; the readout must not turn that into NaN elsewhere.
     task = TeacherStudent(d_in=8, d_out=2, n_train=32, n_test=32)
     sweep = ds.Sweep(width=[4, 8], lr=[0.05, 1e30])
     res = ds.run(MLP(d_in=8, d_out=2), task, sweep, steps=6, record_every=2, layout="packed", progress=False)
