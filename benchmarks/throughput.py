@@ -48,6 +48,7 @@ import numpy as np
 import dynsim
 import dynsim.engine
 import dynsim.sweep
+from dynsim.engine import CompileClock
 from dynsim.models import MLP
 from dynsim.tasks import TeacherStudent
 
@@ -80,40 +81,6 @@ SMOKE_SHAPES = {
     "iii": dict(desc="smoke (iii)", widths=(16, 128), lrs=(1e-3,), seeds=1, P=64, d=8, steps=5),
 }
 N_TEST = 256
-
-
-# ----------------------------------------------------------------------------------------------- compile timing
-class _CompileClock:
-    """Sums JAX's own compile-phase durations (trace, lowering, backend compile) while active."""
-
-    EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
-              "/jax/core/compile/backend_compile_duration")
-
-    def __init__(self):
-        self.total = 0.0
-        self.active = False
-        jax.monitoring.register_event_duration_secs_listener(self._listen)
-
-    def _listen(self, event, duration, **_):
-        if self.active and event in self.EVENTS:
-            self.total += duration
-
-    def __enter__(self):
-        self.total, self.active = 0.0, True
-        return self
-
-    def __exit__(self, *exc):
-        self.active = False
-
-
-_CLOCK = None
-
-
-def _clock() -> _CompileClock:
-    global _CLOCK
-    if _CLOCK is None:
-        _CLOCK = _CompileClock()
-    return _CLOCK
 
 
 # ----------------------------------------------------------------------------------------------------- the peak
@@ -192,7 +159,7 @@ def run_engine(shape: dict, steps: int, fresh: bool = False, **kw) -> dict:
     if fresh:
         jax.clear_caches()
     task.make()  # the task's arrays are built outside the timing (their eager ops compile once for both sides)
-    with _clock() as clock:
+    with CompileClock() as clock:
         t0, c0 = time.perf_counter(), _cpu_s()
         res = dynsim.run(model, task, sweep, steps=steps, record_every=steps, progress=False, **kw)
         wall, cpu = time.perf_counter() - t0, _cpu_s() - c0
@@ -241,7 +208,7 @@ def run_loop(shape: dict, steps: int) -> dict:
     """One jit per width, Python loop over lr and seed, blocking on each result."""
     task = TeacherStudent(d_in=shape["d"], n_train=shape["P"], n_test=N_TEST)
     task.make()  # as in run_engine (each call of _loop_program is a new function, so jit always compiles afresh)
-    with _clock() as clock:
+    with CompileClock() as clock:
         t0, c0 = time.perf_counter(), _cpu_s()
         data = task.make()
         x = jnp.asarray(data.x_train.T)  # usual layout: [P, d]

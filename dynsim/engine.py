@@ -27,7 +27,7 @@ from . import param as _param
 from .sweep import AXES, Bucket, Sweep, plan
 from .train import Hyper, Program, init_group, memory_estimate, run_segment
 
-__all__ = ["run", "member_hyper", "member_table", "chunks", "versions", "InputError"]
+__all__ = ["run", "member_hyper", "member_table", "chunks", "versions", "InputError", "CompileClock"]
 
 
 class InputError(ValueError):
@@ -200,7 +200,7 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
     timing = {"compile_s": 0.0, "run_s": 0.0, "members": int(sum(len(g) for _, c in work for g in c))}
     t_start = time.perf_counter()
     bar = _progress(timing["members"] * steps, progress, "training")
-    clock = _CompileClock()
+    clock = CompileClock()
     table = member_table(sweep)
     for bucket, chunk in work:
         prog = make_prog(bucket)
@@ -290,10 +290,17 @@ def _choose_layout(layout: str, model, observables, sweep: Sweep, batch: int) ->
     return layout
 
 
-class _CompileClock:
-    """Sums JAX's own compile-phase durations (trace, lowering, backend compile) while active.
+class CompileClock:
+    """Sums JAX's own compile-phase durations (trace, lowering, backend compile) inside its ``with`` blocks.
 
-    Uses the public :mod:`jax.monitoring` events, so the figure excludes execution and dispatch.
+    Uses the public :mod:`jax.monitoring` events, so the figure excludes execution and dispatch. A clock
+    accumulates over all its blocks; clocks may nest (the benchmark times the engine's own clock's work).
+
+    Example::
+
+        with CompileClock() as clock:
+            dynsim.run(...)
+        clock.total  # seconds spent compiling
     """
 
     EVENTS = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
@@ -303,22 +310,22 @@ class _CompileClock:
 
     def __init__(self):
         self.total = 0.0
-        if not _CompileClock._listening:
-            jax.monitoring.register_event_duration_secs_listener(_CompileClock._dispatch)
-            _CompileClock._listening.append(True)
+        if not CompileClock._listening:
+            jax.monitoring.register_event_duration_secs_listener(CompileClock._dispatch)
+            CompileClock._listening.append(True)
 
     @staticmethod
     def _dispatch(event, duration, **_):
-        if event in _CompileClock.EVENTS:
-            for clock in _CompileClock._current:
+        if event in CompileClock.EVENTS:
+            for clock in CompileClock._current:
                 clock.total += duration
 
     def __enter__(self):
-        _CompileClock._current.append(self)
+        CompileClock._current.append(self)
         return self
 
     def __exit__(self, *exc):
-        _CompileClock._current.remove(self)
+        CompileClock._current.remove(self)
 
 
 def _check_memory(need: int, bucket: Bucket) -> None:

@@ -183,8 +183,6 @@ def _keep(tree, alive_units, shapes):
 
 
 def _records(prog, data, lay, state):
-    from .train import MemberState  # noqa: F401  (state type)
-
     out = {}
     need_test = {"test_loss", "outputs", "output_rms"} & set(prog.observables)
     f_test = _forward(prog, state.params, lay, data.x_test) if need_test else None

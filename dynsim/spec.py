@@ -82,10 +82,6 @@ def _betas(v):
     return (ok, "a list of two numbers in [0, 1)")
 
 
-def _any_table(v):
-    return (isinstance(v, dict), "a table")
-
-
 SCHEMA: dict[str, dict[str, Callable]] = {
     "model": {"kind": _choice("mlp", "uv"), "depth": lambda v: (_is_int(v) and v >= 2, "an integer >= 2"),
               "act": _choice("relu", "tanh", "linear")},

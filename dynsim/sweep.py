@@ -158,10 +158,6 @@ class Bucket:
         return [self.members[i:i + self.group] for i in range(0, len(self.members), self.group)]
 
 
-def default_backend() -> str:
-    return jax.default_backend()
-
-
 def group_size(n_pad: int, batch: int, n_members: int, *, backend: str | None = None,
                slab_bytes: float | None = None, depth: int = 2, itemsize: int = 4) -> int:
     """How many members share one vectorised step.
@@ -175,7 +171,7 @@ def group_size(n_pad: int, batch: int, n_members: int, *, backend: str | None = 
     The group is then balanced, ``ceil(n / ceil(n / g))``, so that a bucket splits into equal groups instead of
     full groups plus a mostly padded last one.
     """
-    backend = backend or default_backend()
+    backend = backend or jax.default_backend()
     slab = slab_bytes or (16e6 if backend == "cpu" else 2**30)
     g = max(1, int(slab // (n_pad * max(batch, 1) * max(depth - 1, 1) * itemsize)))
     n = max(n_members, 1)
@@ -222,7 +218,7 @@ def plan(sweep: Sweep, model, *, steps: int, batch: int, done: np.ndarray | None
     Returns:
       Buckets, per optimizer in order of increasing padded width (packed: one bucket per optimizer).
     """
-    backend = backend or default_backend()
+    backend = backend or jax.default_backend()
     # Measured on a 2-core CPU: about 1-1.5 s to compile a bucket's init and segment programs.
     compile_seconds = 1.5 if compile_seconds is None else compile_seconds
     # Grouped steady-state throughput: 1.5e11 FLOP/s measured on 2 CPU cores; a nominal 2e13 on accelerators.

@@ -216,9 +216,6 @@ def _step_member(prog: Program, hyper: Hyper, state: MemberState, batch, step):
     )
 
 
-_HYPER_AXES = Hyper(0, 0, 0, 0, 0, 0, 0)
-
-
 @functools.partial(jax.jit, static_argnums=0)
 def init_group(prog: Program, data: Data, hyper: Hyper):
     """States of a group of members and their records at step 0.

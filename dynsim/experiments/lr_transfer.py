@@ -39,16 +39,19 @@ QUICK = {
 }
 
 
+def _final(ds, metric):
+    """The final ``metric`` with the sweep's unused (length-1) axes dropped."""
+    final = ds[metric].isel(step=-1)
+    return final.squeeze([d for d in ("init_scale", "weight_decay", "momentum") if final.sizes[d] == 1])
+
+
 def optimal_lr(ds, metric: str = "loss", n_boot: int = N_BOOT, seed: int = 0):
     """Optimal learning rate per (optimizer, param, width) with bootstrap replicates over seeds.
 
     Returns:
       ``(point, boot)``: ``point`` has dims ``optimizer, param, width``; ``boot`` has a leading replicate axis.
     """
-    final = ds[metric].isel(step=-1)
-    final = final.squeeze([d for d in ("init_scale", "weight_decay", "momentum") if d in final.dims and
-                           final.sizes[d] == 1])
-    final = final.transpose("optimizer", "param", "width", "seed", "lr")
+    final = _final(ds, metric).transpose("optimizer", "param", "width", "seed", "lr")
     values = final.values  # [O, P, W, S, L]
     lrs = ds["lr"].values
     point = _fit.lr_optimum(lrs, values.mean(axis=3))
@@ -94,8 +97,7 @@ def analyse(ds, spec, out):
 
 
 def _plot_curves(ds, metric, point, out):
-    final = ds[metric].isel(step=-1).mean("seed")
-    final = final.squeeze([d for d in ("init_scale", "weight_decay", "momentum") if d in final.dims])
+    final = _final(ds, metric).mean("seed")
     opts, params, widths = ds["optimizer"].values, ds["param"].values, ds["width"].values
     fig, axes = plt.subplots(len(opts), len(params), figsize=(4 * len(params), 3.2 * len(opts)), squeeze=False)
     colors = width_colors(len(widths))
