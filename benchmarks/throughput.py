@@ -28,7 +28,7 @@ Usage::
 
 ``--variants`` runs the engine with several settings against one loop measurement; the first gives the headline
 ``speedup`` and ``peak_fraction``. Keys, joined by ``+``: ``group=G``, ``slab=BYTES`` (``slab_bytes=``),
-``buckets=each|one|16,32/64,128`` (forced buckets), ``compile=S`` / ``rate=FLOP_PER_S`` (buckets chosen by
+``buckets=each|one|16,32/64,128`` (forced buckets), ``chunk=C`` (``sample_chunk=``, 0: whole batch), ``compile=S`` / ``rate=FLOP_PER_S`` (buckets chosen by
 :func:`dynsim.sweep.plan` with those cost-model constants).
 """
 
@@ -127,8 +127,11 @@ def _parse_variant(text: str) -> tuple[str, dict]:
             kw["buckets"] = value.strip()
         elif key in ("compile", "rate"):
             kw.setdefault("buckets", {})[key] = float(value)
+        elif key == "chunk":
+            kw["sample_chunk"] = int(value)
         else:
-            raise ValueError(f"unknown variant key {key!r} in {text!r}; use group=, slab=, buckets=, compile=, rate=.")
+            raise ValueError(f"unknown variant key {key!r} in {text!r}; use group=, slab=, buckets=, compile=, rate=, "
+                             f"chunk=.")
     return text, kw
 
 

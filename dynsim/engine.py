@@ -24,6 +24,7 @@ from . import io as _io
 from . import obs as _obs
 from . import packed as _packed
 from . import param as _param
+from . import train as _train
 from .sweep import AXES, Bucket, Sweep, plan
 from .train import Hyper, Program, init_group, memory_estimate, run_segment
 
@@ -113,7 +114,8 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
         observables: Sequence[str] = ("loss", "test_loss"), out=None, progress: bool | None = None,
         group: int | None = None, buckets=None, slab_bytes: float | None = None,
         diverge_factor: float = 1e4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-        chunk_members: int = 256, layout: str = "auto", spec: dict | None = None, log=None) -> xr.Dataset:
+        chunk_members: int = 256, layout: str = "auto", sample_chunk: int | None = None, spec: dict | None = None,
+        log=None) -> xr.Dataset:
     """Train every member of ``sweep`` and return its records.
 
     Args:
@@ -137,6 +139,9 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
         the units of members of any widths side by side, see :mod:`dynsim.packed`) or ``"auto"``: packed where the
         model is two-layer, every observable is available packed, ``group`` and ``buckets`` are not set, and the
         packed readout is cheap or the members small (see ``_choose_layout``); else vmap.
+      sample_chunk: samples per gradient chunk within a step of the vmapped layout (0: none); default
+        :func:`dynsim.train.sample_chunk` (chunks of at most 128 samples on CPU for batches above 256, none on
+        accelerators). It changes only the order of a sum.
       spec: the full experiment spec, stored in the results' attributes.
       log: optional callable receiving one-line progress messages.
     Returns:
@@ -169,13 +174,18 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
     record_steps = np.arange(intervals + 1) * record_every
     n_rec = _segment_records(intervals, record_every)
     batch = batch_size or task.n_train
+    if sample_chunk is None:
+        sample_chunk = _train.sample_chunk(batch) if layout == "vmap" else 0
+    elif sample_chunk < 0 or (sample_chunk and batch % sample_chunk):
+        raise InputError(f"sample_chunk ({sample_chunk}) must be 0 or divide the batch ({batch}).")
 
     def make_prog(bucket):
         return Program(model=model, task=task, optimizer=bucket.optimizer, n_pad=bucket.n_pad,
                        record_every=record_every, records_per_segment=n_rec, batch_size=batch_size,
                        observables=observables, diverge_factor=diverge_factor, betas=tuple(betas), eps=eps,
                        weight_decay=any(v != 0 for v in sweep.weight_decay),
-                       momentum=any(v != 0 for v in sweep.momentum), layout=layout)
+                       momentum=any(v != 0 for v in sweep.momentum), layout=layout,
+                       sample_chunk=sample_chunk if layout == "vmap" else 0)
 
     probe = make_prog(Bucket(sweep.optimizer[0], 1, np.zeros(1, int), 1))
     variables = {o.name: {"dims": list(o.dims), "shape": list(o.shape(probe)), "description": o.doc}

@@ -29,7 +29,7 @@ from .models import MLP, width_mask
 from .tasks import Data, TeacherStudent
 
 __all__ = ["Program", "Hyper", "MemberState", "make_optimizer", "init_group", "run_segment", "memory_estimate",
-           "TRACE_COUNT"]
+           "sample_chunk", "TRACE_COUNT"]
 
 # Incremented whenever a program is traced (a Python side effect at trace time); tests use it to prove that new
 # numbers do not retrace.
@@ -56,6 +56,8 @@ class Program:
       momentum: whether any SGD member uses momentum (else no momentum buffer is carried).
       layout: ``"vmap"`` (``n_pad`` is the padded width) or ``"packed"`` (``n_pad`` is the units per pack, see
         :mod:`dynsim.packed`).
+      sample_chunk: the gradient of a step is accumulated over chunks of this many samples (0: the whole batch at
+        once); see :func:`sample_chunk`.
     """
 
     model: MLP
@@ -72,6 +74,7 @@ class Program:
     weight_decay: bool = True
     momentum: bool = True
     layout: str = "vmap"
+    sample_chunk: int = 0
 
     @property
     def steps_per_segment(self) -> int:
@@ -196,10 +199,48 @@ def _init_member(prog: Program, data: Data, hyper: Hyper) -> MemberState:
     return MemberState(params, opt.init(params), jnp.asarray(True), jnp.asarray(-1, jnp.int32), loss0, extra)
 
 
+def sample_chunk(batch: int, backend: str | None = None) -> int:
+    """Samples per gradient chunk for a step on ``batch`` samples: 0 (no chunking) off CPU or for small batches.
+
+    On CPU the hidden activations of a step, ``[n, batch]`` per member and layer, leave the cache once the batch is
+    large, and the elementwise passes between the matmuls then run at memory speed. Accumulating the gradient over
+    chunks of at most 128 samples (the largest divisor of ``batch`` not above 128, and at least 32) keeps each
+    chunk's activations cached; measured on 2 cores with ``benchmarks/throughput.py`` (shape (i), P = 1024). On
+    accelerators a chunked step would serialise work that fills the device, so it is never chunked there.
+    """
+    backend = backend or jax.default_backend()
+    if backend != "cpu" or batch <= 256:
+        return 0
+    c = max((k for k in range(32, 129) if batch % k == 0), default=0)
+    return c
+
+
+def _value_and_grad(prog: Program, params, scales, mask, x, y):
+    """Loss and gradient on one batch, accumulated over ``prog.sample_chunk``-sample chunks when it is set.
+
+    The chunks are equal, so the mean of the chunk means is the batch mean: only the summation order differs.
+    """
+    grad_fn = jax.value_and_grad(_loss, argnums=1)
+    c = prog.sample_chunk
+    n = x.shape[-1]
+    if not c or c >= n or n % c:
+        return grad_fn(prog, params, scales, mask, x, y)
+    k = n // c
+    split = lambda a: jnp.moveaxis(a.reshape(a.shape[0], k, c), 1, 0)
+
+    def body(acc, xy):
+        out = grad_fn(prog, params, scales, mask, *xy)
+        return jax.tree.map(jnp.add, acc, out), None
+
+    zero = (jnp.zeros((), jnp.result_type(float)), jax.tree.map(jnp.zeros_like, params))
+    total, _ = jax.lax.scan(body, zero, (split(x), split(y)))
+    return jax.tree.map(lambda t: t / k, total)
+
+
 def _step_member(prog: Program, hyper: Hyper, state: MemberState, batch, step):
     scales, mask, opt = _member_parts(prog, hyper)
     x, y = batch
-    loss, grads = jax.value_and_grad(_loss, argnums=1)(prog, state.params, scales, mask, x, y)
+    loss, grads = _value_and_grad(prog, state.params, scales, mask, x, y)
     updates, opt_state = opt.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     bad = ~jnp.isfinite(loss) | (loss > prog.diverge_factor * jnp.maximum(state.loss0, 1.0))
