@@ -96,13 +96,13 @@ class Superposition:
 
         .. math::
 
-            \Delta_\gamma(w_i) = \gamma\, w_i\ \ (\gamma \ge 0),\qquad
-            \Delta_\gamma(w_i) = |\gamma|\,\big(w_i - w_i/|w_i|\big)\ \ (\gamma < 0),
+            \\Delta_\\gamma(w_i) = \\gamma\\, w_i\\ \\ (\\gamma \\ge 0),\\qquad
+            \\Delta_\\gamma(w_i) = |\\gamma|\\,\\big(w_i - w_i/|w_i|\\big)\\ \\ (\\gamma < 0),
 
         for each feature direction ``w_i`` (a column of ``W``). The step subtracts ``lr * Delta``: a positive
         ``gamma`` shrinks every direction (unused features die: weak superposition), a negative one pulls every
         norm toward 1 (every feature is represented: strong superposition). This is the decay of Liu, Liu & Gore
-        (2025), whose plain negative decay would grow the weights without bound. ``b`` is not decayed. Padded rows
+        (2025); a plain negative decay would grow the weights without bound. ``b`` is not decayed. Padded rows
         are zero and stay zero; column norms only see true rows.
         """
         w, b = params
