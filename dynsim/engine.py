@@ -26,7 +26,8 @@ from . import packed as _packed
 from . import param as _param
 from . import train as _train
 from .sweep import AXES, Bucket, Sweep, plan
-from .train import Hyper, Program, init_group, memory_estimate, run_segment
+from .models import MLP
+from .train import SCHEDULES, Hyper, Program, init_group, memory_estimate, run_segment
 
 __all__ = ["run", "member_hyper", "member_table", "chunks", "versions", "InputError", "CompileClock"]
 
@@ -114,8 +115,8 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
         observables: Sequence[str] = ("loss", "test_loss"), out=None, progress: bool | None = None,
         group: int | None = None, buckets=None, slab_bytes: float | None = None,
         diverge_factor: float = 1e4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-        chunk_members: int = 256, layout: str = "auto", sample_chunk: int | None = None, spec: dict | None = None,
-        log=None) -> xr.Dataset:
+        chunk_members: int = 256, layout: str = "auto", sample_chunk: int | None = None, schedule: str = "constant",
+        warmup_steps: int = 0, spec: dict | None = None, log=None) -> xr.Dataset:
     """Train every member of ``sweep`` and return its records.
 
     Args:
@@ -142,6 +143,9 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
       sample_chunk: samples per gradient chunk within a step of the vmapped layout (0: none); default
         :func:`dynsim.train.sample_chunk` (chunks of at most 128 samples on CPU for batches above 256, none on
         accelerators). It changes only the order of a sum.
+      schedule: learning-rate schedule, ``"constant"`` or ``"cosine"`` (decaying to 0 at ``steps``); it multiplies
+        every member's learning rate (see :func:`dynsim.train.lr_schedule`).
+      warmup_steps: steps of linear warmup from 0 before the schedule.
       spec: the full experiment spec, stored in the results' attributes.
       log: optional callable receiving one-line progress messages.
     Returns:
@@ -165,6 +169,10 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
     if model.d_in != task.d_in or model.d_out != task.d_out:
         raise InputError(f"model d_in/d_out ({model.d_in}, {model.d_out}) must match the task's "
                          f"({task.d_in}, {task.d_out}).")
+    if schedule not in SCHEDULES:
+        raise InputError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}.")
+    if not 0 <= warmup_steps < steps:
+        raise InputError(f"warmup_steps ({warmup_steps}) must lie in [0, steps) = [0, {steps}).")
     observables = tuple(observables)
     obs_defs = [_obs.get(n) for n in observables]
     if layout == "auto" and (group is not None or buckets is not None):
@@ -185,7 +193,8 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
                        observables=observables, diverge_factor=diverge_factor, betas=tuple(betas), eps=eps,
                        weight_decay=any(v != 0 for v in sweep.weight_decay),
                        momentum=any(v != 0 for v in sweep.momentum), layout=layout,
-                       sample_chunk=sample_chunk if layout == "vmap" else 0)
+                       sample_chunk=sample_chunk if layout == "vmap" else 0, schedule=schedule,
+                       warmup_steps=warmup_steps, decay_steps=steps if schedule == "cosine" else 0)
 
     probe = make_prog(Bucket(sweep.optimizer[0], 1, np.zeros(1, int), 1))
     variables = {o.name: {"dims": list(o.dims), "shape": list(o.shape(probe)), "description": o.doc}
@@ -194,6 +203,8 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
                 "steps": steps, "record_every": record_every, "batch_size": batch_size,
                 "observables": list(observables), "diverge_factor": diverge_factor, "betas": list(betas),
                 "eps": eps, "x64": bool(jax.config.jax_enable_x64)}
+    if schedule != "constant" or warmup_steps:  # absent from the key of constant runs, which stay resumable
+        identity.update(schedule=schedule, warmup_steps=warmup_steps)
     meta = {"axes": list(AXES), "coords": sweep.to_dict(), "steps": record_steps.tolist(), "variables": variables,
             "key": _spec_key(identity), "spec": json.dumps(spec if spec is not None else identity, default=str),
             **versions()}
@@ -281,7 +292,7 @@ def _choose_layout(layout: str, model, observables, sweep: Sweep, batch: int) ->
     FLOP-bound shape (64 members of each of 16 widths, P = 1024, d = 64) vmapped groups in cache-sized slabs are
     faster (47 s against 58 s packed), and the rule keeps them.
     """
-    packable = model.depth == 2 and set(observables) <= _packed.SUPPORTED_OBSERVABLES
+    packable = isinstance(model, MLP) and model.depth == 2 and set(observables) <= _packed.SUPPORTED_OBSERVABLES
     if layout == "auto":
         if not packable:
             return "vmap"
@@ -293,7 +304,7 @@ def _choose_layout(layout: str, model, observables, sweep: Sweep, batch: int) ->
         cheap_readout = 4 * slots * model.d_out <= model.d_in
         return "packed" if (small or cheap_readout) else "vmap"
     if layout == "packed" and not packable:
-        raise InputError("the packed layout needs a two-layer model and observables among "
+        raise InputError("the packed layout needs a two-layer MLP and observables among "
                          f"{', '.join(sorted(_packed.SUPPORTED_OBSERVABLES))}.")
     if layout not in ("vmap", "packed"):
         raise InputError(f"layout must be 'auto', 'vmap' or 'packed', got {layout!r}.")

@@ -23,7 +23,7 @@ import uuid
 import numpy as np
 import xarray as xr
 
-__all__ = ["load", "Store", "MetaMismatch"]
+__all__ = ["load", "Store", "MetaMismatch", "write_results"]
 
 _ENGINE = "h5netcdf"
 
@@ -99,6 +99,11 @@ class Store:
         ds.attrs.update(attrs or {})
         _atomic_write_dataset(ds, self.path / "results.nc")
         return ds
+
+
+def write_results(ds: xr.Dataset, path) -> None:
+    """Write a results ``Dataset`` to a netCDF file atomically (a killed write leaves the old file or none)."""
+    _atomic_write_dataset(ds, pathlib.Path(path))
 
 
 def grid_dataset(meta: dict, parts) -> xr.Dataset:

@@ -71,6 +71,8 @@ class MLP:
     act: str = "relu"
     d_out: int = 1
 
+    width_name = "width"  # name of the width axis in results
+
     def __post_init__(self):
         if not (isinstance(self.d_in, int) and self.d_in >= 1):
             raise ValueError(f"model d_in must be a positive integer, got {self.d_in!r}.")
@@ -85,6 +87,19 @@ class MLP:
     def roles(self) -> tuple[int, ...]:
         """Role index of each layer: 0 input, 1 hidden, 2 output (rows of a parametrization table)."""
         return (0,) + (1,) * (self.depth - 2) + (2,)
+
+    @property
+    def decayed(self) -> tuple[bool, ...]:
+        """Which parameters weight decay applies to: every weight matrix (there are no biases)."""
+        return (True,) * self.depth
+
+    def activation_units(self, n_pad: int) -> int:
+        """Hidden activations per sample at padded width ``n_pad`` (sizes group footprints and memory estimates)."""
+        return (self.depth - 1) * n_pad
+
+    def loss(self, out, y):
+        """Mean squared error ``0.5 * mean((f - y)^2)`` over outputs and samples."""
+        return 0.5 * jnp.mean((out - y) ** 2)
 
     def shapes(self, n_pad: int) -> tuple[tuple[int, int], ...]:
         """Weight shapes ``[fan_out, fan_in]`` at padded width ``n_pad``."""

@@ -69,8 +69,7 @@ def names() -> tuple[str, ...]:
 
 
 def _mse(ctx: Context, params, x, y):
-    out = ctx.prog.model.apply(params, x, ctx.scales.mult, ctx.mask)
-    return 0.5 * jnp.mean((out - y) ** 2)
+    return ctx.prog.model.loss(ctx.prog.model.apply(params, x, ctx.scales.mult, ctx.mask), y)
 
 
 def _train_loss(ctx, params, extra):
@@ -135,3 +134,4 @@ def _outputs(ctx, params, extra):
 register(Observable("outputs", _outputs, "network output (first component) on each test input",
                     dims=("sample",), shape=lambda prog: (prog.task.n_test,)))
 from . import obs_sharpness as _obs_sharpness  # noqa: E402,F401  (registers sharpness observables)
+from . import obs_superposition as _obs_superposition  # noqa: E402,F401  (superposition geometry)

@@ -3,10 +3,13 @@
 A spec has five tables::
 
     experiment = "lr-transfer"      # which analysis runs on the results ("sweep": none beyond figures)
-    [model]  kind, depth, act
-    [task]   d_in, d_out, n_train, n_test, teacher, teacher_width, noise, input_alpha, seed
-    [train]  steps, record_every, batch_size, observables, diverge_factor, betas, group, chunk_members, layout
-    [sweep]  width, lr, seed, param, optimizer, init_scale, weight_decay, momentum
+    [model]  kind ("mlp", "uv", "superposition"), depth, act, importance_decay
+    [task]   kind ("teacher_student"): d_in, d_out, n_train, n_test, teacher, teacher_width, noise, input_alpha, seed
+             kind ("sparse_features"): n_features, alpha, p_active, n_test, seed
+    [train]  steps, record_every, batch_size, observables, diverge_factor, betas, group, chunk_members, layout,
+             schedule, warmup_steps
+    [sweep]  width, lr, seed, param, optimizer, init_scale, weight_decay, momentum; alpha (a task axis: one
+             engine run per value, see :data:`TASK_AXES`)
     [analysis]  experiment-specific settings
 
 A sweep axis is a list, a single value, or a range table: ``{logspace = [-4, 1, 16]}`` (base-10 exponents),
@@ -83,21 +86,28 @@ def _betas(v):
 
 
 SCHEMA: dict[str, dict[str, Callable]] = {
-    "model": {"kind": _choice("mlp", "uv"), "depth": lambda v: (_is_int(v) and v >= 2, "an integer >= 2"),
-              "act": _choice("relu", "tanh", "linear")},
-    "task": {"kind": _choice("teacher_student"), "d_in": _pos_int, "n_train": _nonneg_int, "n_test": _pos_int,
-             "teacher": _choice("linear", "mlp"), "teacher_width": _pos_int, "noise": _nonneg_num,
-             "input_alpha": _nonneg_num, "seed": _nonneg_int, "d_out": _pos_int},
+    "model": {"kind": _choice("mlp", "uv", "superposition"),
+              "depth": lambda v: (_is_int(v) and v >= 2, "an integer >= 2"), "act": _choice("relu", "tanh", "linear"),
+              "importance_decay": lambda v: (_is_num(v) and 0 < v <= 1, "a number in (0, 1]")},
+    "task": {"kind": _choice("teacher_student", "sparse_features"), "d_in": _pos_int, "n_train": _nonneg_int,
+             "n_test": _pos_int, "teacher": _choice("linear", "mlp"), "teacher_width": _pos_int,
+             "noise": _nonneg_num, "input_alpha": _nonneg_num, "seed": _nonneg_int, "d_out": _pos_int,
+             "n_features": lambda v: (_is_int(v) and v >= 2, "an integer >= 2"), "alpha": _nonneg_num,
+             "p_active": _pos_num},
     "train": {"steps": _pos_int, "record_every": _pos_int, "batch_size": _nonneg_int,
               "observables": _observables, "diverge_factor": lambda v: (_is_num(v) and v > 1, "a number > 1"),
               "betas": _betas, "eps": _pos_num, "group": _pos_int, "chunk_members": _pos_int,
-              "layout": _choice("auto", "vmap", "packed")},
+              "layout": _choice("auto", "vmap", "packed"), "schedule": _choice("constant", "cosine"),
+              "warmup_steps": _nonneg_int},
     "sweep": {},  # checked by _sweep_axis
     "analysis": {},  # free-form, checked by the experiment
 }
 TOP_KEYS = {"experiment": _str}
 AXIS_KINDS = {"width": "int+", "lr": "num+", "seed": "int0", "param": "param", "optimizer": "optimizer",
-              "init_scale": "num+", "weight_decay": "num", "momentum": "unit"}
+              "init_scale": "num+", "weight_decay": "num", "momentum": "unit", "alpha": "num0"}
+# Sweep axes that are fields of the task, not of the engine's member table: they change the data every member of a
+# run shares, so each value is its own engine run (the results are concatenated along the axis).
+TASK_AXES = {"alpha": "sparse_features"}
 
 
 def _suggest(key: str, options: Iterable[str]) -> str:
@@ -140,6 +150,7 @@ def _sweep_axis(key: str, value, kind: str) -> list:
         "int+": (lambda v: _is_int(v) and v >= 1, "positive integers"),
         "int0": (lambda v: _is_int(v) and v >= 0, "non-negative integers"),
         "num+": (lambda v: _is_num(v) and math.isfinite(v) and v > 0, "positive numbers"),
+        "num0": (lambda v: _is_num(v) and math.isfinite(v) and v >= 0, "non-negative numbers"),
         "num": (lambda v: _is_num(v) and math.isfinite(v), "finite numbers"),
         "unit": (lambda v: _is_num(v) and 0 <= v < 1, "numbers in [0, 1)"),
         "param": (lambda v: v in _param.NAMES, "parametrization names from " + ", ".join(_param.NAMES)),
@@ -192,10 +203,20 @@ def validate(spec: dict, *, required: Iterable[str] = ()) -> dict:
     steps, every = train.get("steps"), train.get("record_every")
     if steps is not None and every is not None and steps % every:
         raise SpecError(f"spec key 'train.steps' ({steps}) must be a multiple of 'train.record_every' ({every}).")
+    if steps is not None and train.get("warmup_steps", 0) >= steps:
+        raise SpecError(f"spec key 'train.warmup_steps' ({train['warmup_steps']}) must be below 'train.steps' "
+                        f"({steps}).")
     task = out.get("task", {})
+    kind = task.get("kind", "teacher_student")
+    for axis, owner in TASK_AXES.items():
+        if axis in out.get("sweep", {}) and kind != owner:
+            raise SpecError(f"spec key 'sweep.{axis}' sweeps a field of task.kind = {owner!r}, not of {kind!r}.")
+    if kind == "sparse_features" and train.get("batch_size", 0) == 0:
+        raise SpecError("spec key 'train.batch_size' must be positive for task.kind = 'sparse_features' (fresh "
+                        "batches every step).")
     if out.get("model", {}).get("kind") == "uv" and task.get("d_out", 1) != 1:
         raise SpecError(f"spec key 'task.d_out' ({task['d_out']}) must be 1 for the scalar model.kind = 'uv'.")
-    if task.get("n_train", 1) == 0 and train.get("batch_size", 0) == 0:
+    if kind == "teacher_student" and task.get("n_train", 1) == 0 and train.get("batch_size", 0) == 0:
         raise SpecError("spec key 'train.batch_size' must be positive for an online task (task.n_train = 0).")
     if task.get("n_train", 0) and train.get("batch_size", 0) > task.get("n_train", 0):
         raise SpecError(f"spec key 'train.batch_size' ({train['batch_size']}) exceeds 'task.n_train' "

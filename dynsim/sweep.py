@@ -159,11 +159,12 @@ class Bucket:
 
 
 def group_size(n_pad: int, batch: int, n_members: int, *, backend: str | None = None,
-               slab_bytes: float | None = None, depth: int = 2, itemsize: int = 4) -> int:
+               slab_bytes: float | None = None, depth: int = 2, itemsize: int = 4, units: int | None = None) -> int:
     """How many members share one vectorised step.
 
-    Members are grouped so that one group's hidden activations, ``group * n_pad * batch * (depth - 1) * itemsize``
-    bytes, are about ``slab_bytes``. On CPU the default is 16 MB: in the width-major layout grouped steps run at
+    Members are grouped so that one group's hidden activations, ``group * units * batch * itemsize`` bytes with
+    ``units = n_pad * (depth - 1)`` unless the model states its own (``model.activation_units``), are about
+    ``slab_bytes``. On CPU the default is 16 MB: in the width-major layout grouped steps run at
     140-185 GFLOP/s on 2 cores against 60-140 for one member at a time, and throughput falls off only above
     about 32 MB per group (measured with ``benchmarks/throughput.py``). On GPU/TPU the default is 1 GiB, which in
     practice puts a whole bucket in one group: that is what fills the device.
@@ -173,7 +174,8 @@ def group_size(n_pad: int, batch: int, n_members: int, *, backend: str | None = 
     """
     backend = backend or jax.default_backend()
     slab = slab_bytes or (16e6 if backend == "cpu" else 2**30)
-    g = max(1, int(slab // (n_pad * max(batch, 1) * max(depth - 1, 1) * itemsize)))
+    units = units if units is not None else n_pad * max(depth - 1, 1)
+    g = max(1, int(slab // (units * max(batch, 1) * itemsize)))
     n = max(n_members, 1)
     g = min(g, n)
     return -(-n // -(-n // g))
@@ -259,7 +261,7 @@ def plan(sweep: Sweep, model, *, steps: int, batch: int, done: np.ndarray | None
             n_pad = max(part)
             idx = np.flatnonzero(sel & np.isin(table["width"], part))
             g = group or group_size(n_pad, batch, len(idx), backend=backend, slab_bytes=slab_bytes,
-                                    depth=model.depth)
+                                    units=model.activation_units(n_pad))
             g = min(g, len(idx))
             n_dev = jax.local_device_count()
             if n_dev > 1:  # the member axis is sharded over local devices: a multiple of their count

@@ -28,8 +28,10 @@ from . import obs as _obs
 from .models import MLP, width_mask
 from .tasks import Data, TeacherStudent
 
-__all__ = ["Program", "Hyper", "MemberState", "make_optimizer", "init_group", "run_segment", "memory_estimate",
-           "sample_chunk", "TRACE_COUNT"]
+SCHEDULES = ("constant", "cosine")
+
+__all__ = ["Program", "Hyper", "MemberState", "make_optimizer", "lr_schedule", "init_group", "run_segment",
+           "memory_estimate", "sample_chunk", "TRACE_COUNT", "SCHEDULES"]
 
 # Incremented whenever a program is traced (a Python side effect at trace time); tests use it to prove that new
 # numbers do not retrace.
@@ -58,6 +60,10 @@ class Program:
         :mod:`dynsim.packed`).
       sample_chunk: the gradient of a step is accumulated over chunks of this many samples (0: the whole batch at
         once); see :func:`sample_chunk`.
+      schedule: learning-rate schedule, ``"constant"`` or ``"cosine"`` (see :func:`lr_schedule`).
+      warmup_steps: steps of linear warmup from 0 to the member's learning rate.
+      decay_steps: total steps of the run, over which ``"cosine"`` decays to 0 (0 for ``"constant"``, so that runs
+        of different lengths share the program).
     """
 
     model: MLP
@@ -75,6 +81,9 @@ class Program:
     momentum: bool = True
     layout: str = "vmap"
     sample_chunk: int = 0
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    decay_steps: int = 0
 
     @property
     def steps_per_segment(self) -> int:
@@ -137,31 +146,70 @@ def _scale_by_tree(scales) -> optax.GradientTransformation:
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def lr_schedule(prog: Program) -> optax.Schedule | None:
+    """The learning-rate multiplier of step ``t``, peaking at 1 (``None``: constant 1, no transform needed).
+
+    .. math::
+
+        s(t) = \\frac{t}{T_w}\\ (t < T_w),\\qquad
+        s(t) = \\tfrac12\\Big(1 + \\cos\\frac{\\pi (t - T_w)}{T - T_w}\\Big)\\ (\\text{cosine}, t \\ge T_w),
+
+    and ``s(t) = 1`` after warmup for ``"constant"``; ``T_w`` is ``prog.warmup_steps`` and ``T`` is
+    ``prog.decay_steps``. Loshchilov & Hutter (2017), "SGDR: stochastic gradient descent with warm restarts", for
+    the cosine form; the linear warmup follows Goyal et al. (2017).
+    """
+    warmup = prog.warmup_steps
+    if prog.schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup, max(prog.decay_steps, warmup + 1), 0.0)
+    if warmup:
+        return optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup), optax.constant_schedule(1.0)],
+                                    [warmup])
+    return None
+
+
+def _decayed_weights(model, coefficient) -> optax.GradientTransformation:
+    """Add the weight-decay term to the updates: ``coefficient * w`` on the parameters in ``model.decayed``
+    (``optax.add_decayed_weights``), or the model's own ``model.decay_term(params, coefficient)`` where it defines
+    one (e.g. a decay toward unit-norm directions for negative coefficients)."""
+    term = getattr(model, "decay_term", None)
+    if term is None:
+        decayed = tuple(model.decayed)
+        return optax.add_decayed_weights(coefficient, mask=None if all(decayed) else decayed)
+
+    def update_fn(updates, state, params=None):
+        return jax.tree.map(jnp.add, updates, term(params, coefficient)), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def make_optimizer(prog: Program, hyper: Hyper, lr_mult) -> optax.GradientTransformation:
-    """The optax optimizer of one member, with per-layer learning rates ``lr * n^-c_l``.
+    """The optax optimizer of one member, with per-parameter learning rates ``lr * s(t) * n^-c_l``.
 
     ``sgd``: L2 weight decay, heavy-ball momentum (``optax.trace``), per-layer step. ``adam``: L2 weight decay added
     to the gradient before Adam's scaling. ``adamw``: decoupled weight decay (Loshchilov & Hutter), scaled by the
-    layer's learning rate as in ``optax.adamw``.
+    layer's learning rate as in ``optax.adamw``. Weight decay applies to the parameters the model marks in
+    ``model.decayed`` (e.g. weights but not biases), or is the model's own ``decay_term``. ``s(t)`` is
+    :func:`lr_schedule`, applied (like ``optax.adamw``'s schedule) to the decay term too.
     """
-    steps = tuple(-hyper.lr * lr_mult[i] for i in range(prog.model.depth))
+    steps = tuple(-hyper.lr * lr_mult[i] for i in range(lr_mult.shape[0]))
     # Transforms no member uses are left out (static flags), so the common plain-SGD program carries no
     # momentum buffer and spends no passes over the weights on a zero decay.
-    decay = [optax.add_decayed_weights(hyper.weight_decay)] if prog.weight_decay else []
+    decay = [_decayed_weights(prog.model, hyper.weight_decay)] if prog.weight_decay else []
+    schedule = lr_schedule(prog)
+    step = ([optax.scale_by_schedule(schedule)] if schedule is not None else []) + [_scale_by_tree(steps)]
     if prog.optimizer == "sgd":
         momentum = [optax.trace(decay=hyper.momentum)] if prog.momentum else []
-        return optax.chain(*decay, *momentum, _scale_by_tree(steps))
+        return optax.chain(*decay, *momentum, *step)
     b1, b2 = prog.betas
     if prog.optimizer == "adam":
-        return optax.chain(*decay, optax.scale_by_adam(b1, b2, prog.eps), _scale_by_tree(steps))
+        return optax.chain(*decay, optax.scale_by_adam(b1, b2, prog.eps), *step)
     if prog.optimizer == "adamw":
-        return optax.chain(optax.scale_by_adam(b1, b2, prog.eps), *decay, _scale_by_tree(steps))
+        return optax.chain(optax.scale_by_adam(b1, b2, prog.eps), *decay, *step)
     raise ValueError(f"unknown optimizer {prog.optimizer!r}.")
 
 
 def _loss(prog: Program, params, scales, mask, x, y):
-    out = prog.model.apply(params, x, scales.mult, mask)
-    return 0.5 * jnp.mean((out - y) ** 2)
+    return prog.model.loss(prog.model.apply(params, x, scales.mult, mask), y)
 
 
 def _member_parts(prog: Program, hyper: Hyper):
@@ -307,8 +355,8 @@ def memory_estimate(prog: Program, group: int) -> int:
 
     Parameters, gradients and optimizer state (1 extra copy for SGD, an upper bound when there is no momentum;
     2 for Adam) per member, plus
-    forward activations and their gradients (about 3 copies of each hidden ``[n_pad, batch]`` array), plus the
-    shared data. In the packed layout ``n_pad`` already counts the units of all ``group`` members of a pack.
+    forward activations and their gradients (about 3 copies of the ``model.activation_units(n_pad)`` numbers per
+    sample), plus the shared data. In the packed layout ``n_pad`` already counts the units of all ``group`` members of a pack.
     """
     itemsize = jnp.dtype(jnp.result_type(float)).itemsize
     n_params = prog.model.n_params(prog.n_pad)
@@ -316,7 +364,7 @@ def memory_estimate(prog: Program, group: int) -> int:
     task = prog.task
     batch = prog.batch_size or task.n_train or 1
     evals = max(task.n_train, task.n_test)
-    acts = 3 * (prog.model.depth - 1) * prog.n_pad * max(batch, evals)
+    acts = 3 * prog.model.activation_units(prog.n_pad) * max(batch, evals)
     data = (task.d_in + task.d_out) * (task.n_train + task.n_test)
     if prog.layout == "packed":
         return int(itemsize * (copies * n_params + acts + data))

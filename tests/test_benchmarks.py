@@ -5,6 +5,8 @@ import math
 import pathlib
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # benchmarks/ is a top-level folder beside the package, not installed with it
     sys.path.insert(0, str(ROOT))
@@ -24,3 +26,16 @@ def test_throughput_smoke(tmp_path):
         assert r["engine_s"] > 0 and r["loop_s"] > 0
         assert r["diverged"] == 0
     assert out["shapes"].keys() == saved["shapes"].keys()
+
+
+def test_superposition_benchmark_smoke(tmp_path):
+    from benchmarks.superposition import main as superposition_main
+
+    path = tmp_path / "s.json"
+    out = superposition_main(["--smoke", "--json", str(path)])
+    saved = json.loads(path.read_text())
+    assert saved["engine"]["models"] == saved["loop"]["models"] == 12
+    assert math.isfinite(out["speedup"]) and out["speedup"] > 0
+    # Same members, init draws, steps, schedule and batch stream on both sides: the mean final losses agree up to
+    # float32 round-off of differently ordered products over 20 steps (1e-3 leaves a wide margin over ~1e-6).
+    assert saved["engine"]["final_loss"] == pytest.approx(saved["loop"]["final_loss"], rel=1e-3)

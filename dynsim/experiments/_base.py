@@ -10,15 +10,19 @@ import time
 from collections.abc import Callable
 
 import numpy as np
+import xarray as xr
 
 from .. import engine as _engine
 from .. import io as _io
 from .. import spec as _spec
 from ..models import MLP, uv
+from ..superposition import SparseFeatures, Superposition
 from ..sweep import Sweep
 from ..tasks import TeacherStudent
 
-__all__ = ["Check", "Experiment", "register", "get", "names", "resolve_spec", "build", "run"]
+__all__ = ["Check", "Experiment", "register", "get", "names", "resolve_spec", "build", "task_variants", "run"]
+
+_TASKS = {"teacher_student": TeacherStudent, "sparse_features": SparseFeatures}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -117,23 +121,33 @@ def resolve_spec(name_or_path: str, *, quick: bool = False, sets=()) -> tuple[Ex
     spec = _spec.merge(spec, user)
     spec = _spec.apply_sets(spec, sets)
     spec["experiment"] = exp.name
-    spec = _spec.validate(spec, required=("task.d_in", "train.steps", "sweep.width", "sweep.lr"))
+    dim = "task.n_features" if spec.get("task", {}).get("kind") == "sparse_features" else "task.d_in"
+    spec = _spec.validate(spec, required=(dim, "train.steps", "sweep.width", "sweep.lr"))
     if exp.validate is not None:
         exp.validate(spec)
     return exp, spec
 
 
 def build(spec: dict):
-    """Model, task, sweep and run options from a validated spec."""
+    """Model, task, sweep and run options from a validated spec (task axes such as ``sweep.alpha`` are left to
+    :func:`task_variants`)."""
     m = dict(spec.get("model", {}))
     t = dict(spec.get("task", {}))
-    t.pop("kind", None)
+    task_kind = t.pop("kind", "teacher_student")
     kind = m.pop("kind", "mlp")
     m.pop("d_out", None)  # the task's output dimension is the model's
+    fields = {f.name for f in dataclasses.fields(_TASKS[task_kind])}
+    for key in t:
+        if key not in fields:
+            raise _spec.SpecError(f"spec key 'task.{key}' does not apply to task.kind = {task_kind!r}.")
+    sweep_axes = {k: v for k, v in spec["sweep"].items() if k not in _spec.TASK_AXES}
     try:
-        task = TeacherStudent(**t)
-        model = uv(task.d_in) if kind == "uv" else MLP(d_in=task.d_in, d_out=task.d_out, **m)
-        sweep = Sweep(**spec["sweep"])
+        task = _TASKS[task_kind](**t)
+        if kind == "superposition":
+            model = Superposition(n_features=task.d_in, **m)
+        else:
+            model = uv(task.d_in) if kind == "uv" else MLP(d_in=task.d_in, d_out=task.d_out, **m)
+        sweep = Sweep(**sweep_axes)
     except (TypeError, ValueError) as e:
         raise _spec.SpecError(str(e)) from None
     train = dict(spec.get("train", {}))
@@ -142,8 +156,49 @@ def build(spec: dict):
                                                                                    ["loss", "test_loss"])),
             "diverge_factor": train.pop("diverge_factor", 1e4), "betas": tuple(train.pop("betas", (0.9, 0.999))),
             "eps": train.pop("eps", 1e-8), "group": train.pop("group", None),
-            "chunk_members": train.pop("chunk_members", 256), "layout": train.pop("layout", "auto")}
+            "chunk_members": train.pop("chunk_members", 256), "layout": train.pop("layout", "auto"),
+            "schedule": train.pop("schedule", "constant"), "warmup_steps": train.pop("warmup_steps", 0)}
     return model, task, sweep, opts
+
+
+def task_variants(spec: dict, task) -> list[tuple[dict, object]]:
+    """One ``(coords, task)`` per point of the spec's task axes (``sweep.alpha``); ``[]`` when it has none.
+
+    A task axis changes the data that all members of an engine run share, so each value is a separate run.
+    """
+    axes = {k: v for k, v in spec.get("sweep", {}).items() if k in _spec.TASK_AXES}
+    if not axes:
+        return []
+    grids = np.meshgrid(*[np.arange(len(v)) for v in axes.values()], indexing="ij")
+    out = []
+    for point in zip(*[g.ravel() for g in grids]):
+        coords = {k: v[i] for (k, v), i in zip(axes.items(), point)}
+        try:
+            out.append((coords, dataclasses.replace(task, **coords)))
+        except ValueError as e:
+            raise _spec.SpecError(str(e)) from None
+    return out
+
+
+def _run_variants(model, variants, sweep, out: pathlib.Path, progress, spec, opts, log) -> xr.Dataset:
+    """Run each task variant into its own results directory and concatenate them along the task axes.
+
+    The combined grid, with the engine's ``width`` renamed to the model's ``width_name``, is stored in
+    ``out/results.nc``; each variant's directory resumes on its own.
+    """
+    parts, timing = [], {}
+    for coords, task in variants:
+        sub = out / "_".join(f"{k}={v:g}" for k, v in coords.items())
+        log(f"dynsim: {', '.join(f'{k} = {v:g}' for k, v in coords.items())} -> {sub}")
+        ds = _engine.run(model, task, sweep, out=sub, progress=progress, spec=spec, **opts)
+        for k, v in json.loads(ds.attrs.get("timing", "{}")).items():
+            timing[k] = timing.get(k, 0) + v
+        parts.append(ds.expand_dims({k: [v] for k, v in coords.items()}))
+    combined = xr.combine_by_coords(parts, combine_attrs="drop_conflicts")
+    combined.attrs["timing"] = json.dumps(timing)
+    combined = combined.rename(width=model.width_name) if model.width_name != "width" else combined
+    _io.write_results(combined, out / "results.nc")
+    return combined
 
 
 def run(name_or_path: str, *, out=None, quick: bool = False, sets=(), progress: bool | None = None, log=print):
@@ -162,8 +217,12 @@ def run(name_or_path: str, *, out=None, quick: bool = False, sets=(), progress: 
     out.mkdir(parents=True, exist_ok=True)
     log(f"dynsim: {exp.name}: {sweep.size} members, {opts['steps']} steps -> {out}")
     t0 = time.perf_counter()
+    variants = task_variants(spec, task)
     try:
-        ds = _engine.run(model, task, sweep, out=out, progress=progress, spec=spec, **opts)
+        if variants:
+            ds = _run_variants(model, variants, sweep, out, progress, spec, opts, log)
+        else:
+            ds = _engine.run(model, task, sweep, out=out, progress=progress, spec=spec, **opts)
     except _io.MetaMismatch as e:
         raise _spec.SpecError(str(e)) from None
     except _engine.InputError as e:  # inputs the engine rejects

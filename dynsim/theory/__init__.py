@@ -2,5 +2,6 @@
 
 from . import parametrization as parametrization
 from . import stability as stability
+from . import superposition as superposition
 
-__all__ = ["parametrization", "stability"]
+__all__ = ["parametrization", "stability", "superposition"]

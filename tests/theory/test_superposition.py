@@ -1,0 +1,83 @@
+"""Superposition laws: overlap geometry (random 1/m, the Welch bound), the weak-regime tail loss and its exponent,
+and the overlaps of a trained strong-superposition model."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import dynsim as ds
+from dynsim.obs_superposition import mean_sq_overlap
+from dynsim.superposition import SparseFeatures, Superposition, feature_probabilities
+from dynsim.theory import superposition as theory
+
+
+@pytest.mark.parametrize("m", [4, 16, 64])
+def test_random_unit_vectors_overlap_as_one_over_m(m):
+    rng = np.random.default_rng(m)
+    pairs = 20_000
+    u, v = rng.normal(size=(2, pairs, m))
+    cos2 = np.sum(u * v, -1) ** 2 / (np.sum(u * u, -1) * np.sum(v * v, -1))
+    sigma = np.sqrt(2 * (m - 1) / (m**2 * (m + 2)) / pairs)  # exact variance of (u.v)^2 over the sample size
+    assert abs(cos2.mean() - theory.random_overlap(m)) < 4 * sigma  # 4 sigma: fails by chance 1 in 16000
+
+
+@pytest.mark.parametrize("n,m", [(64, 8), (300, 20)])
+def test_tight_frame_attains_the_welch_bound_and_random_frames_exceed_it(n, m):
+    # A union of n/m random orthonormal bases is a tight frame (S = (n/m) I): the bound holds with equality, here to
+    # float32 round-off of the observable (1e-5 relative); any other frame lies above it.
+    rng = np.random.default_rng(0)
+    bases = [np.linalg.qr(rng.normal(size=(m, m)))[0] for _ in range(n // m)]
+    tight = np.concatenate(bases, axis=1)  # [m, n], unit columns
+    welch = theory.welch_bound(n, m)
+    assert float(mean_sq_overlap(jnp.asarray(tight, jnp.float32))) == pytest.approx(welch, rel=1e-5)
+    random = rng.normal(size=(m, n))
+    random /= np.linalg.norm(random, axis=0)
+    assert float(mean_sq_overlap(jnp.asarray(random, jnp.float32))) > welch
+    assert theory.welch_bound(n, m) < theory.random_overlap(m)
+    assert theory.welch_bound(m, m) == 0.0
+
+
+def test_unrepresented_tail_loss_has_the_derived_prefactor():
+    # Weak superposition built by hand: the m most frequent features on orthonormal directions, the others at w = 0
+    # with the optimal constant output b_i = p_i. The model's loss on fresh data must equal the tail formula.
+    n, m, alpha = 200, 16, 1.5
+    task = SparseFeatures(n_features=n, alpha=alpha, p_active=1.0, n_test=200_000, seed=3)
+    probs = task.probabilities()
+    w = jnp.zeros((m, n)).at[jnp.arange(m), jnp.arange(m)].set(1.0)
+    b = jnp.where(jnp.arange(n) < m, 0.0, jnp.asarray(probs, jnp.float32))
+    model = Superposition(n_features=n)
+    x = task.make().x_test
+    measured = float(model.loss(model.apply((w, b), x, None, jnp.ones(m)), x))
+    predicted = float(theory.weak_loss(m, probs))
+    assert predicted == pytest.approx(theory.unrepresented_loss(probs, np.arange(n) < m), rel=1e-12)
+    # Monte Carlo error: the loss is a mean over 200k samples of sum_i (x_i - p_i)^2 / 2n, whose relative standard
+    # error is sqrt(Var / N) / mean ~ 1/sqrt(N * sum_tail p_i) ~ 0.6% here; 4% is several sigma.
+    assert measured == pytest.approx(predicted, rel=0.04)
+
+
+@pytest.mark.parametrize("alpha", [1.5, 2.0, 2.5])
+def test_weak_loss_exponent_tends_to_alpha_minus_one(alpha):
+    # With m << n the tail sum is m^(1-alpha) / (alpha - 1) up to O(1/m) (Euler-Maclaurin) and (m/n)^(alpha-1)
+    # corrections; over m = 100..1000 with n = 10^6 both are below 0.02 on the exponent.
+    probs = feature_probabilities(1_000_000, alpha, 1.0)
+    m = np.geomspace(100, 1000, 6).astype(int)
+    fitted = ds.fit.power_law(m, theory.weak_loss(m, probs), n_boot=0).exponent
+    assert fitted == pytest.approx(theory.weak_exponent(alpha), abs=0.02)
+    assert np.isnan(theory.weak_exponent(0.8))  # no power law without a decaying tail
+
+
+def test_trained_strong_superposition_overlaps_scale_as_one_over_m():
+    # Smallest simulation: n = 256 features at m = 8 and 32 under negative weight decay (every direction pulled to
+    # unit norm). The frame's mean squared overlap lies between the Welch bound (tight frame) and 1/m (random
+    # directions) up to training noise: measured m * overlap was 1.00-1.10 at these sizes, so [Welch m, 1.2] holds.
+    n = 256
+    res = ds.run(Superposition(n_features=n), SparseFeatures(n_features=n, alpha=1.0, n_test=256),
+                 ds.Sweep(width=[8, 32], lr=[0.02], optimizer=["adamw"], weight_decay=[-1.0], param=["sp"]),
+                 steps=300, record_every=300, batch_size=128, schedule="cosine", warmup_steps=15,
+                 observables=("loss", "represented_fraction", "mean_sq_overlap"), progress=False)
+    final = res.isel(step=-1).squeeze()
+    assert (final["represented_fraction"].values == 1.0).all()  # strong superposition: every feature
+    m = final["width"].values
+    ratio = final["mean_sq_overlap"].values * m
+    assert np.all(ratio >= theory.welch_bound(n, m) * m - 1e-3)
+    assert np.all(ratio <= 1.2)
