@@ -8,9 +8,11 @@ from . import models as models
 from . import obs as obs
 from . import param as param
 from . import superposition as superposition
+from . import random_features as random_features
 from . import tasks as tasks
 from . import theory as theory
 from .engine import run as run
 from .sweep import Sweep as Sweep
 
-__all__ = ["fit", "io", "models", "obs", "param", "superposition", "tasks", "theory", "run", "Sweep", "__version__"]
+__all__ = ["fit", "io", "models", "obs", "param", "random_features", "superposition", "tasks", "theory", "run", "Sweep",
+           "__version__"]

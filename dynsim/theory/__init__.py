@@ -1,7 +1,9 @@
 """Analytic laws, one module per family. Every function documents its formula, reference and regime of validity."""
 
+from . import kernel_regression as kernel_regression
+from . import kernels as kernels
 from . import parametrization as parametrization
 from . import stability as stability
 from . import superposition as superposition
 
-__all__ = ["parametrization", "stability", "superposition"]
+__all__ = ["kernel_regression", "kernels", "parametrization", "stability", "superposition"]
