@@ -271,7 +271,7 @@ def _choose_layout(layout: str, model, observables, sweep: Sweep, batch: int) ->
     FLOP-bound shape (64 members of each of 16 widths, P = 1024, d = 64) vmapped groups in cache-sized slabs are
     faster (47 s against 58 s packed), and the rule keeps them.
     """
-    packable = model.depth == 2 and set(observables) <= _packed.SUPPORTED_OBSERVABLES
+    packable = model.packable and set(observables) <= _packed.SUPPORTED_OBSERVABLES
     if layout == "auto":
         if not packable:
             return "vmap"
@@ -283,7 +283,7 @@ def _choose_layout(layout: str, model, observables, sweep: Sweep, batch: int) ->
         cheap_readout = 4 * slots * model.d_out <= model.d_in
         return "packed" if (small or cheap_readout) else "vmap"
     if layout == "packed" and not packable:
-        raise InputError("the packed layout needs a two-layer model and observables among "
+        raise InputError("the packed layout needs a two-layer MLP and observables among "
                          f"{', '.join(sorted(_packed.SUPPORTED_OBSERVABLES))}.")
     if layout not in ("vmap", "packed"):
         raise InputError(f"layout must be 'auto', 'vmap' or 'packed', got {layout!r}.")

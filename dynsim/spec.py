@@ -3,7 +3,7 @@
 A spec has five tables::
 
     experiment = "lr-transfer"      # which analysis runs on the results ("sweep": none beyond figures)
-    [model]  kind, depth, act
+    [model]  kind (mlp, uv, random_features, linearized), depth, act
     [task]   d_in, d_out, n_train, n_test, teacher, teacher_width, noise, input_alpha, seed
     [train]  steps, record_every, batch_size, observables, diverge_factor, betas, group, chunk_members, layout
     [sweep]  width, lr, seed, param, optimizer, init_scale, weight_decay, momentum
@@ -83,8 +83,9 @@ def _betas(v):
 
 
 SCHEMA: dict[str, dict[str, Callable]] = {
-    "model": {"kind": _choice("mlp", "uv"), "depth": lambda v: (_is_int(v) and v >= 2, "an integer >= 2"),
-              "act": _choice("relu", "tanh", "linear")},
+    "model": {"kind": _choice("mlp", "uv", "random_features", "linearized"),
+              "depth": lambda v: (_is_int(v) and v >= 2, "an integer >= 2"),
+              "act": _choice("relu", "tanh", "erf", "linear")},
     "task": {"kind": _choice("teacher_student"), "d_in": _pos_int, "n_train": _nonneg_int, "n_test": _pos_int,
              "teacher": _choice("linear", "mlp"), "teacher_width": _pos_int, "noise": _nonneg_num,
              "input_alpha": _nonneg_num, "seed": _nonneg_int, "d_out": _pos_int},
@@ -193,6 +194,9 @@ def validate(spec: dict, *, required: Iterable[str] = ()) -> dict:
     if steps is not None and every is not None and steps % every:
         raise SpecError(f"spec key 'train.steps' ({steps}) must be a multiple of 'train.record_every' ({every}).")
     task = out.get("task", {})
+    if out.get("model", {}).get("kind") == "random_features" and out["model"].get("depth", 2) != 2:
+        raise SpecError(f"spec key 'model.depth' ({out['model']['depth']}) must be 2 for model.kind = "
+                        "'random_features'.")
     if out.get("model", {}).get("kind") == "uv" and task.get("d_out", 1) != 1:
         raise SpecError(f"spec key 'task.d_out' ({task['d_out']}) must be 1 for the scalar model.kind = 'uv'.")
     if task.get("n_train", 1) == 0 and train.get("batch_size", 0) == 0:

@@ -141,7 +141,7 @@ def make_optimizer(prog: Program, hyper: Hyper, lr_mult) -> optax.GradientTransf
     to the gradient before Adam's scaling. ``adamw``: decoupled weight decay (Loshchilov & Hutter), scaled by the
     layer's learning rate as in ``optax.adamw``.
     """
-    steps = tuple(-hyper.lr * lr_mult[i] for i in range(prog.model.depth))
+    steps = tuple(-hyper.lr * lr_mult[i] for i in range(lr_mult.shape[0]))
     # Transforms no member uses are left out (static flags), so the common plain-SGD program carries no
     # momentum buffer and spends no passes over the weights on a zero decay.
     decay = [optax.add_decayed_weights(hyper.weight_decay)] if prog.weight_decay else []

@@ -14,7 +14,7 @@ import numpy as np
 from .. import engine as _engine
 from .. import io as _io
 from .. import spec as _spec
-from ..models import MLP, uv
+from ..models import MLP, Linearized, random_features, uv
 from ..sweep import Sweep
 from ..tasks import TeacherStudent
 
@@ -132,7 +132,13 @@ def build(spec: dict):
     m.pop("d_out", None)  # the task's output dimension is the model's
     try:
         task = TeacherStudent(**t)
-        model = uv(task.d_in) if kind == "uv" else MLP(d_in=task.d_in, d_out=task.d_out, **m)
+        if kind == "uv":
+            model = uv(task.d_in)
+        elif kind == "random_features":
+            model = random_features(task.d_in, m.get("act", "relu"), task.d_out)
+        else:
+            model = MLP(d_in=task.d_in, d_out=task.d_out, **m)
+            model = Linearized(base=model) if kind == "linearized" else model
         sweep = Sweep(**spec["sweep"])
     except (TypeError, ValueError) as e:
         raise _spec.SpecError(str(e)) from None
