@@ -138,23 +138,36 @@ def gd_test_loss(ntk_train, ntk_test_train, nngp_train, nngp_test_train, nngp_te
     return 0.5 * np.mean((mean - np.asarray(y_test, np.float64)) ** 2 + var, axis=1)
 
 
-def kernel_change_exponent(param: str) -> float:
-    """Exponent ``e`` of the relative kernel change after a fixed amount of training, ``||K_t - K_0|| / ||K_0|| ~
-    n^-e``.
+def kernel_change_exponent(param: str, act: str = "relu") -> float:
+    """Exponent ``e`` of the relative change of a two-layer network's empirical NTK after a fixed amount of
+    training, per seed: ``||K_t - K_0||_F / ||K_0||_F ~ n^-e``.
 
-    - ``"ntk"``: ``1/2``. Each weight moves by ``O(n^-1/2)`` relative to its init, so pre-activations and the
-      features' Jacobians change by ``O(n^-1/2)`` and so does the kernel (Jacot et al. 2018; Lee et al. 2019,
-      Theorem 2.1, ``sup_t ||Theta_t - Theta_0||_F = O(n^-1/2)``; Dyer & Gur-Ari 2020 for the ``1/n`` order of
-      its seed-mean). This is the lazy regime.
-    - ``"mup"`` and ``"mean_field"``: ``0``. Features move by ``Theta(1)`` per step at every width (Yang & Hu 2021,
-      Tensor Programs IV), and so does the kernel: no kernel limit.
+    - ``"ntk"``, smooth activation (``erf``, ``tanh``, ``linear``): ``e = 1``. A weight moves by
+      ``Delta w_i = O(n^-1/2)``, proportional to its unit's readout weight ``v_i``; the kernel is a mean over units,
+      and the first-order change of a unit's term is odd in ``v_i`` (``v_i^2 phi'' Delta u_i ~ n^-1/2 v_i^3``), so
+      it averages out over units to ``n^-1/2 * n^-1/2``; second-order terms are ``O(1/n)`` too (Dyer & Gur-Ari 2020,
+      "Asymptotics of wide networks from Feynman diagrams"; Huang & Yau 2020, "Dynamics of deep neural networks and
+      neural tangent hierarchy": ``d Theta / dt = O(1/n)``). Lee et al. (2019, Theorem 2.1) bound the change by
+      ``O(n^-1/2)``; that bound is not attained.
+    - ``"ntk"``, ReLU: ``e = 3/4``. The kink adds a term the smooth expansion misses: a fraction ``O(n^-1/2)`` of the
+      units, those with ``|w_i . x| < |Delta w_i . x|``, flip their activation on a probe, each changing the
+      kernel by ``+-v_i^2 / n``. The sign (off-to-on or on-to-off) is independent of ``v_i``'s at leading order, so
+      the ``O(n^1/2)`` flips add up like a random walk: ``n^1/4 / n = n^-3/4``, which dominates the smooth
+      ``1/n``. Measured: ``0.757 [0.721, 0.790]`` over widths 64-4096 (``dynsim run kernel-regime``).
+    - ``"mup"`` and ``"mean_field"``: ``e = 0``. Features move by ``Theta(1)`` per step at every width (Yang & Hu
+      2021, Tensor Programs IV), and so does the kernel: there is no kernel limit.
 
-    Regime: fixed learning rate and training time as ``n`` grows, SGD tables of :mod:`dynsim.param`.
+    Regime: two-layer networks, fixed learning rate and training time as ``n`` grows, the SGD tables of
+    :mod:`dynsim.param`. (Deeper networks in NTK parametrization change their kernel at ``O(1/n)`` as well for
+    smooth activations, per the same references; this function covers the two-layer case that dynsim checks.)
     """
-    table = {"ntk": 0.5, "mup": 0.0, "mean_field": 0.0}
-    if param not in table:
-        raise ValueError(f"kernel_change_exponent covers {', '.join(table)}, got {param!r}.")
-    return table[param]
+    if param in ("mup", "mean_field"):
+        return 0.0
+    if param != "ntk":
+        raise ValueError(f"kernel_change_exponent covers ntk, mup and mean_field, got {param!r}.")
+    if act not in ("relu", "erf", "tanh", "linear"):
+        raise ValueError(f"kernel_change_exponent covers act relu, erf, tanh and linear, got {act!r}.")
+    return 0.75 if act == "relu" else 1.0
 
 
 def output_change_exponent(param: str) -> float:
@@ -162,9 +175,11 @@ def output_change_exponent(param: str) -> float:
     ``"mup"`` and ``"mean_field"``.
 
     In all three the network learns at ``O(1)`` speed at every width: in NTK parametrization the kernel is ``O(1)``
-    and ``f_t - f_0 = -Theta^-1 (I - e^{-eta Theta t / P}) (f_0 - Y)`` stays ``O(1)`` while the kernel freezes;
+    and ``f_t - f_0 = Theta(x, X) Theta^-1 (I - e^{-eta Theta t / P}) (Y - f_0)`` stays ``O(1)`` while the kernel
+    freezes;
     under muP the function update is ``Theta(1)`` by construction (Yang & Hu 2021). So a lazy network is one whose
     outputs move by ``O(1)`` while its kernel moves by ``O(n^-1/2)``.
     """
-    kernel_change_exponent(param)  # same coverage
+    if param not in ("ntk", "mup", "mean_field"):
+        raise ValueError(f"output_change_exponent covers ntk, mup and mean_field, got {param!r}.")
     return 0.0
