@@ -143,3 +143,18 @@ def test_linearized_tracks_the_network_at_large_width():
     moved = np.linalg.norm(lin.isel(step=-1) - lin.isel(step=0), axis=-1)
     gap = np.linalg.norm(full.isel(step=-1) - lin.isel(step=-1), axis=-1) / moved
     assert gap[1] < 0.05 and gap[1] < gap[0] / 3, gap
+
+
+def test_spec_kinds_build_the_models():
+    from dynsim.experiments import build, resolve_spec
+    from dynsim.spec import SpecError
+
+    sets = ["model.kind='random_features'", "model.act='erf'"]
+    model = build(resolve_spec("sweep", quick=True, sets=sets)[1])[0]
+    assert model == random_features(16, "erf")
+    model = build(resolve_spec("sweep", quick=True, sets=["model.kind='linearized'", "model.depth=3"])[1])[0]
+    assert model == Linearized(base=MLP(d_in=16, depth=3))
+    with pytest.raises(SpecError, match="model.depth"):
+        resolve_spec("sweep", quick=True, sets=["model.kind='random_features'", "model.depth=3"])
+    with pytest.raises(ValueError, match="frozen"):
+        MLP(d_in=4, frozen=(0, 1))
