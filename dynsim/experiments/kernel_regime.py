@@ -16,8 +16,8 @@ seeds, in NTK parametrization and in muP, recording the empirical NTK on fixed p
    kernel's distance from its infinite-width value, because the latter is dominated at init by the ``O(n^-1/2)``
    seed fluctuation, which is not a statement about training. Measured over widths 64-4096 (defaults): ReLU
    ``0.757 [0.721, 0.790]``, local slopes 0.67-0.80 all along; erf ``0.75 [0.72, 0.79]``, with local slopes
-   rising from 0.5 to 0.87 towards the predicted 1, so at these widths erf is still pre-asymptotic and its
-   check does not agree (``--set model.act=erf``).
+   rising from 0.5 to 0.87 towards the predicted 1 (1.07 between 4096 and 16384), so at these widths erf is still
+   pre-asymptotic and its check does not agree (``--set model.act=erf``).
 2. **Output movement.** ``||f_T - f_0|| / ||y||`` on the probes, fitted the same way: predicted exponent 0 for
    both (:func:`~dynsim.theory.ntk_regime.output_change_exponent`). Together with 1: a lazy network's outputs move
    by ``O(1)`` while its kernel freezes.
