@@ -292,7 +292,7 @@ def _choose_layout(layout: str, model, observables, sweep: Sweep, batch: int) ->
     FLOP-bound shape (64 members of each of 16 widths, P = 1024, d = 64) vmapped groups in cache-sized slabs are
     faster (47 s against 58 s packed), and the rule keeps them.
     """
-    packable = isinstance(model, MLP) and model.depth == 2 and set(observables) <= _packed.SUPPORTED_OBSERVABLES
+    packable = getattr(model, "packable", False) and set(observables) <= _packed.SUPPORTED_OBSERVABLES
     if layout == "auto":
         if not packable:
             return "vmap"

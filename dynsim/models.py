@@ -20,11 +20,14 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-__all__ = ["MLP", "uv", "Scales", "scales", "width_mask"]
+__all__ = ["MLP", "Linearized", "uv", "random_features", "Scales", "width_mask"]
 
+# Activation and its init gain. ReLU's sqrt(2) (He) and erf's 1 / sqrt(E[erf(z)^2]) = 1 / sqrt((2/pi) arcsin(2/3))
+# (z ~ N(0, 1), Williams 1997) keep the second moment of a unit-variance pre-activation through the layer.
 _ACTS = {
     "relu": (jax.nn.relu, math.sqrt(2.0)),
     "tanh": (jnp.tanh, 1.0),
+    "erf": (jax.scipy.special.erf, 1.0 / math.sqrt(2.0 / math.pi * math.asin(2.0 / 3.0))),
     "linear": (lambda h: h, 1.0),
 }
 
@@ -60,8 +63,12 @@ class MLP:
     Attributes:
       d_in: input dimension ``d``.
       depth: number of weight layers ``L >= 2`` (2 is the two-layer network).
-      act: ``"relu"``, ``"tanh"`` or ``"linear"``.
+      act: ``"relu"``, ``"tanh"``, ``"erf"`` or ``"linear"``.
       d_out: output dimension (1 for a scalar output).
+      frozen: indices of weight layers that keep their initial value: their learning-rate multiplier is 0 (so no
+        optimizer, momentum or weight decay moves them) and the forward pass stops their gradient, so observables
+        built on gradients (sharpness, the empirical NTK) see the trained layers only. ``frozen=(0,)`` with
+        ``depth=2`` is random-feature regression (:func:`random_features`).
 
     The spec hashes by value, so re-creating it never recompiles a program that takes it as a static argument.
     """
@@ -70,6 +77,7 @@ class MLP:
     depth: int = 2
     act: str = "relu"
     d_out: int = 1
+    frozen: tuple[int, ...] = ()
 
     width_name = "width"  # name of the width axis in results
 
@@ -82,6 +90,11 @@ class MLP:
             raise ValueError(f"model act must be one of {', '.join(_ACTS)}, got {self.act!r}.")
         if not (isinstance(self.d_out, int) and self.d_out >= 1):
             raise ValueError(f"model d_out must be a positive integer, got {self.d_out!r}.")
+        object.__setattr__(self, "frozen", tuple(sorted(set(self.frozen))))
+        if not all(isinstance(i, int) and 0 <= i < self.depth for i in self.frozen):
+            raise ValueError(f"model frozen must list layer indices in [0, {self.depth}), got {self.frozen!r}.")
+        if len(self.frozen) == self.depth:
+            raise ValueError("model frozen lists every layer; at least one layer must be trained.")
 
     @property
     def roles(self) -> tuple[int, ...]:
@@ -105,8 +118,13 @@ class MLP:
         """Weight shapes ``[fan_out, fan_in]`` at padded width ``n_pad``."""
         return ((n_pad, self.d_in),) + ((n_pad, n_pad),) * (self.depth - 2) + ((self.d_out, n_pad),)
 
+    @property
+    def packable(self) -> bool:
+        """Whether :mod:`dynsim.packed` can run this model (two-layer networks)."""
+        return self.depth == 2
+
     def n_params(self, width: int) -> int:
-        """Number of (unpadded) trainable parameters at width ``width``."""
+        """Number of (unpadded) parameters at width ``width``, frozen ones included."""
         return sum(a * b for a, b in self.shapes(width))
 
     def flops(self, width: int, n_samples: int) -> float:
@@ -135,7 +153,8 @@ class MLP:
         # The input dimension is a constant of the task; it normalises the first layer only. Layers that read an
         # activation get the activation's gain (He init for ReLU).
         fan0 = jnp.asarray([1.0 / math.sqrt(self.d_in)] + [gain] * (self.depth - 1), dtype)
-        return Scales(mult=n ** (-a), std=init_scale * fan0 * n ** (-b), lr=n ** (-c))
+        trained = jnp.asarray([i not in self.frozen for i in range(self.depth)], dtype)
+        return Scales(mult=n ** (-a), std=init_scale * fan0 * n ** (-b), lr=trained * n ** (-c))
 
     def init(self, key, n_pad: int, width, std) -> tuple[jax.Array, ...]:
         """Initial weights at padded width ``n_pad``; units ``>= width`` are zero.
@@ -179,6 +198,7 @@ class MLP:
         phi = _ACTS[self.act][0]
         z = x
         preacts = []
+        params = [jax.lax.stop_gradient(w) if i in self.frozen else w for i, w in enumerate(params)]
         for layer, w in enumerate(params[:-1]):
             h = mult[layer] * (w @ z)
             preacts.append(h)
@@ -194,3 +214,81 @@ def uv(d_in: int = 1) -> MLP:
     (``d^-1/2`` for ``u`` when ``d_in > 1``) and the output multiplier is ``n^-1/2``.
     """
     return MLP(d_in=d_in, depth=2, act="linear", d_out=1)
+
+
+def random_features(d_in: int, act: str = "relu", d_out: int = 1) -> MLP:
+    """Random-feature regression (Rahimi & Recht 2007): a two-layer network whose first layer is frozen at init.
+
+    .. math::
+
+        f(x) = n^{-a_2} v^\\top \\phi(n^{-a_1} W x),\\qquad W \\text{ fixed at its random init},\\ v \\text{ trained}.
+
+    The features ``phi(W x)`` of width ``n`` are fixed, so training the readout by gradient descent on the squared
+    loss is linear regression on them: it converges to the minimum-norm (ridgeless) least-squares fit from
+    ``v = 0``, and with weight decay ``wd`` under SGD to ridge regression with ridge ``wd``. As ``n -> inf`` the
+    feature kernel ``phi(Wx) . phi(Wx') / n`` tends to the NNGP kernel of the activation
+    (:mod:`dynsim.theory.kernels`).
+    """
+    return MLP(d_in=d_in, depth=2, act=act, d_out=d_out, frozen=(0,))
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Linearized:
+    """The linearization of a network around its initialization (Lee et al. 2019, "Wide neural networks of any
+    depth evolve as linear models under gradient descent").
+
+    .. math::
+
+        f^{\\mathrm{lin}}_\\theta(x) = f_{\\theta_0}(x) + J_{\\theta_0}(x)\\,(\\theta - \\theta_0),
+
+    evaluated with one ``jax.jvp`` of the base network around ``theta_0``. The parameters are the pair
+    ``(theta, theta_0)`` (the base network's layers, then a frozen copy of their initial value), so ``theta_0``
+    travels with the member through padding, chunking and divergence handling like any other weight, and the
+    initial copy shares the base network's init (padding invariance included). Gradient descent on the squared
+    loss is then kernel gradient descent with the fixed empirical NTK ``J_0 J_0^T`` of the member.
+
+    Attributes:
+      base: the network to linearize.
+    """
+
+    base: MLP
+
+    def __post_init__(self):
+        if not isinstance(self.base, MLP):
+            raise ValueError(f"Linearized needs an MLP to linearize, got {self.base!r}.")
+
+    d_in = property(lambda self: self.base.d_in)
+    d_out = property(lambda self: self.base.d_out)
+    depth = property(lambda self: self.base.depth)
+    roles = property(lambda self: self.base.roles)
+    packable = property(lambda self: False)
+
+    def shapes(self, n_pad: int) -> tuple[tuple[int, int], ...]:
+        """Shapes of ``theta`` then of ``theta_0``."""
+        return self.base.shapes(n_pad) * 2
+
+    def n_params(self, width: int) -> int:
+        """Stored parameters (``theta`` and ``theta_0``) at width ``width``."""
+        return 2 * self.base.n_params(width)
+
+    def flops(self, width: int, n_samples: int) -> float:
+        """About twice the base network's: a JVP carries a tangent through every matmul of the forward pass."""
+        return 2.0 * self.base.flops(width, n_samples)
+
+    def scales(self, width, abc, init_scale) -> Scales:
+        """The base network's scales; ``theta_0``'s learning-rate multipliers are 0."""
+        s = self.base.scales(width, abc, init_scale)
+        return s._replace(lr=jnp.concatenate([s.lr, jnp.zeros_like(s.lr)]))
+
+    def init(self, key, n_pad: int, width, std) -> tuple[jax.Array, ...]:
+        """``theta = theta_0 =`` the base network's init."""
+        theta0 = self.base.init(key, n_pad, width, std)
+        return theta0 + theta0
+
+    def apply(self, params, x, mult, mask):
+        """``f_{theta_0}(x) + J_{theta_0}(x) (theta - theta_0)`` on ``x`` of shape ``[d_in, P]``."""
+        depth = self.base.depth
+        theta, theta0 = params[:depth], jax.lax.stop_gradient(params[depth:])
+        tangent = tuple(t - t0 for t, t0 in zip(theta, theta0))
+        out0, dout = jax.jvp(lambda p: self.base.apply(p, x, mult, mask), (theta0,), (tangent,))
+        return out0 + dout

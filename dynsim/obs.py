@@ -135,3 +135,4 @@ register(Observable("outputs", _outputs, "network output (first component) on ea
                     dims=("sample",), shape=lambda prog: (prog.task.n_test,)))
 from . import obs_sharpness as _obs_sharpness  # noqa: E402,F401  (registers sharpness observables)
 from . import obs_superposition as _obs_superposition  # noqa: E402,F401  (superposition geometry)
+from . import obs_ntk as _obs_ntk  # noqa: E402,F401  (registers empirical-NTK observables)

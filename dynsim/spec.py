@@ -3,7 +3,7 @@
 A spec has five tables::
 
     experiment = "lr-transfer"      # which analysis runs on the results ("sweep": none beyond figures)
-    [model]  kind ("mlp", "uv", "superposition"), depth, act, importance_decay
+    [model]  kind ("mlp", "uv", "random_features", "linearized", "superposition"), depth, act, importance_decay
     [task]   kind ("teacher_student"): d_in, d_out, n_train, n_test, teacher, teacher_width, noise, input_alpha, seed
              kind ("sparse_features"): n_features, alpha, p_active, n_test, seed
     [train]  steps, record_every, batch_size, observables, diverge_factor, betas, group, chunk_members, layout,
@@ -86,8 +86,9 @@ def _betas(v):
 
 
 SCHEMA: dict[str, dict[str, Callable]] = {
-    "model": {"kind": _choice("mlp", "uv", "superposition"),
-              "depth": lambda v: (_is_int(v) and v >= 2, "an integer >= 2"), "act": _choice("relu", "tanh", "linear"),
+    "model": {"kind": _choice("mlp", "uv", "random_features", "linearized", "superposition"),
+              "depth": lambda v: (_is_int(v) and v >= 2, "an integer >= 2"),
+              "act": _choice("relu", "tanh", "erf", "linear"),
               "importance_decay": lambda v: (_is_num(v) and 0 < v <= 1, "a number in (0, 1]")},
     "task": {"kind": _choice("teacher_student", "sparse_features"), "d_in": _pos_int, "n_train": _nonneg_int,
              "n_test": _pos_int, "teacher": _choice("linear", "mlp"), "teacher_width": _pos_int,
@@ -214,6 +215,9 @@ def validate(spec: dict, *, required: Iterable[str] = ()) -> dict:
     if kind == "sparse_features" and train.get("batch_size", 0) == 0:
         raise SpecError("spec key 'train.batch_size' must be positive for task.kind = 'sparse_features' (fresh "
                         "batches every step).")
+    if out.get("model", {}).get("kind") == "random_features" and out["model"].get("depth", 2) != 2:
+        raise SpecError(f"spec key 'model.depth' ({out['model']['depth']}) must be 2 for model.kind = "
+                        "'random_features'.")
     if out.get("model", {}).get("kind") == "uv" and task.get("d_out", 1) != 1:
         raise SpecError(f"spec key 'task.d_out' ({task['d_out']}) must be 1 for the scalar model.kind = 'uv'.")
     if kind == "teacher_student" and task.get("n_train", 1) == 0 and train.get("batch_size", 0) == 0:

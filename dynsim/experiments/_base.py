@@ -15,7 +15,7 @@ import xarray as xr
 from .. import engine as _engine
 from .. import io as _io
 from .. import spec as _spec
-from ..models import MLP, uv
+from ..models import MLP, Linearized, random_features, uv
 from ..superposition import SparseFeatures, Superposition
 from ..sweep import Sweep
 from ..tasks import TeacherStudent
@@ -145,8 +145,13 @@ def build(spec: dict):
         task = _TASKS[task_kind](**t)
         if kind == "superposition":
             model = Superposition(n_features=task.d_in, **m)
+        elif kind == "uv":
+            model = uv(task.d_in)
+        elif kind == "random_features":
+            model = random_features(task.d_in, m.get("act", "relu"), task.d_out)
         else:
-            model = uv(task.d_in) if kind == "uv" else MLP(d_in=task.d_in, d_out=task.d_out, **m)
+            model = MLP(d_in=task.d_in, d_out=task.d_out, **m)
+            model = Linearized(base=model) if kind == "linearized" else model
         sweep = Sweep(**sweep_axes)
     except (TypeError, ValueError) as e:
         raise _spec.SpecError(str(e)) from None
