@@ -1,7 +1,7 @@
 """Observables recorded inside the compiled program at record points, vmapped over members.
 
 An observable is a pure function ``compute(ctx, params, extra) -> (value, new_extra)``: ``ctx`` holds the member's
-program, data, hyperparameters, scales and width mask; ``extra`` is the observable's own state carried between
+program, data, hyperparameters, scales, width mask and optimizer state; ``extra`` is the observable's own state carried between
 records (``None`` for stateless ones), so iterative estimators can warm-start. ``value`` has a fixed shape per
 observable (:attr:`Observable.shape`). New observables register with :func:`register`.
 """
@@ -20,11 +20,18 @@ __all__ = ["Context", "Observable", "register", "get", "names", "coord_check"]
 
 
 class Context(NamedTuple):
+    """What an observable may read about its member besides the parameters.
+
+    ``opt_state`` is the optax state after the last step (the freshly initialised state at step 0); ``None`` where
+    a caller has none to give.
+    """
+
     prog: Any
     data: Any
     hyper: Any
     scales: Any
     mask: jax.Array
+    opt_state: Any = None
 
 
 @dataclasses.dataclass(frozen=True)

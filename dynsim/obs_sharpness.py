@@ -1,4 +1,5 @@
-"""Sharpness observables: the top Hessian eigenvalue of each member's training loss, warm-started between records.
+"""Sharpness observables: the top Hessian eigenvalue of each member's training loss (plain, or preconditioned by the
+optimizer's step sizes), warm-started between records.
 
 The *sharpness* of a member is the largest eigenvalue of the Hessian of its full-training-set loss (the training
 objective, ``0.5 * mean((f - y)^2)``; the test set for an online task) with respect to its trained parameters
@@ -34,9 +35,28 @@ Caveats:
   plus one carried between records, against three for power iteration.
 - ``sharpness`` and ``sharpness_err`` each carry their own iterate (observables do not share state), so recording
   both runs the iteration twice, on identical numbers. Record ``sharpness_err`` in validation runs.
-- ``adam_sharpness`` (the top eigenvalue of ``P^-1 H`` with Adam's preconditioner ``P = sqrt(nu_hat) + eps``) is
-  not registered: an observable sees the parameters but not the optimizer state. :func:`top_eigenpair` accepts any
-  symmetric matvec on flat vectors, so ``v -> P^-1/2 H P^-1/2 v`` can be passed by code that holds the state.
+
+Preconditioned sharpness (``preconditioned_sharpness``, ``preconditioned_sharpness_err``): the top eigenvalue of
+``D H``, where ``D`` is the diagonal of per-parameter step sizes (in units of the base learning rate ``lr``) that the
+member's *next* step applies, so that near a minimum the step is ``w <- w - lr D (H w + ...)``:
+
+.. math::
+
+    D_\\text{sgd} = \\mathrm{diag}(n^{-c_l}),\\qquad
+    D_\\text{adam} = \\mathrm{diag}\\Big(\\frac{n^{-c_l}}{\\sqrt{\\hat\\nu_{t+1}} + \\epsilon}\\Big),\\quad
+    \\hat\\nu_{t+1} = \\frac{\\beta_2 \\nu_t + (1 - \\beta_2)\\, g_t^2}{1 - \\beta_2^{\\,t+1}},
+
+with ``n^-c_l`` the layer's learning-rate multiplier, ``nu_t`` Adam's second-moment state after ``t`` steps and
+``g_t`` the full-batch gradient at the recorded parameters (plus ``wd * w`` for coupled weight decay, as the
+optimizer sees it): ``nu_hat_{t+1}`` is the bias-corrected second moment that divides step ``t + 1``, well defined at
+step 0 too. For Adam with one learning rate per layer (``c_l = 0``) this is ``P^-1 H`` with
+``P = diag(sqrt(nu_hat) + eps)``, the *preconditioned sharpness* of Cohen et al. (2022), "Adaptive gradient methods
+at the edge of stability", which equilibrates at :func:`dynsim.theory.stability.adam_threshold`; for SGD with
+``c_l = 0`` it is the plain sharpness, compared with ``momentum_threshold``. ``D H`` is similar to the symmetric
+``D^1/2 H D^1/2``, which is what the iteration runs on (same LOBPCG, same warm start, one extra gradient per
+record for Adam). The weight-decay term of the objective is not included (as for ``sharpness``). The optimizer
+state is read from ``ctx.opt_state`` (the first ``optax.ScaleByAdamState`` in it); ``adamw`` is treated as Adam
+(its decay is decoupled, so the gradient is the loss gradient alone).
 
 Padding: the Hessian's rows and columns for padded weights are exactly zero (the mask cuts those units out of the
 function), and the start vector is drawn with :meth:`dynsim.models.MLP.init`, whose true-width part does not depend
@@ -47,12 +67,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 from jax.flatten_util import ravel_pytree
 
 from . import obs as _obs
 
 __all__ = ["ITERS", "WARMUP", "training_loss_fn", "hvp", "top_eigenpair", "start_vector", "sharpness",
-           "sharpness_observable"]
+           "step_preconditioner", "preconditioned_sharpness", "sharpness_observable"]
 
 ITERS = 4  # LOBPCG iterations per record, from the previous record's eigenvector: 2 * ITERS + 1 = 9 products.
 WARMUP = 16  # LOBPCG iterations from the random start vector, once, before the first record: 33 products.
@@ -162,34 +183,81 @@ def sharpness(ctx, params, x, iters: int = ITERS):
     return top_eigenpair(lambda v: ravel_pytree(hvp(loss, params, unravel(v)))[0], x, iters)
 
 
+def _adam_state(opt_state) -> optax.ScaleByAdamState:
+    """The first ``optax.ScaleByAdamState`` inside an optax state."""
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda s: isinstance(s, optax.ScaleByAdamState))
+             if isinstance(s, optax.ScaleByAdamState)]
+    if not found:
+        raise ValueError("the optimizer state holds no Adam moments (optax.ScaleByAdamState).")
+    return found[0]
+
+
+def step_preconditioner(ctx, params):
+    """The flat diagonal ``D`` of the member's next step, in units of the base learning rate (module docstring).
+
+    ``n^-c_l`` per layer for SGD; divided by ``sqrt(nu_hat_{t+1}) + eps`` for Adam, with ``nu_hat_{t+1}`` from
+    ``ctx.opt_state`` and the full-batch gradient at ``params``.
+    """
+    prog = ctx.prog
+    mult = tuple(jnp.full(w.shape, ctx.scales.lr[layer], w.dtype) for layer, w in enumerate(params))
+    if prog.optimizer == "sgd":
+        return ravel_pytree(mult)[0]
+    adam = _adam_state(ctx.opt_state)
+    grads = jax.grad(training_loss_fn(ctx))(params)
+    if prog.optimizer == "adam" and prog.weight_decay:  # coupled decay: Adam sees the decayed gradient
+        grads = jax.tree.map(lambda g, w: g + ctx.hyper.weight_decay * w, grads, params)
+    b2 = prog.betas[1]
+    count = (adam.count + 1).astype(ravel_pytree(params)[0].dtype)
+    nu_hat = jax.tree.map(lambda nu, g: (b2 * nu + (1 - b2) * g**2) / (1 - b2**count), adam.nu, grads)
+    return ravel_pytree(jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + prog.eps), mult, nu_hat))[0]
+
+
+def preconditioned_sharpness(ctx, params, x, iters: int = ITERS):
+    """Top eigenvalue of ``D H`` (:func:`step_preconditioner`) by LOBPCG on ``D^1/2 H D^1/2`` from the unit ``x``.
+
+    Reads the optimizer state from ``ctx.opt_state``. ``x`` lives in the symmetric form's coordinates
+    (``D^-1/2`` times an eigenvector of ``D H``). Returns ``(lam, residual, x)`` as :func:`top_eigenpair`.
+    """
+    loss = training_loss_fn(ctx)
+    unravel = ravel_pytree(params)[1]
+    root = jnp.sqrt(step_preconditioner(ctx, params))
+    return top_eigenpair(lambda v: root * ravel_pytree(hvp(loss, params, unravel(root * v)))[0], x, iters)
+
+
 def sharpness_observable(name: str = "sharpness", *, iters: int = ITERS, warmup: int = WARMUP,
-                         residual: bool = False) -> _obs.Observable:
+                         residual: bool = False, preconditioned: bool = False) -> _obs.Observable:
     """An :class:`~dynsim.obs.Observable` recording the sharpness (or, with ``residual=True``, its residual).
 
     Args:
       name: variable name.
       iters: LOBPCG iterations per record (static); a record costs ``2 * iters + 1`` Hessian-vector products.
       warmup: iterations spent once, when the state is created, on the random start vector.
-      residual: record ``|Hx - lam x|`` of the final iterate instead of ``lam``.
+      residual: record ``|Ax - lam x|`` of the final iterate instead of ``lam``.
+      preconditioned: the top eigenvalue of ``D H`` (:func:`preconditioned_sharpness`) instead of ``H``.
     """
     if iters < 0 or warmup < 0:
         raise ValueError(f"sharpness observable needs iters >= 0 and warmup >= 0, got {iters} and {warmup}.")
+    estimate = preconditioned_sharpness if preconditioned else sharpness
 
     def init_extra(ctx, params):
-        return sharpness(ctx, params, start_vector(ctx), warmup)[2]
+        return estimate(ctx, params, start_vector(ctx), warmup)[2]
 
     def compute(ctx, params, x):
-        lam, res, x = sharpness(ctx, params, x, iters)
+        lam, res, x = estimate(ctx, params, x, iters)
         return (res if residual else lam), x
 
+    matrix = ("D H, the Hessian of the training loss scaled by the optimizer's per-parameter step sizes D "
+              "(Adam: n^-c / (sqrt(nu_hat) + eps))" if preconditioned else
+              "the Hessian of the training loss w.r.t. the parameters")
     if residual:
-        doc = (f"residual |Hx - lam x| of the sharpness estimate after {iters} warm-started LOBPCG iterations: "
-               f"some Hessian eigenvalue lies within it of the estimate")
+        doc = (f"residual |Ax - lam x| of the top-eigenvalue estimate of {matrix} after {iters} warm-started "
+               f"LOBPCG iterations: some eigenvalue lies within it of the estimate")
     else:
-        doc = (f"top eigenvalue of the Hessian of the training loss w.r.t. the parameters ({iters} warm-started "
-               f"LOBPCG iterations per record)")
+        doc = f"top eigenvalue of {matrix} ({iters} warm-started LOBPCG iterations per record)"
     return _obs.Observable(name, compute, doc, init_extra=init_extra)
 
 
 _obs.register(sharpness_observable("sharpness"))
 _obs.register(sharpness_observable("sharpness_err", residual=True))
+_obs.register(sharpness_observable("preconditioned_sharpness", preconditioned=True))
+_obs.register(sharpness_observable("preconditioned_sharpness_err", residual=True, preconditioned=True))

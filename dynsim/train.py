@@ -220,7 +220,7 @@ def _member_parts(prog: Program, hyper: Hyper):
 
 def _records(prog: Program, data: Data, hyper: Hyper, state: MemberState):
     scales, mask, _ = _member_parts(prog, hyper)
-    ctx = _obs.Context(prog=prog, data=data, hyper=hyper, scales=scales, mask=mask)
+    ctx = _obs.Context(prog=prog, data=data, hyper=hyper, scales=scales, mask=mask, opt_state=state.opt_state)
     out, extra = {}, dict(state.extra)
     for name in prog.observables:
         value, new = _obs.get(name).compute(ctx, state.params, state.extra.get(name))
@@ -238,13 +238,14 @@ def _init_member(prog: Program, data: Data, hyper: Hyper) -> MemberState:
     if prog.task.online:
         x, y = data.x_test, data.y_test
     loss0 = _loss(prog, params, scales, mask, x, y)
-    ctx = _obs.Context(prog=prog, data=data, hyper=hyper, scales=scales, mask=mask)
+    opt_state = opt.init(params)
+    ctx = _obs.Context(prog=prog, data=data, hyper=hyper, scales=scales, mask=mask, opt_state=opt_state)
     extra = {}
     for name in prog.observables:
         init_extra = _obs.get(name).init_extra
         if init_extra is not None:
             extra[name] = init_extra(ctx, params)
-    return MemberState(params, opt.init(params), jnp.asarray(True), jnp.asarray(-1, jnp.int32), loss0, extra)
+    return MemberState(params, opt_state, jnp.asarray(True), jnp.asarray(-1, jnp.int32), loss0, extra)
 
 
 def sample_chunk(batch: int, backend: str | None = None) -> int:

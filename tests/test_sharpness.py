@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.flatten_util import ravel_pytree
 
@@ -16,12 +17,12 @@ TASK = TeacherStudent(d_in=3, n_train=10, n_test=10, seed=0)
 LR = 0.05
 
 
-def _member(model, width, n_pad, param="mup", task=TASK):
+def _member(model, width, n_pad, param="mup", task=TASK, optimizer="sgd"):
     """Context and initial parameters of one member (seed 0), built as the engine builds them."""
-    sweep = ds.Sweep(width=[width], lr=[LR], seed=[0], param=[param])
+    sweep = ds.Sweep(width=[width], lr=[LR], seed=[0], param=[param], optimizer=[optimizer])
     hyper = jax.tree.map(lambda a: a[0], member_hyper(sweep, np.arange(1)))
-    prog = train.Program(model=model, task=task, optimizer="sgd", n_pad=n_pad, record_every=1,
-                         records_per_segment=1)
+    prog = train.Program(model=model, task=task, optimizer=optimizer, n_pad=n_pad, record_every=1,
+                         records_per_segment=1, weight_decay=False)
     scales = model.scales(hyper.width, hyper.abc, hyper.init_scale)
     ctx = obs.Context(prog=prog, data=task.make(), hyper=hyper, scales=scales, mask=width_mask(hyper.width, n_pad))
     return ctx, model.init(jax.random.wrap_key_data(hyper.key), n_pad, hyper.width, scales.std)
@@ -33,9 +34,10 @@ def _true_width(params, width):
 
 
 def _hessian_spectrum(ctx, width):
-    """``params -> eigenvalues`` of the explicit Hessian of the training loss over the true-width weights.
+    """``(params, D=None) -> eigenvalues`` of the explicit Hessian of the training loss over the true-width weights.
 
     Built from the model's ``apply`` at the true width with an all-ones mask, so no padding machinery is involved.
+    With ``D`` (flat, true width) the eigenvalues of ``D^1/2 H D^1/2``.
     """
     data = ctx.data
     ones = jnp.ones(width, ctx.mask.dtype)
@@ -46,7 +48,35 @@ def _hessian_spectrum(ctx, width):
         return 0.5 * jnp.mean((out - data.y_train) ** 2)
 
     hessian = jax.jit(jax.hessian(loss))
-    return lambda params: np.linalg.eigvalsh(np.asarray(hessian(ravel_pytree(_true_width(params, width))[0])))
+
+    def spectrum(params, d=None):
+        h = np.asarray(hessian(ravel_pytree(_true_width(params, width))[0]))
+        if d is not None:
+            root = np.sqrt(np.asarray(d))
+            h = root[:, None] * h * root[None, :]
+        return np.linalg.eigvalsh(h)
+
+    return spectrum
+
+
+def _adam_preconditioner(ctx, opt, opt_state, width):
+    """``params -> D`` over the true-width weights, read off the optimizer's own next state.
+
+    One more ``opt.update`` with the full-batch gradient gives optax's ``nu_{t+1}``; bias correction by the count
+    it reports, and the layer's lr multiplier over ``sqrt(nu_hat) + eps``. Independent of
+    :func:`obs_sharpness.step_preconditioner`'s arithmetic.
+    """
+    grad = jax.grad(obs_sharpness.training_loss_fn(ctx))
+    b2, eps = ctx.prog.betas[1], ctx.prog.eps
+
+    def precondition(params):
+        _, new = opt.update(grad(params), opt_state, params)
+        adam = obs_sharpness._adam_state(new)
+        d = tuple(ctx.scales.lr[layer] / (jnp.sqrt(nu / (1 - b2 ** adam.count)) + eps)
+                  for layer, nu in enumerate(adam.nu))
+        return ravel_pytree(_true_width(d, width))[0]
+
+    return precondition
 
 
 def test_top_eigenpair_finds_the_largest_not_the_dominant_eigenvalue():
@@ -84,6 +114,34 @@ def test_sharpness_matches_explicit_hessian(x64, depth, param):
     w_in, *hidden, w_out = jax.tree.map(np.asarray, ravel_pytree(params)[1](vec))
     assert np.all(w_in[6:] == 0) and np.all(w_out[:, 6:] == 0)
     assert all(np.all(h[6:] == 0) and np.all(h[:, 6:] == 0) for h in hidden)
+
+
+@pytest.mark.parametrize("optimizer,steps", [("sgd", 0), ("adam", 0), ("adam", 3)])
+def test_preconditioned_sharpness_matches_explicit_matrix(x64, optimizer, steps):
+    # muP with Adam has unequal per-layer lr multipliers (c = 1/2, 1, 1/2), so D is not a multiple of Adam's P^-1.
+    model = MLP(d_in=3, depth=3, act="tanh")
+    ctx, params = _member(model, 6, 10, "mup", optimizer=optimizer)  # width 6 padded to 10
+    opt = train.make_optimizer(ctx.prog, ctx.hyper, ctx.scales.lr)
+    state = opt.init(params)
+    grad = jax.grad(obs_sharpness.training_loss_fn(ctx))
+    for _ in range(steps):
+        updates, state = opt.update(grad(params), state, params)
+        params = optax.apply_updates(params, updates)
+    ctx = ctx._replace(opt_state=state)
+    if optimizer == "sgd":
+        ref = lambda p: ravel_pytree(_true_width(tuple(jnp.full(w.shape, ctx.scales.lr[i]) for i, w in
+                                                       enumerate(p)), 6))[0]
+    else:
+        ref = _adam_preconditioner(ctx, opt, state, 6)
+    eig = _hessian_spectrum(ctx, 6)(params, ref(params))
+    estimate = jax.jit(lambda p, v: obs_sharpness.preconditioned_sharpness(ctx, p, v, 40))
+    lam, res, vec = estimate(params, obs_sharpness.start_vector(ctx))
+    # As for the plain Hessian: float64, 40 iterations on a ~50-dim problem converge to round-off; 1e-9 leaves
+    # room for D's spread (Adam's 1/sqrt(nu_hat) spans several decades, which costs digits in D^1/2 H D^1/2).
+    np.testing.assert_allclose(float(lam), eig[-1], rtol=1e-9)
+    assert float(res) < 1e-7 * eig[-1]
+    w_in, *hidden, w_out = jax.tree.map(np.asarray, ravel_pytree(params)[1](vec))
+    assert np.all(w_in[6:] == 0) and np.all(w_out[:, 6:] == 0)
 
 
 def _run(model, sweep, monkeypatch, observables=("loss", "sharpness", "sharpness_err", "sharpness_32"), **kw):
@@ -167,3 +225,52 @@ def test_sharpness_rises_to_and_hovers_at_the_edge_of_stability():
     reached = np.argmax(ratio >= 0.95, axis=1)
     assert np.all(ratio.max(axis=1) >= 0.95) and np.all(reached < ratio.shape[1] - 15)
     assert np.all(np.median(loss[:, -15:], axis=1) < loss[np.arange(3), reached]), (loss, reached)
+
+
+def _run_adam(model, sweep, monkeypatch, **kw):
+    """20 Adam steps recording the preconditioned sharpness, its residual and a converged reference."""
+    monkeypatch.setitem(obs._REGISTRY, "preconditioned_32",
+                        obs_sharpness.sharpness_observable("preconditioned_32", iters=32, preconditioned=True))
+    names = ("loss", "preconditioned_sharpness", "preconditioned_sharpness_err", "preconditioned_32")
+    return ds.run(model, TASK, sweep, steps=20, record_every=5, progress=False, observables=names, **kw)
+
+
+def test_recorded_preconditioned_sharpness_follows_adam(x64, monkeypatch):
+    # Adam under muP (unequal lr multipliers); the recorded value must follow the replayed optimizer's own D.
+    model = MLP(d_in=3, depth=3, act="tanh")
+    alone = _run_adam(model, ds.Sweep(width=[6], lr=[LR], optimizer=["adam"]), monkeypatch, group=1).squeeze()
+
+    ctx, params = _member(model, 6, 6, optimizer="adam")
+    opt = train.make_optimizer(ctx.prog, ctx.hyper, ctx.scales.lr)
+    state = opt.init(params)
+    grad = jax.jit(jax.grad(obs_sharpness.training_loss_fn(ctx)))
+    spectrum = _hessian_spectrum(ctx, 6)
+    top = []
+    for step in range(21):
+        if step % 5 == 0:
+            top.append(spectrum(params, _adam_preconditioner(ctx, opt, state, 6)(params))[-1])
+        updates, state = opt.update(grad(params), state, params)
+        params = optax.apply_updates(params, updates)
+    top = np.asarray(top)
+    # Converged reference: float64 round-off through a replayed Adam trajectory; 1e-8 is ample.
+    np.testing.assert_allclose(alone["preconditioned_32"].values, top, rtol=1e-8)
+    lam, err = alone["preconditioned_sharpness"].values, alone["preconditioned_sharpness_err"].values
+    # The default (warm-started, few iterations) is a Rayleigh quotient of D^1/2 H D^1/2: never above the top
+    # eigenvalue, and within its residual of it.
+    assert np.all(lam <= top * (1 + 1e-10))
+    assert np.all(top - lam <= err + 1e-10 * top)
+
+
+def test_padded_adam_member_has_unpadded_preconditioned_sharpness(x64, monkeypatch):
+    model = MLP(d_in=3, depth=3, act="tanh")
+    alone = _run_adam(model, ds.Sweep(width=[6], lr=[LR], optimizer=["adam"]), monkeypatch,
+                      group=1).squeeze()  # compiled above already
+    # Width 6 padded to 10 beside a width-10 member and members whose huge steps make them diverge.
+    crowd = _run_adam(model, ds.Sweep(width=[6, 10], lr=[LR, 1e3], optimizer=["adam"]), monkeypatch,
+                      buckets=[[6, 10]], group=4)
+    padded = crowd.sel(width=6, lr=LR).squeeze()
+    # float64: identical iterates up to the summation order over exact zeros (padded nu = 0 meets zero vectors).
+    for name in ("preconditioned_sharpness", "preconditioned_sharpness_err", "preconditioned_32"):
+        np.testing.assert_allclose(padded[name].values, alone[name].values, rtol=1e-10, atol=1e-13)
+    assert (crowd["diverged_at"].sel(lr=1e3) >= 0).all()
+    assert np.isfinite(crowd["preconditioned_sharpness"].sel(lr=LR)).all()
