@@ -81,3 +81,36 @@ def test_trained_strong_superposition_overlaps_scale_as_one_over_m():
     ratio = final["mean_sq_overlap"].values * m
     assert np.all(ratio >= theory.welch_bound(n, m) * m - 1e-3)
     assert np.all(ratio <= 1.2)
+
+
+def _final_loss(alpha, gamma, steps, n=1000, ms=(8, 16, 32, 64, 128)):
+    """Final loss at each m of the experiment's quick setup (AdamW 0.02, warmup + cosine, batch 256, one seed)."""
+    res = ds.run(Superposition(n_features=n), SparseFeatures(n_features=n, alpha=alpha, n_test=4096),
+                 ds.Sweep(width=list(ms), lr=[0.02], optimizer=["adamw"], weight_decay=[gamma], param=["sp"]),
+                 steps=steps, record_every=steps, batch_size=256, schedule="cosine", warmup_steps=steps // 20,
+                 observables=("loss",), progress=False)
+    return np.asarray(ms, float), res["loss"].isel(step=-1).squeeze().values
+
+
+# Exponent band +-0.2 (the issue's): for training that stops before the frame (strong) or the rarest represented
+# features (weak) have converged, and for finite n/m. Measured at these sizes: strong 1.13 (alpha = 0), weak 0.73
+# (alpha = 1.5, 3000 steps) against the tail's 0.61 over this m grid.
+EXPONENT_BAND = 0.2
+
+
+@pytest.mark.slow
+def test_strong_superposition_loss_scales_as_one_over_m_for_uniform_frequencies():
+    # alpha = 0 (every feature equally frequent); the experiment's quick run covers alpha = 0.5.
+    m, loss = _final_loss(0.0, -1.0, steps=1000)
+    fit = ds.fit.power_law(m, loss, n_boot=0)
+    assert fit.exponent == pytest.approx(float(theory.strong_exponent(0.0)), abs=EXPONENT_BAND)
+
+
+@pytest.mark.slow
+def test_weak_superposition_loss_follows_the_unrepresented_tail_at_alpha_1_5():
+    # The experiment's quick run covers alpha = 2; here alpha = 1.5, where the tail over m = 8..128 at n = 1000
+    # has exponent 0.61 (alpha - 1 = 0.5 only for n/m -> inf).
+    m, loss = _final_loss(1.5, 1.0, steps=3000)
+    predicted = ds.fit.power_law(m, theory.weak_loss(m.astype(int), feature_probabilities(1000, 1.5, 1.0)),
+                                 n_boot=0).exponent
+    assert ds.fit.power_law(m, loss, n_boot=0).exponent == pytest.approx(predicted, abs=EXPONENT_BAND)
