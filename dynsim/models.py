@@ -263,6 +263,19 @@ class Linearized:
     roles = property(lambda self: self.base.roles)
     packable = property(lambda self: False)
 
+    @property
+    def decayed(self) -> tuple[bool, ...]:
+        """Weight decay applies to ``theta`` as in the base network, never to the frozen ``theta_0``."""
+        return tuple(self.base.decayed) + (False,) * self.base.depth
+
+    def activation_units(self, n_pad: int) -> int:
+        """Hidden numbers per sample: the base network's activations and their tangents."""
+        return 2 * self.base.activation_units(n_pad)
+
+    def loss(self, out, y):
+        """The base network's loss."""
+        return self.base.loss(out, y)
+
     def shapes(self, n_pad: int) -> tuple[tuple[int, int], ...]:
         """Shapes of ``theta`` then of ``theta_0``."""
         return self.base.shapes(n_pad) * 2
