@@ -272,29 +272,38 @@ def power_law_spectrum(n_latent: int, alpha: float, beta: float):
     return j ** (-2.0 * alpha), j ** (-beta)
 
 
-def resolution_limited_exponent(alpha, beta):
-    """Exponent ``a`` of ``E ~ P^-a`` (at ``N >> P``) and ``E ~ N^-a`` (at ``P >> N``) for a power-law spectrum.
+def resolution_limited_exponent(alpha, beta, resource="n_train"):
+    """Exponent ``a`` of ``E ~ P^-a`` (``resource="n_train"``, at ``N >> P``) or ``E ~ N^-a`` (``"width"``, at
+    ``P >> N``) for the power-law model, ridgeless.
 
-    With :func:`power_law_spectrum` (``lambda_j = j^-2alpha``, ``beta*_j = j^-beta``) and no ridge, the
-    effective ridge is :math:`\\kappa \\sim P^{-2\\alpha}` (``df1 = P`` counts the modes above it); modes below the
-    cut-off are learned and leave :math:`\\kappa^2 \\beta_j^2/\\lambda_j`, modes above it are missed and leave
-    :math:`\\lambda_j \\beta_j^2`. Summing,
+    With :func:`power_law_spectrum` (``lambda_j = j^-2alpha``, ``beta*_j = j^-beta``) the effective ridge is
+    :math:`\\kappa \\sim n^{-2\\alpha}` (``df1 = n`` counts the modes above it, ``n = min(N, P)``). Modes above the
+    cut-off are missed and leave :math:`\\lambda_j \\beta_j^2`, summing to :math:`n^{1 - 2\\alpha - 2\\beta}`.
+    Modes below it are learned imperfectly: with ``P`` samples (:func:`excess_risk`) each leaves
+    :math:`\\kappa^2 \\beta_j^2 / \\lambda_j`, with ``N`` random features (:func:`rf_excess_risk` at
+    ``P -> inf``, where ``B = sum_k kappa lambda_k beta_k^2 / (lambda_k + kappa)``) each leaves
+    :math:`\\kappa \\beta_j^2`. Summing,
 
     .. math::
 
-        E \\sim P^{-a},\\qquad a = \\min(2\\alpha + 2\\beta - 1,\\; 4\\alpha),
+        a_P = \\min(2\\alpha + 2\\beta - 1,\\ 4\\alpha),\\qquad a_N = \\min(2\\alpha + 2\\beta - 1,\\ 2\\alpha),
 
-    the second branch when the learned modes' sum converges (:math:`2\\beta > 2\\alpha + 1`, a target smoother
-    than the spectrum). Random features at ``P >> N`` give the same exponent in ``N`` by the ``N <-> P`` duality.
-    Bahri et al. (2021/2024), "Explaining neural scaling laws" (resolution-limited regime); Maloney, Roberts &
-    Sully (2022); Spigler, Geiger & Wyart (2020) and Bordelon et al. (2020) for kernel regression.
+    equal (the ``N <-> P`` duality of the exponent) when ``beta < 1/2``; for smoother targets the learned modes'
+    sum converges and the exponent saturates, at ``4 alpha`` in ``P`` and ``2 alpha`` in ``N``, with a logarithmic
+    correction at the boundary (``beta = 1/2`` in ``N``). Bahri et al. (2024), "Explaining neural scaling laws"
+    (PNAS), resolution-limited regime; Maloney, Roberts & Sully (2022); Spigler, Geiger & Wyart (2020) and Bordelon
+    et al. (2020) for kernel regression.
 
     Regime: ``alpha > 1/2`` (a summable spectrum; at ``alpha = 1/2`` logarithms of ``M`` enter),
-    ``2 alpha + 2 beta > 1`` (finite target variance), ``1 << N, P << M`` (the number of latent
-    features), ridge small against :math:`\\kappa`; the noise floor is subtracted.
+    ``2 alpha + 2 beta > 1`` (finite target variance), ``1 << N, P << M`` (the number of latent features), ridge
+    small against :math:`\\kappa`, no label noise (noise adds a term that does not decay in the ridgeless
+    interpolating regime).
     """
     alpha, beta = np.asarray(alpha, dtype=float), np.asarray(beta, dtype=float)
-    return np.minimum(2 * alpha + 2 * beta - 1, 4 * alpha)
+    saturation = {"n_train": 4 * alpha, "width": 2 * alpha}
+    if resource not in saturation:
+        raise ValueError(f"resource must be 'n_train' or 'width', got {resource!r}.")
+    return np.minimum(2 * alpha + 2 * beta - 1, saturation[resource])
 
 
 def variance_limited_exponent():
