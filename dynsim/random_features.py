@@ -144,8 +144,8 @@ def _width_fluctuation(lam, coefs, x, y, w, n, p, ridge):
     """First-order part of the test loss in the fluctuation of ``W W^T`` around its mean (a control variate).
 
     For linear features the fitted latent predictor depends on ``W`` only through ``A = W W^T X^T``:
-    :math:`\hat\beta(A) = A (X A + P\,\text{ridge}\, I)^{-1} y` (push-through identity). With
-    :math:`A_0 = \mathbb E A = (N/M) X^T`, the directional derivative :math:`dR(A_0)[A - A_0]` of the risk has mean
+    :math:`\\hat\\beta(A) = A (X A + P\\,\\text{ridge}\\, I)^{-1} y` (push-through identity). With
+    :math:`A_0 = \\mathbb E A = (N/M) X^T`, the directional derivative :math:`dR(A_0)[A - A_0]` of the risk has mean
     zero over ``W`` and carries the ``O(1/sqrt(N))`` fluctuation of the risk, while ``R(A) - R(A_0)`` has mean
     ``O(1/N)``. Subtracting it leaves the ``1/N`` term measurable with few seeds.
     """

@@ -98,8 +98,8 @@ def execute(spec: dict, out, progress=None) -> xr.Dataset:
         losses = _rf.member_losses(model, n, p, seeds, [analysis["ridge"]], limits=limits)
         for k in range(len(n)):
             i, j = widths.index(int(n[k])), n_trains.index(int(p[k]))
-            for name in _rf.NAMES:
-                data[name][i, j] = losses[name][k, :, 0]
+            for name in _rf.NAMES:  # curves can share a cell (same members): keep the limits either computed
+                data[name][i, j] = np.where(np.isnan(losses[name][k, :, 0]), data[name][i, j], losses[name][k, :, 0])
     dims = ("width", "n_train", "seed")
     ds = xr.Dataset({name: (dims, v, {"description": _rf.DESCRIPTIONS[name]}) for name, v in data.items()},
                     coords={"width": widths, "n_train": n_trains, "seed": seeds},

@@ -63,6 +63,14 @@ def test_learning_curve_decays_with_the_resolution_limited_exponent(alpha, beta)
     assert abs(slope - kr.resolution_limited_exponent(alpha, beta)) < 0.05, slope
 
 
+@pytest.mark.parametrize("alpha, beta", [(1.0, 0.25), (1.0, 2.0)])  # the last saturates, at 2 alpha in N
+def test_infinite_data_random_features_decay_with_the_width_exponent(alpha, beta):
+    lam, coefs = kr.power_law_spectrum(100_000, alpha, beta)
+    n = np.geomspace(100, 1000, 6)
+    slope = -np.polyfit(np.log(n), np.log(kr.rf_excess_risk(lam, coefs, n, 1e15, 0.0)), 1)[0]
+    assert abs(slope - kr.resolution_limited_exponent(alpha, beta, "width")) < 0.05, slope  # as above
+
+
 def test_variance_limited_coefficient_is_least_squares_variance():
     lam, coefs = kr.power_law_spectrum(2000, 0.75, 0.5)
     e_inf, coef = kr.variance_limited_coefficient(lam, coefs, 64, 0.0, 0.2, vary="n_train")
