@@ -87,3 +87,25 @@ def test_padding_does_not_change_a_member():
     padded = rf.member_losses(model, [40, 90], [60, 120], [3], [0.0, 1e-3])
     for name in rf.NAMES:
         np.testing.assert_allclose(padded[name][0], alone[name][0], rtol=1e-9)  # float64 round-off of the solves
+
+
+def test_sweep_returns_the_grid():
+    model = rf.PowerLawRF(n_latent=64)
+    ds = rf.sweep(model, [8, 16], [10, 20, 40], ridges=[0.0, 1e-2], seeds=[0, 1], progress=False)
+    assert ds["test_loss"].dims == ("width", "n_train", "ridge", "seed")
+    assert ds["test_loss"].shape == (2, 3, 2, 2) and np.all(np.isfinite(ds["test_loss"]))
+    # The grid holds the same numbers as the members computed alone.
+    alone = rf.member_losses(model, [16], [20], [1], [1e-2])["test_loss"][0, 0, 0]
+    np.testing.assert_allclose(ds["test_loss"].sel(width=16, n_train=20, ridge=1e-2, seed=1), alone, rtol=1e-9)
+
+
+def test_nearly_linear_erf_features_give_the_linear_risk():
+    # Pre-activations have variance sum(lambda) / M ~ 3e-3, where erf(u) = (2 / sqrt(pi)) u (1 - u^2 / 3 + ...): the
+    # ridgeless fit is scale-free, so erf features fit like linear ones up to ~1e-3 relative.
+    linear = rf.PowerLawRF(n_latent=512, features="linear")
+    erf = rf.PowerLawRF(n_latent=512, features="erf", n_test=8192)
+    exact = rf.member_losses(linear, [64], [128], range(4), [0.0], limits=())["test_loss"][0, :, 0]
+    sampled = rf.member_losses(erf, [64], [128], range(4), [0.0], limits=())["test_loss"][0, :, 0]
+    # erf's risk is a mean over n_test Gaussian test errors: relative standard error sqrt(2 / n_test) = 1.6%; 4 of
+    # them plus the 1e-3 nonlinearity.
+    np.testing.assert_allclose(sampled, exact, rtol=4 * np.sqrt(2 / 8192) + 1e-3)
