@@ -12,9 +12,10 @@ fitted by ridge regression on ``P`` samples,
     \\quad(\\text{the minimum-norm solution at ridge} = 0).
 
 Every member of a sweep (width ``N``, sample count ``P``, ridge, seed) is solved exactly with one
-eigendecomposition of the smaller Gram matrix of ``Phi``, shared by all ridges. One program is compiled per ``(N, P)`` shape; seeds run through
-``lax.map`` inside it (on CPU a batched eigendecomposition gains nothing and multiplies memory) and ridges are vmapped.
-Computations run in float64: the ridgeless solution near ``N = P`` needs the small singular values.
+eigendecomposition of the smaller Gram matrix of ``Phi``, shared by all ridges. One program is compiled per
+group of members, padded to its largest ``(N, P)``; members run through ``lax.map`` inside it (on CPU a batched
+eigendecomposition gains nothing and multiplies memory) and ridges are vmapped. Computations run in float64: the
+ridgeless solution near ``N = P`` needs the small singular values.
 
 The excess test risk is computed exactly for linear features, :math:`\\sum_j \\lambda_j (W\\hat v - \\beta^*)_j^2`,
 and on ``n_test`` fresh samples for ReLU and erf features. :mod:`dynsim.theory.kernel_regression` gives its

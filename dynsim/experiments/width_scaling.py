@@ -29,6 +29,7 @@ import time
 
 import numpy as np
 import xarray as xr
+from tqdm.auto import tqdm
 
 from .. import fit as _fit
 from .. import io as _io
@@ -92,7 +93,7 @@ def execute(spec: dict, out, progress=None) -> xr.Dataset:
     n_trains = sorted({int(p) for c in CURVES for p in curve_points(analysis, c)[1]})
     data = {name: np.full((len(widths), len(n_trains), len(seeds)), np.nan) for name in _rf.NAMES}
     t0 = time.perf_counter()
-    for curve, (varied, side, _) in CURVES.items():
+    for curve, (varied, side, _) in tqdm(CURVES.items(), desc="width-scaling curves", disable=progress is False):
         n, p = curve_points(analysis, curve)
         limits = (_LIMIT[varied],) if side == "small" else ()
         losses = _rf.member_losses(model, n, p, seeds, [analysis["ridge"]], limits=limits)
@@ -109,22 +110,32 @@ def execute(spec: dict, out, progress=None) -> xr.Dataset:
     return ds
 
 
+def _theory(analysis: dict, curve: str, n, p):
+    """The deterministic equivalent of what a curve plots: the loss, or for variance-limited curves its excess over
+    the ridgeless ``N -> inf`` (or ``P -> inf``) limit."""
+    varied, side, _ = CURVES[curve]
+    lam, coefs = _model(analysis).spectrum()
+    loss = _kr.rf_excess_risk(lam, coefs, n, p, analysis["ridge"], analysis["noise_var"])
+    if side == "large":
+        return loss
+    if varied == "width":
+        return loss - _kr.excess_risk(lam, coefs, p, 0.0, analysis["noise_var"])
+    return loss - _kr.rf_excess_risk(lam, coefs, n, 1e15, 0.0, 0.0)
+
+
 def _curve_values(ds: xr.Dataset, analysis: dict, curve: str):
-    """``(x, y [S, K], theory [K])`` of a curve: losses (resolution-limited) or excess over the limit (variance)."""
+    """``(x [K], y [S, K], theory [K], loss [S, K])`` of a curve: ``y`` is the loss (resolution-limited) or its
+    excess over the limit (variance-limited), ``theory`` its deterministic equivalent."""
     varied, side, _ = CURVES[curve]
     n, p = curve_points(analysis, curve)
-    lam, coefs = _model(analysis).spectrum()
     sel = lambda name: np.stack([ds[name].sel(width=a, n_train=b).values for a, b in zip(n, p)], axis=1)
-    theory = _kr.rf_excess_risk(lam, coefs, n, p, analysis["ridge"], analysis["noise_var"])
-    y, loss = sel("test_loss"), sel("test_loss")
+    y = loss = sel("test_loss")
     if side == "small":
         y = y - sel(_LIMIT[varied])
         if varied == "width":  # the control variate: zero mean, removes the O(1/sqrt(N)) draw-to-draw noise
             y = y - sel("width_fluctuation")
-        theory = theory - (_kr.excess_risk(lam, coefs, p, 0.0, analysis["noise_var"]) if varied == "width" else
-                           _kr.rf_excess_risk(lam, coefs, n, 1e15, 0.0, 0.0))
     x = n if varied == "width" else p
-    return x.astype(float), y, theory, loss
+    return x.astype(float), y, _theory(analysis, curve, n, p), loss
 
 
 def predicted_exponent(analysis: dict, curve: str) -> float:
@@ -154,8 +165,11 @@ def analyse(ds, spec, out):
         label = regime if abs(fitted.exponent - predicted) <= abs(fitted.exponent - other) else (
             "variance-limited" if regime == "resolution-limited" else "resolution-limited")
         regimes[curve] = f"{label} (exponent {fitted.exponent:.2f}, predicted {predicted:.2f} for {regime})"
+        if regime == "variance-limited":
+            checks.append(_coefficient_check(analysis, curve, x, y, theory, rng))
         # Deterministic equivalent of the loss itself at each point, as a mean relative deviation over the curve.
-        de = _kr.rf_excess_risk(lam, coefs, *curve_points(analysis, curve), analysis["ridge"], analysis["noise_var"])
+        de = _kr.rf_excess_risk(lam, coefs, *curve_points(analysis, curve), analysis["ridge"],
+                                analysis["noise_var"])
         deviation = lambda rows: float(np.mean(loss[rows].mean(axis=0) / de - 1))
         boot = [deviation(rng.integers(0, loss.shape[0], loss.shape[0])) for _ in range(N_BOOT)]
         ci = tuple(np.percentile(boot, [2.5, 97.5]))
@@ -174,9 +188,29 @@ def analyse(ds, spec, out):
     return {"checks": checks, "regimes": regimes, "figures": [figure], "report": report}
 
 
+def _coefficient_check(analysis, curve, x, y, theory, rng) -> Check:
+    """The prefactor ``C`` of ``L - L_inf = C / n``: measured as the curve's mean of ``n (L - L_inf)``."""
+    varied, side, _ = CURVES[curve]
+    lam, coefs = _model(analysis).spectrum()
+    _, predicted = _kr.variance_limited_coefficient(lam, coefs, analysis[side], analysis["ridge"],
+                                                    analysis["noise_var"],
+                                                    vary="n_features" if varied == "width" else "n_train")
+    scaled = y * x[None, :]  # [S, K]
+    estimate = lambda rows: float(np.mean(scaled[rows].mean(axis=0)))
+    boot = [estimate(rng.integers(0, len(scaled), len(scaled))) for _ in range(N_BOOT)]
+    ci = tuple(np.percentile(boot, [2.5, 97.5]))
+    # Next-order terms O(fixed / n): the deterministic equivalent's own n (E - E_inf) over these sizes strays from C
+    # by up to the tolerance (at least 5% of C).
+    own = theory * x
+    tolerance = max(float(np.max(np.abs(own - predicted))), 0.05 * predicted)
+    return Check(f"1/n coefficient, {curve}", estimate(np.arange(len(scaled))), ci, predicted, tolerance,
+                 _fit.agrees(ci, predicted, tolerance),
+                 f"variance_limited_coefficient; next-order O({analysis[side]} / n) terms: the equivalent's own "
+                 f"n (E - E_inf) spans [{own.min():.3g}, {own.max():.3g}] over these sizes")
+
+
 def _plot(ds, analysis, fits, out):
     fig, axes = plt.subplots(2, 2, figsize=(9, 7))
-    lam, coefs = _model(analysis).spectrum()
     for ax, (curve, (varied, side, regime)) in zip(axes.ravel(), CURVES.items()):
         x, y, theory, _ = _curve_values(ds, analysis, curve)
         mean, sem = np.nanmean(y, axis=0), np.nanstd(y, axis=0, ddof=1) / np.sqrt(y.shape[0])
@@ -184,11 +218,7 @@ def _plot(ds, analysis, fits, out):
         grid = np.geomspace(x.min(), x.max(), 50)
         n, p = (grid, np.full_like(grid, analysis[side])) if varied == "width" else (
             np.full_like(grid, analysis[side]), grid)
-        dense = _kr.rf_excess_risk(lam, coefs, n, p, analysis["ridge"], analysis["noise_var"])
-        if side == "small":
-            dense = dense - (_kr.excess_risk(lam, coefs, p, 0.0, analysis["noise_var"]) if varied == "width" else
-                             _kr.rf_excess_risk(lam, coefs, n, 1e15, 0.0, 0.0))
-        ax.plot(grid, dense, "-", color="k", lw=1.2, label="deterministic equivalent")
+        ax.plot(grid, _theory(analysis, curve, n, p), "-", color="k", lw=1.2, label="deterministic equivalent")
         f = fits[curve]
         ax.plot(grid, f.predict(grid), "--", color="C1", label=f"fit: exponent {f.exponent:.2f}")
         predicted = predicted_exponent(analysis, curve)
