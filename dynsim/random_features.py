@@ -12,9 +12,10 @@ fitted by ridge regression on ``P`` samples,
     \\quad(\\text{the minimum-norm solution at ridge} = 0).
 
 Every member of a sweep (width ``N``, sample count ``P``, ridge, seed) is solved exactly with one
-eigendecomposition of the smaller Gram matrix of ``Phi``, shared by all ridges. One program is compiled per ``(N, P)`` shape; seeds run through
-``lax.map`` inside it (on CPU a batched eigendecomposition gains nothing and multiplies memory) and ridges are vmapped.
-Computations run in float64: the ridgeless solution near ``N = P`` needs the small singular values.
+eigendecomposition of the smaller Gram matrix of ``Phi``, shared by all ridges. One program is compiled per
+group of members, padded to its largest ``(N, P)``; members run through ``lax.map`` inside it (on CPU a batched
+eigendecomposition gains nothing and multiplies memory) and ridges are vmapped. Computations run in float64: the
+ridgeless solution near ``N = P`` needs the small singular values.
 
 The excess test risk is computed exactly for linear features, :math:`\\sum_j \\lambda_j (W\\hat v - \\beta^*)_j^2`,
 and on ``n_test`` fresh samples for ReLU and erf features. :mod:`dynsim.theory.kernel_regression` gives its
@@ -36,7 +37,7 @@ from .theory import kernel_regression as _kr
 
 __all__ = ["PowerLawRF", "FEATURES", "NAMES", "draw", "ridge_readouts", "member_losses", "sweep", "to_dataset"]
 
-NAMES = ("test_loss", "infinite_data_loss", "infinite_width_loss")
+NAMES = ("test_loss", "infinite_data_loss", "infinite_width_loss", "width_fluctuation")
 FEATURES = {"linear": lambda u: u, "relu": jax.nn.relu, "erf": jax.scipy.special.erf}
 
 
@@ -140,6 +141,26 @@ def _population_risk(lam, coefs, beta_hat):
     return (beta_hat - jnp.broadcast_to(coefs, beta_hat.shape)) ** 2 @ lam
 
 
+def _width_fluctuation(lam, coefs, x, y, w, n, p, ridge):
+    """First-order part of the test loss in the fluctuation of ``W W^T`` around its mean (a control variate).
+
+    For linear features the fitted latent predictor depends on ``W`` only through ``A = W W^T X^T``:
+    :math:`\\hat\\beta(A) = A (X A + P\\,\\text{ridge}\\, I)^{-1} y` (push-through identity). With
+    :math:`A_0 = \\mathbb E A = (N/M) X^T`, the directional derivative :math:`dR(A_0)[A - A_0]` of the risk has mean
+    zero over ``W`` and carries the ``O(1/sqrt(N))`` fluctuation of the risk, while ``R(A) - R(A_0)`` has mean
+    ``O(1/N)``. Subtracting it leaves the ``1/N`` term measurable with few seeds.
+    """
+    m, rows = x.shape[1], jnp.arange(x.shape[0]) < p
+
+    def risk(a):
+        gram = x @ a + jnp.diag(jnp.where(rows, p * ridge, 1.0))  # padded samples: an identity block, y = 0 there
+        return _population_risk(lam, coefs, a @ jnp.linalg.solve(gram, y))
+
+    a = w @ (w.T @ x.T)
+    a0 = (n / m) * x.T
+    return jax.jvp(risk, (a0,), (a - a0,))[1]
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _member_losses(model: PowerLawRF, width_pad: int, n_train_pad: int, limits: tuple, members, ridges):
     """Losses ``[K, 3, R]`` of members ``(seed, width, n_train)`` (rows of ``members [K, 3]``), all padded alike."""
@@ -171,12 +192,14 @@ def _member_losses(model: PowerLawRF, width_pad: int, n_train_pad: int, limits: 
             g = w * jnp.sqrt(lam)[:, None]
             inf_data = _population_risk(lam, coefs, w @ _min_norm_fit(g, jnp.sqrt(lam) * coefs))
         # Infinite width (N -> inf), same data: W W^T -> (N / M) I, so the readout becomes the minimum-norm
-        # (ridge / N -> 0) latent regression; computed for linear features below the latent dimension.
+        # (ridge / N -> 0) latent regression; computed for linear features below the latent dimension, with the
+        # first-order part of test_loss - inf_width in the fluctuation of W W^T (see _width_fluctuation).
         if model.features == "linear" and n_train_pad < m and "infinite_width_loss" in limits:
-            inf_width = _population_risk(lam, coefs, _min_norm_fit(x, y))
+            inf_width = jnp.broadcast_to(_population_risk(lam, coefs, _min_norm_fit(x, y)), test.shape)
+            fluctuation = jax.vmap(lambda r: _width_fluctuation(lam, coefs, x, y, w, n, p, r))(ridges)
         else:
-            inf_width = jnp.nan
-        return jnp.stack([test, jnp.broadcast_to(inf_data, test.shape), jnp.broadcast_to(inf_width, test.shape)])
+            inf_width = fluctuation = jnp.full(test.shape, jnp.nan)
+        return jnp.stack([test, jnp.broadcast_to(inf_data, test.shape), inf_width, fluctuation])
 
     return jax.lax.map(one, members)
 
@@ -194,12 +217,13 @@ def member_losses(model: PowerLawRF, widths, n_trains, seeds, ridges, limits=NAM
         seeds: ``[S]``.
         ridges: ``[R]``.
         limits: which of ``infinite_data_loss`` (an ``N x N`` eigendecomposition per member) and
-            ``infinite_width_loss`` (``P x P``) to compute.
+            ``infinite_width_loss`` (``P x P`` solves, and ``width_fluctuation`` with it) to compute.
 
     Returns:
         ``{name: [K, S, R]}`` for ``test_loss`` (the member's excess risk), ``infinite_data_loss`` (the same
-        features with ``P -> inf``) and ``infinite_width_loss`` (the same data with ``N -> inf``); NaN where the
-        limit is not computed (see :func:`sweep`).
+        features with ``P -> inf``), ``infinite_width_loss`` (the same data with ``N -> inf``) and
+        ``width_fluctuation`` (the zero-mean first-order part of ``test_loss - infinite_width_loss``, for
+        ``ridge = 0``: subtract it to see the ``1/N`` approach with few seeds); NaN where not computed.
     """
     widths, n_trains = np.asarray(widths, dtype=int), np.asarray(n_trains, dtype=int)
     seeds = np.asarray(list(seeds), dtype=int)
@@ -219,7 +243,8 @@ def sweep(model: PowerLawRF, widths, n_trains, ridges=(0.0,), seeds=range(4), *,
     - ``test_loss``: excess test risk of the ridge readout;
     - ``infinite_data_loss``: the same features with infinite data (linear features only);
     - ``infinite_width_loss``: the same data with infinitely many features, i.e. ridgeless latent regression
-      (linear features with ``n_train < n_latent`` only).
+      (linear features with ``n_train < n_latent`` only);
+    - ``width_fluctuation``: the zero-mean first-order part of ``test_loss - infinite_width_loss`` (same cases).
 
     One compiled program per width (sample counts padded to the largest); a progress bar counts them.
     """
@@ -234,7 +259,9 @@ def sweep(model: PowerLawRF, widths, n_trains, ridges=(0.0,), seeds=range(4), *,
 
 DESCRIPTIONS = {"test_loss": "excess test risk sum_j lambda_j (beta_hat - beta*)_j^2",
                 "infinite_data_loss": "excess risk of the same features with n_train -> infinity",
-                "infinite_width_loss": "excess risk on the same data with width -> infinity (ridgeless)"}
+                "infinite_width_loss": "excess risk on the same data with width -> infinity (ridgeless)",
+                "width_fluctuation": "first-order, zero-mean part of test_loss - infinite_width_loss in the "
+                                     "fluctuation of W W^T (a control variate)"}
 
 
 def to_dataset(model: PowerLawRF, widths, n_trains, ridges, seeds, data: dict) -> xr.Dataset:

@@ -7,7 +7,7 @@ import sys
 import pytest
 import xarray as xr
 
-from dynsim import cli
+from dynsim import cli, experiments
 
 TINY = """\
 experiment = "sweep"
@@ -45,7 +45,8 @@ def test_list_names_the_experiments(tmp_path):
     r = _dynsim("list", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     names = [line.split()[0] for line in r.stdout.splitlines()]
-    assert names == ["edge-of-stability", "lr-transfer", "sweep"]
+    assert names == list(experiments.names())  # every registered experiment, sorted
+    assert {"edge-of-stability", "lr-transfer", "sweep", "width-scaling"} <= set(names)
     assert "muP" in r.stdout  # each with its one-line description
     assert r.stderr == ""
 

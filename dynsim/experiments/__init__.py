@@ -17,5 +17,6 @@ from . import edge_of_stability as edge_of_stability  # noqa: E402
 from . import kernel_regime as kernel_regime  # noqa: E402
 from . import sweep as sweep  # noqa: E402
 from . import superposition as superposition  # noqa: E402
+from . import width_scaling as width_scaling  # noqa: E402
 
 __all__ = ["Check", "Experiment", "build", "get", "names", "register", "resolve_spec", "run"]

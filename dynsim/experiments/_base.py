@@ -67,6 +67,10 @@ class Experiment:
         "report": markdown}``.
       validate: ``(spec) -> None``, raising :class:`dynsim.spec.SpecError` for experiment-specific keys
         (``[analysis]``) before anything is computed.
+      execute: ``(spec, out, progress) -> xarray.Dataset`` for an experiment whose results do not come from
+        training through the engine (e.g. closed-form solutions); it writes the results store into ``out``.
+        ``None`` (the default) trains the spec's model, task and sweep with :func:`dynsim.engine.run`, which then
+        needs ``task.d_in``, ``train.steps``, ``sweep.width`` and ``sweep.lr``.
     """
 
     name: str
@@ -75,6 +79,7 @@ class Experiment:
     quick: dict
     analyse: Callable
     validate: Callable | None = None
+    execute: Callable | None = None
 
 
 _REGISTRY: dict[str, Experiment] = {}
@@ -122,7 +127,8 @@ def resolve_spec(name_or_path: str, *, quick: bool = False, sets=()) -> tuple[Ex
     spec = _spec.apply_sets(spec, sets)
     spec["experiment"] = exp.name
     dim = "task.n_features" if spec.get("task", {}).get("kind") == "sparse_features" else "task.d_in"
-    spec = _spec.validate(spec, required=(dim, "train.steps", "sweep.width", "sweep.lr"))
+    required = (dim, "train.steps", "sweep.width", "sweep.lr") if exp.execute is None else ()
+    spec = _spec.validate(spec, required=required)
     if exp.validate is not None:
         exp.validate(spec)
     return exp, spec
@@ -213,6 +219,13 @@ def run(name_or_path: str, *, out=None, quick: bool = False, sets=(), progress: 
       ``(out_dir, summary_dict)``.
     """
     exp, spec = resolve_spec(name_or_path, quick=quick, sets=sets)
+    if exp.execute is not None:
+        out = pathlib.Path(out or f"runs/{exp.name}{'-quick' if quick else ''}")
+        out.mkdir(parents=True, exist_ok=True)
+        log(f"dynsim: {exp.name} -> {out}")
+        t0 = time.perf_counter()
+        ds = exp.execute(spec, out, progress)
+        return _finish(exp, spec, ds, out, t0, time.perf_counter() - t0)
     model, task, sweep, opts = build(spec)
     try:  # reject a layout the model cannot use before anything is written
         _engine._choose_layout(opts["layout"], model, opts["observables"], sweep, opts["batch_size"] or task.n_train)
@@ -232,7 +245,11 @@ def run(name_or_path: str, *, out=None, quick: bool = False, sets=(), progress: 
         raise _spec.SpecError(str(e)) from None
     except _engine.InputError as e:  # inputs the engine rejects
         raise _spec.SpecError(str(e)) from None
-    t_train = time.perf_counter() - t0
+    return _finish(exp, spec, ds, out, t0, time.perf_counter() - t0)
+
+
+def _finish(exp: Experiment, spec: dict, ds, out: pathlib.Path, t0: float, t_train: float):
+    """Analyse the results and write ``summary.json`` and ``report.md``."""
     result = exp.analyse(ds, spec, out)
     timing = json.loads(ds.attrs.get("timing", "{}"))
     timing.update({"train_s": t_train, "analysis_s": time.perf_counter() - t0 - t_train})

@@ -30,6 +30,8 @@ __all__ = [
     "rf_excess_risk",
     "gd_loss_curve",
     "gradient_flow_loss_curve",
+    "kernel_gd_predictions",
+    "kernel_flow_predictions",
     "power_law_spectrum",
     "resolution_limited_exponent",
     "variance_limited_exponent",
@@ -272,29 +274,38 @@ def power_law_spectrum(n_latent: int, alpha: float, beta: float):
     return j ** (-2.0 * alpha), j ** (-beta)
 
 
-def resolution_limited_exponent(alpha, beta):
-    """Exponent ``a`` of ``E ~ P^-a`` (at ``N >> P``) and ``E ~ N^-a`` (at ``P >> N``) for a power-law spectrum.
+def resolution_limited_exponent(alpha, beta, resource="n_train"):
+    """Exponent ``a`` of ``E ~ P^-a`` (``resource="n_train"``, at ``N >> P``) or ``E ~ N^-a`` (``"width"``, at
+    ``P >> N``) for the power-law model, ridgeless.
 
-    With :func:`power_law_spectrum` (``lambda_j = j^-2alpha``, ``beta*_j = j^-beta``) and no ridge, the
-    effective ridge is :math:`\\kappa \\sim P^{-2\\alpha}` (``df1 = P`` counts the modes above it); modes below the
-    cut-off are learned and leave :math:`\\kappa^2 \\beta_j^2/\\lambda_j`, modes above it are missed and leave
-    :math:`\\lambda_j \\beta_j^2`. Summing,
+    With :func:`power_law_spectrum` (``lambda_j = j^-2alpha``, ``beta*_j = j^-beta``) the effective ridge is
+    :math:`\\kappa \\sim n^{-2\\alpha}` (``df1 = n`` counts the modes above it, ``n = min(N, P)``). Modes above the
+    cut-off are missed and leave :math:`\\lambda_j \\beta_j^2`, summing to :math:`n^{1 - 2\\alpha - 2\\beta}`.
+    Modes below it are learned imperfectly: with ``P`` samples (:func:`excess_risk`) each leaves
+    :math:`\\kappa^2 \\beta_j^2 / \\lambda_j`, with ``N`` random features (:func:`rf_excess_risk` at
+    ``P -> inf``, where ``B = sum_k kappa lambda_k beta_k^2 / (lambda_k + kappa)``) each leaves
+    :math:`\\kappa \\beta_j^2`. Summing,
 
     .. math::
 
-        E \\sim P^{-a},\\qquad a = \\min(2\\alpha + 2\\beta - 1,\\; 4\\alpha),
+        a_P = \\min(2\\alpha + 2\\beta - 1,\\ 4\\alpha),\\qquad a_N = \\min(2\\alpha + 2\\beta - 1,\\ 2\\alpha),
 
-    the second branch when the learned modes' sum converges (:math:`2\\beta > 2\\alpha + 1`, a target smoother
-    than the spectrum). Random features at ``P >> N`` give the same exponent in ``N`` by the ``N <-> P`` duality.
-    Bahri et al. (2021/2024), "Explaining neural scaling laws" (resolution-limited regime); Maloney, Roberts &
-    Sully (2022); Spigler, Geiger & Wyart (2020) and Bordelon et al. (2020) for kernel regression.
+    equal (the ``N <-> P`` duality of the exponent) when ``beta < 1/2``; for smoother targets the learned modes'
+    sum converges and the exponent saturates, at ``4 alpha`` in ``P`` and ``2 alpha`` in ``N``, with a logarithmic
+    correction at the boundary (``beta = 1/2`` in ``N``). Bahri et al. (2024), "Explaining neural scaling laws"
+    (PNAS), resolution-limited regime; Maloney, Roberts & Sully (2022); Spigler, Geiger & Wyart (2020) and Bordelon
+    et al. (2020) for kernel regression.
 
     Regime: ``alpha > 1/2`` (a summable spectrum; at ``alpha = 1/2`` logarithms of ``M`` enter),
-    ``2 alpha + 2 beta > 1`` (finite target variance), ``1 << N, P << M`` (the number of latent
-    features), ridge small against :math:`\\kappa`; the noise floor is subtracted.
+    ``2 alpha + 2 beta > 1`` (finite target variance), ``1 << N, P << M`` (the number of latent features), ridge
+    small against :math:`\\kappa`, no label noise (noise adds a term that does not decay in the ridgeless
+    interpolating regime).
     """
     alpha, beta = np.asarray(alpha, dtype=float), np.asarray(beta, dtype=float)
-    return np.minimum(2 * alpha + 2 * beta - 1, 4 * alpha)
+    saturation = {"n_train": 4 * alpha, "width": 2 * alpha}
+    if resource not in saturation:
+        raise ValueError(f"resource must be 'n_train' or 'width', got {resource!r}.")
+    return np.minimum(2 * alpha + 2 * beta - 1, saturation[resource])
 
 
 def variance_limited_exponent():
@@ -333,3 +344,81 @@ def variance_limited_coefficient(eigenvalues, target_coefs, fixed, ridge, noise_
     e1, e2 = risk(n1), risk(n2)
     coef = n2 * (e1 - e2)  # E(n1) - E(n2) = C (1/n1 - 1/n2) = C / n2 for n2 = 2 n1
     return e2 - coef / n2, coef
+
+
+def _kernel_dynamics(k_train, k_test_train, y_train, f0_train, f0_test, decay):
+    """Outputs under a linear residual dynamics ``r -> g(Theta / P) r`` on the training set; see the callers."""
+    k_train, k_test_train = np.asarray(k_train, dtype=float), np.asarray(k_test_train, dtype=float)
+    p = k_train.shape[0]
+    f0_train = np.zeros(p) if f0_train is None else np.asarray(f0_train, dtype=float)
+    f0_test = np.zeros(k_test_train.shape[0]) if f0_test is None else np.asarray(f0_test, dtype=float)
+    e, u = np.linalg.eigh(k_train / p)
+    r0 = u.T @ (f0_train - np.asarray(y_train, dtype=float))
+    remaining, integrated = decay(np.maximum(e, 0.0))  # [T, P] each: residual factor, and (1 - factor) / e
+    f_train = np.asarray(y_train, dtype=float) + (remaining * r0) @ u.T
+    f_test = f0_test - (integrated * r0) @ (k_test_train @ u).T / p
+    return f_train, f_test
+
+
+def kernel_gd_predictions(k_train, k_test_train, y_train, lr, steps, f0_train=None, f0_test=None):
+    """Outputs of a linearised model (kernel ``Theta``) after full-batch gradient descent on the engine's loss.
+
+    For :math:`L = \\frac{1}{2P}\\sum_i (f(x_i) - y_i)^2` and a model linear in its parameters with tangent kernel
+    :math:`\\Theta` (the NTK of a linearised network, or :math:`\\Phi\\Phi^T` of a linear model), the training
+    residual evolves as :math:`r_{t+1} = (I - \\eta\\Theta/P) r_t` and, with :math:`\\Theta/P = U \\mathrm{diag}(e) U^T`,
+
+    .. math::
+
+        f_t(X) = y + U (1 - \\eta e)^t U^T r_0,\\qquad
+        f_t(X_*) = f_0(X_*) - \\Theta_{*X} U \\,\\mathrm{diag}\\Big(\\frac{1 - (1 - \\eta e)^t}{e}\\Big) U^T
+        \\frac{r_0}{P},
+
+    exactly, for any learning rate (a zero eigenvalue contributes :math:`\\eta t`). Lee et al. (2019), "Wide neural
+    networks of any depth evolve as linear models under gradient descent", eq. (10)-(11) (their discrete-time
+    form, with the loss normalised by ``P`` here); neural-tangents' ``predict.gradient_descent_mse``.
+
+    Regime: exact for linear and linearised models; for a finite network in NTK parametrization, the network's
+    outputs follow it up to ``O(1/sqrt(width))`` while ``lr < 2 P / lambda_max(Theta)`` (the lazy regime).
+
+    Args:
+        k_train: ``Theta(X, X)``, ``[P, P]``.
+        k_test_train: ``Theta(X_*, X)``, ``[Q, P]``.
+        y_train: targets ``[P]``.
+        lr: learning rate.
+        steps: steps at which to return outputs, ``[T]`` non-negative integers.
+        f0_train, f0_test: outputs at initialisation (default 0, the centred or infinite-ensemble mean predictor).
+
+    Returns:
+        ``(f_train [T, P], f_test [T, Q])``.
+    """
+    t = np.asarray(steps, dtype=float)[:, None]
+
+    def decay(e):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            remaining = (1 - lr * e) ** t
+            integrated = np.where(e > 0, (1 - remaining) / np.where(e > 0, e, 1.0), lr * t)
+        return remaining, integrated
+
+    return _kernel_dynamics(k_train, k_test_train, y_train, f0_train, f0_test, decay)
+
+
+def kernel_flow_predictions(k_train, k_test_train, y_train, times, f0_train=None, f0_test=None):
+    """Gradient-flow limit of :func:`kernel_gd_predictions` at ``times = lr * steps``.
+
+    .. math::
+
+        f_t(X) = y + U e^{-e t} U^T r_0,\\qquad
+        f_t(X_*) = f_0(X_*) - \\Theta_{*X} U\\,\\mathrm{diag}\\Big(\\frac{1 - e^{-e t}}{e}\\Big) U^T \\frac{r_0}{P};
+
+    as ``t -> inf`` the test outputs become kernel (ridgeless) regression with :math:`\\Theta`. Same conventions,
+    reference and regime as :func:`kernel_gd_predictions`.
+    """
+    t = np.asarray(times, dtype=float)[:, None]
+
+    def decay(e):
+        remaining = np.exp(-e * t)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            integrated = np.where(e > 0, -np.expm1(-e * t) / np.where(e > 0, e, 1.0), t)
+        return remaining, integrated
+
+    return _kernel_dynamics(k_train, k_test_train, y_train, f0_train, f0_test, decay)

@@ -66,7 +66,8 @@ def _relu(m: _Moments):
 
     .. math::
 
-        \\mathbb E[\\phi(u)\\phi(v)] = \\frac{\\sqrt{q_1 q_2}}{2\\pi}\\big(\\sin\\theta + (\\pi - \\theta)\\cos\\theta\\big),
+        \\mathbb E[\\phi(u)\\phi(v)]
+        = \\frac{\\sqrt{q_1 q_2}}{2\\pi}\\big(\\sin\\theta + (\\pi - \\theta)\\cos\\theta\\big),
         \\qquad \\mathbb E[\\phi'(u)\\phi'(v)] = \\frac{\\pi - \\theta}{2\\pi},
 
     with :math:`\\theta = \\arctan2(\\sqrt{q_1 q_2 - c^2}, c)`, which keeps full precision near :math:`\\theta = 0`

@@ -63,6 +63,14 @@ def test_learning_curve_decays_with_the_resolution_limited_exponent(alpha, beta)
     assert abs(slope - kr.resolution_limited_exponent(alpha, beta)) < 0.05, slope
 
 
+@pytest.mark.parametrize("alpha, beta", [(1.0, 0.25), (1.0, 2.0)])  # the last saturates, at 2 alpha in N
+def test_infinite_data_random_features_decay_with_the_width_exponent(alpha, beta):
+    lam, coefs = kr.power_law_spectrum(100_000, alpha, beta)
+    n = np.geomspace(100, 1000, 6)
+    slope = -np.polyfit(np.log(n), np.log(kr.rf_excess_risk(lam, coefs, n, 1e15, 0.0)), 1)[0]
+    assert abs(slope - kr.resolution_limited_exponent(alpha, beta, "width")) < 0.05, slope  # as above
+
+
 def test_variance_limited_coefficient_is_least_squares_variance():
     lam, coefs = kr.power_law_spectrum(2000, 0.75, 0.5)
     e_inf, coef = kr.variance_limited_coefficient(lam, coefs, 64, 0.0, 0.2, vary="n_train")
@@ -109,3 +117,27 @@ def test_gradient_flow_is_the_small_step_limit_of_gd():
     errors = [abs(kr.gd_loss_curve(lam, coefs, lr, round(5.0 / lr))[-1] - flow) for lr in (0.02, 0.01)]
     # GD's per-step factor (1 - lr lam) = exp(-lr lam - (lr lam)^2 / 2 - ...): the error is first order in lr.
     assert 1.9 < errors[0] / errors[1] < 2.1, errors
+
+
+def test_kernel_gd_predictions_are_gd_on_the_linear_model(x64):
+    # A linear model f = phi . theta has tangent kernel Theta = Phi Phi^T exactly: GD on it must reproduce the
+    # kernel formula on train and test points, to round-off.
+    kp, kq, ky, k0 = jax.random.split(jax.random.key(3), 4)
+    phi, phi_test = jax.random.normal(kp, (12, 30)), jax.random.normal(kq, (5, 30))
+    y, theta0 = jax.random.normal(ky, (12,)), 0.3 * jax.random.normal(k0, (30,))
+    loss = lambda theta: 0.5 * jnp.mean((phi @ theta - y) ** 2)
+    k_train = np.asarray(phi @ phi.T)
+    lr = 1.5 * 12 / np.linalg.eigvalsh(k_train).max()  # stable (< 2 P / lambda_max) but oscillating
+    thetas = [theta0]
+    for _ in range(40):
+        thetas.append(thetas[-1] - lr * jax.grad(loss)(thetas[-1]))
+    steps = np.array([0, 1, 7, 40])
+    f_train, f_test = kr.kernel_gd_predictions(k_train, np.asarray(phi_test @ phi.T), np.asarray(y), lr, steps,
+                                               np.asarray(phi @ theta0), np.asarray(phi_test @ theta0))
+    # Exact algebra on a 12-point problem: only float64 round-off over 40 steps separates the two.
+    np.testing.assert_allclose(f_train, np.stack([phi @ thetas[s] for s in steps]), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(f_test, np.stack([phi_test @ thetas[s] for s in steps]), rtol=1e-10, atol=1e-12)
+    # Gradient flow to t = inf is kernel interpolation: f_* = f0_* + K_*X K^-1 (y - f0_X).
+    _, f_inf = kr.kernel_flow_predictions(k_train, np.asarray(phi_test @ phi.T), np.asarray(y), [1e9])
+    np.testing.assert_allclose(f_inf[0], np.asarray(phi_test @ phi.T) @ np.linalg.solve(k_train, np.asarray(y)),
+                               rtol=1e-8)  # the slowest mode has decayed by exp(-1e9 e_min): gone

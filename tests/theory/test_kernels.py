@@ -52,7 +52,8 @@ def test_wide_network_kernels_converge_to_the_analytic_ones(x64, name, depth, wi
     act, kernel_fn = ACTIVATIONS[name]
     x = _inputs()
     # lax.map, not vmap: one seed's Jacobian (5 x ~1e6 float64) at a time bounds memory.
-    empirical = jax.jit(lambda keys: jax.lax.map(lambda k: _empirical(_init(k, x.shape[1], width, depth), x, act), keys))
+    one = lambda key: _empirical(_init(key, x.shape[1], width, depth), x, act)
+    empirical = jax.jit(lambda keys: jax.lax.map(one, keys))
     samples = empirical(jax.random.split(jax.random.key(1), N_SEEDS))
     analytic = kernel_fn(x, x, depth, W_STD, B_STD)
     for sample, theory in zip(samples, analytic):
