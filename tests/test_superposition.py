@@ -66,6 +66,18 @@ def test_init_ignores_padding_and_padded_rows_stay_zero():
     assert np.abs(w[:12]).sum() > 0 and np.all(w[12:] == 0)
 
 
+def test_importances_weight_the_loss_per_feature():
+    # Elhage et al. (2022): I_i = r^i. With r = 1 the loss is the plain mean squared error.
+    out, y = jnp.arange(12.0).reshape(4, 3), jnp.zeros((4, 3))
+    plain = Superposition(n_features=4)
+    assert float(plain.loss(out, y)) == pytest.approx(0.5 * float(jnp.mean(out**2)))
+    weighted = Superposition(n_features=4, importance_decay=0.5)
+    expected = 0.5 * np.mean(np.asarray(out) ** 2 * (0.5 ** np.arange(4))[:, None])
+    assert float(weighted.loss(out, y)) == pytest.approx(expected, rel=1e-6)
+    with pytest.raises(ValueError, match="importance_decay"):
+        Superposition(n_features=4, importance_decay=1.5)
+
+
 def test_sparse_features_follow_their_frequencies():
     probs = TASK.probabilities()
     assert probs.sum() == pytest.approx(TASK.p_active)

@@ -147,6 +147,7 @@ def build(spec: dict):
         if key not in fields:
             raise _spec.SpecError(f"spec key 'task.{key}' does not apply to task.kind = {task_kind!r}.")
     sweep_axes = {k: v for k, v in spec["sweep"].items() if k not in _spec.TASK_AXES}
+    t.update({k: v[0] for k, v in spec["sweep"].items() if k in _spec.TASK_AXES})  # the task of the first variant
     try:
         task = _TASKS[task_kind](**t)
         if kind == "superposition":
@@ -232,10 +233,10 @@ def run(name_or_path: str, *, out=None, quick: bool = False, sets=(), progress: 
     except _engine.InputError as e:
         raise _spec.SpecError(str(e)) from None
     out = pathlib.Path(out or f"runs/{exp.name}{'-quick' if quick else ''}")
+    variants = task_variants(spec, task)  # every task variant is valid before anything is written
     out.mkdir(parents=True, exist_ok=True)
-    log(f"dynsim: {exp.name}: {sweep.size} members, {opts['steps']} steps -> {out}")
+    log(f"dynsim: {exp.name}: {sweep.size * max(len(variants), 1)} members, {opts['steps']} steps -> {out}")
     t0 = time.perf_counter()
-    variants = task_variants(spec, task)
     try:
         if variants:
             ds = _run_variants(model, variants, sweep, out, progress, spec, opts, log)
