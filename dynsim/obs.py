@@ -142,3 +142,4 @@ def _outputs(ctx, params, extra):
 register(Observable("outputs", _outputs, "network output (first component) on each test input",
                     dims=("sample",), shape=lambda prog: (prog.task.n_test,)))
 from . import obs_sharpness as _obs_sharpness  # noqa: E402,F401  (registers sharpness observables)
+from . import obs_spectrum as _obs_spectrum  # noqa: E402,F401  (registers Hessian spectrum observables)

@@ -78,8 +78,8 @@ from jax.flatten_util import ravel_pytree
 
 from . import obs as _obs
 
-__all__ = ["ITERS", "WARMUP", "training_loss_fn", "hvp", "top_eigenpair", "start_vector", "sharpness",
-           "step_preconditioner", "preconditioned_sharpness", "sharpness_observable"]
+__all__ = ["ITERS", "WARMUP", "training_loss_fn", "hvp", "hessian_matvec", "top_eigenpair", "start_vector",
+           "sharpness", "step_preconditioner", "preconditioned_sharpness", "sharpness_observable"]
 
 ITERS = 4  # LOBPCG iterations per record, from the previous record's eigenvector: 2 * ITERS = 8 products.
 WARMUP = 16  # LOBPCG iterations from the random start vector, once, before the first record: 32 products.
@@ -200,10 +200,10 @@ def sharpness(ctx, params, x, iters: int = ITERS):
     ``jax.flatten_util.ravel_pytree``; ``x = start_vector(ctx)`` for a cold start. Returns ``(lam, residual, x)``
     as :func:`top_eigenpair`.
     """
-    return top_eigenpair(_hessian_matvec(ctx, params), x, iters)
+    return top_eigenpair(hessian_matvec(ctx, params), x, iters)
 
 
-def _hessian_matvec(ctx, params, root=None):
+def hessian_matvec(ctx, params, root=None):
     """``v -> H v`` on flat vectors (``v -> root * H (root * v)`` with a flat ``root``).
 
     The gradient is linearised once (``jax.linearize``): its primal passes are traced once for all the products
@@ -251,7 +251,7 @@ def preconditioned_sharpness(ctx, params, x, iters: int = ITERS):
     Reads the optimizer state from ``ctx.opt_state``. ``x`` lives in the symmetric form's coordinates
     (``D^-1/2`` times an eigenvector of ``D H``). Returns ``(lam, residual, x)`` as :func:`top_eigenpair`.
     """
-    return top_eigenpair(_hessian_matvec(ctx, params, jnp.sqrt(step_preconditioner(ctx, params))), x, iters)
+    return top_eigenpair(hessian_matvec(ctx, params, jnp.sqrt(step_preconditioner(ctx, params))), x, iters)
 
 
 def sharpness_observable(name: str = "sharpness", *, iters: int = ITERS, warmup: int = WARMUP,
@@ -270,7 +270,7 @@ def sharpness_observable(name: str = "sharpness", *, iters: int = ITERS, warmup:
         raise ValueError(f"sharpness observable needs iters >= 0 and warmup >= 0, got {iters} and {warmup}.")
 
     def matvec(ctx, params):
-        return _hessian_matvec(ctx, params, jnp.sqrt(step_preconditioner(ctx, params)) if preconditioned else None)
+        return hessian_matvec(ctx, params, jnp.sqrt(step_preconditioner(ctx, params)) if preconditioned else None)
 
     def init_extra(ctx, params):
         return top_eigenpair(matvec(ctx, params), start_vector(ctx), warmup)[2]
