@@ -143,3 +143,4 @@ register(Observable("outputs", _outputs, "network output (first component) on ea
 from . import obs_sharpness as _obs_sharpness  # noqa: E402,F401  (registers sharpness observables)
 from . import obs_superposition as _obs_superposition  # noqa: E402,F401  (superposition geometry)
 from . import obs_ntk as _obs_ntk  # noqa: E402,F401  (registers empirical-NTK observables)
+from . import obs_spectrum as _obs_spectrum  # noqa: E402,F401  (registers Hessian spectrum observables)

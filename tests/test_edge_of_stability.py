@@ -24,13 +24,19 @@ def test_threshold_is_two_over_lr_for_gd_and_momentum_threshold_otherwise():
     np.testing.assert_allclose(thr.sel(momentum=0.5).values, [30.0, 15.0])  # (2 + 2 beta) / lr
 
 
-def test_threshold_uses_the_effective_learning_rate_and_weight_decay():
-    # Mean field: every layer steps lr * n (c = -1), so GD's threshold is 2 / (lr n).
+def test_threshold_is_in_units_of_the_base_lr_with_weight_decay_and_adam():
+    # The recorded matrix is D H with D = n^-c (mean field: every layer steps lr * n), so the threshold is 2 / lr.
     thr = eos.threshold(_coords(param=["mean_field"], width=[8], lr=[0.1], momentum=[0.0])).squeeze()
-    assert float(thr) == pytest.approx(2 / (0.1 * 8))
-    # Coupled L2 adds wd to every eigenvalue of the objective's Hessian; the recorded one excludes it.
+    assert float(thr) == pytest.approx(2 / 0.1)
+    # Coupled L2 adds wd to every eigenvalue of H, i.e. wd n^-c to those of D H; the recorded one excludes it.
     thr = eos.threshold(_coords(lr=[0.1], momentum=[0.0], weight_decay=[0.5])).squeeze()
     assert float(thr) == pytest.approx(20.0 - 0.5)
+    thr = eos.threshold(_coords(param=["mean_field"], width=[8], lr=[0.1], momentum=[0.0], weight_decay=[0.5]))
+    assert float(thr.squeeze()) == pytest.approx(20.0 - 0.5 * 8)
+    # Adam: (2 + 2 beta1) / ((1 - beta1) lr), whatever the momentum axis says.
+    thr = eos.threshold(_coords(optimizer=["sgd", "adam"], lr=[0.1]), beta1=0.9).squeeze()
+    np.testing.assert_allclose(thr.sel(optimizer="adam").values, [380.0, 380.0])
+    np.testing.assert_allclose(thr.sel(optimizer="sgd").values, [20.0, 30.0])
 
 
 def test_late_window_is_the_last_third_after_step_zero():
@@ -39,7 +45,8 @@ def test_late_window_is_the_last_third_after_step_zero():
 
 
 @pytest.mark.parametrize("sets,match", [
-    (["optimizer=['adam']"], "preconditioned"),
+    (["optimizer=['adamw']"], "adamw"),
+    (["weight_decay=[0.1]"], "weight_decay"),
     (["observables=['loss']"], "sharpness"),
     (["batch_size=16"], "full batch"),
     (["analysis.late_fraction=1.5"], "late_fraction"),
@@ -60,11 +67,14 @@ def test_edge_of_stability_quick(tmp_path):
     assert summary["figures"] == ["sharpness_vs_step.png", "loss_vs_step.png", "sharpness_ratio.png"]
     checks = {c["name"]: c for c in summary["checks"]}
     lrs = (0.15, 0.3)
-    assert set(checks) == {f"sharpness / threshold, {m}, lr={lr:g}" for m in ("GD", "momentum 0.5") for lr in lrs}
-    # Plain GD is the case Cohen et al. (2021) establish: both late ratios must agree with 1 (measured 1.01-1.05).
-    for lr in lrs:
-        c = checks[f"sharpness / threshold, GD, lr={lr:g}"]
-        assert c["agrees"] and abs(c["measured"] - 1) < 0.1, c
+    assert set(checks) == {f"sharpness / threshold, {m}, lr={lr:g}" for m in ("GD", "momentum 0.5", "Adam")
+                            for lr in lrs}
+    # Plain GD is the case Cohen et al. (2021) establish, Adam's preconditioned sharpness the case of Cohen et al.
+    # (2022): their late ratios must agree with 1 (measured 1.02-1.03 for GD, 0.99 for Adam).
+    for m in ("GD", "Adam"):
+        for lr in lrs:
+            c = checks[f"sharpness / threshold, {m}, lr={lr:g}"]
+            assert c["agrees"] and abs(c["measured"] - 1) < 0.1, c
     # Every member trained (no divergence) and the sharpness is near the threshold, not stuck low or far above.
     for c in checks.values():
         assert 0.8 < c["measured"] < 1.2, c

@@ -1,32 +1,39 @@
-"""``edge-of-stability``: does full-batch gradient descent equilibrate at the stability threshold?
+"""``edge-of-stability``: do full-batch GD, heavy-ball momentum and Adam equilibrate at their stability thresholds?
 
 Cohen et al. (2021), "Gradient descent on neural networks typically occurs at the edge of stability": under
 full-batch GD at learning rate ``lr`` the sharpness (top Hessian eigenvalue of the training loss) first rises
 (*progressive sharpening*) until it reaches ``2 / lr``, then hovers just above it while the loss keeps falling,
 non-monotonically. With heavy-ball momentum ``beta`` the threshold is ``(2 + 2 beta) / lr``
 (:func:`dynsim.theory.stability.momentum_threshold`, which is :func:`~dynsim.theory.stability.gd_threshold` at
-``beta = 0``).
+``beta = 0``). Cohen et al. (2022), "Adaptive gradient methods at the edge of stability": under full-batch Adam the
+*preconditioned* sharpness ``lambda_max(P^-1 H)`` equilibrates at ``(2 + 2 beta1) / ((1 - beta1) lr)``
+(:func:`~dynsim.theory.stability.adam_threshold`, ``38 / lr`` at ``beta1 = 0.9``).
 
-The experiment trains small tanh MLPs in SP full-batch at several learning rates and momenta, records ``loss`` and
-``sharpness`` (:mod:`dynsim.obs_sharpness`) every few steps, and for each (momentum, lr) compares the late-phase
-ratio ``sharpness / threshold`` (per seed the median over the last ``analysis.late_fraction`` of the records; then
-the mean over seeds, with a percentile bootstrap CI over seeds) with the prediction 1. The regimes say whether the
-sharpness got there by progressive sharpening (starting below the threshold) or started at or above it.
+The experiment trains small tanh MLPs in SP full-batch at several learning rates, momenta and optimizers, records
+``loss`` and ``preconditioned_sharpness`` (:mod:`dynsim.obs_sharpness`) every few steps, and for each (optimizer,
+momentum, lr) compares the late-phase ratio ``preconditioned_sharpness / threshold`` (per seed the median over the
+last ``analysis.late_fraction`` of the records; then the mean over seeds, with a percentile bootstrap CI over seeds)
+with the prediction 1. The regimes say whether the sharpness got there by progressive sharpening (starting below
+the threshold) or started at or above it.
 
-Thresholds in dynsim's units: a layer's step is ``lr * n^-c_l`` (:mod:`dynsim.param`); the sharpness observable is
-the Hessian with respect to the trained weights, so for a parametrization whose SGD exponents ``c_l`` are equal
-the effective learning rate is ``lr * n^-c`` (``c = 0`` for SP, NTK and muP; ``-1`` for mean field, where GD at
-width 32, lr 0.3 and 0.6 measured late ratios of 1.04 against ``2 / (lr n)``). Coupled weight decay ``wd`` adds
-``wd`` to every Hessian eigenvalue of the optimised objective, so the recorded (unregularised) sharpness is compared
-with ``threshold - wd`` (not exercised: on this task a decay large enough to move the threshold measurably, 0.5 at
-lr 0.3, shrinks the weights to zero). Layer-dependent learning rates (unequal ``c_l``) would change the
-relevant matrix to ``diag(lr_l) H`` and are rejected, as are minibatches (the threshold is a full-batch statement).
+Thresholds in dynsim's units: a layer's step is ``lr * n^-c_l`` (:mod:`dynsim.param`). The recorded quantity is the
+top eigenvalue of ``D H``, with ``D`` the per-parameter step sizes in units of ``lr``: ``n^-c_l`` for SGD (the plain
+sharpness when ``c = 0``, as for SP, NTK and muP; ``n`` times it for mean field, where GD at width 32, lr 0.3 and
+0.6 measured late ratios of 1.04), ``n^-c_l / (sqrt(nu_hat) + eps)`` for Adam, so the thresholds are the
+theory's functions of the base ``lr``. Coupled weight decay ``wd`` adds ``wd`` to every Hessian eigenvalue of the
+optimised objective, i.e. ``wd n^-c`` to every eigenvalue of ``D H`` for SGD with one exponent ``c``, so the
+recorded (unregularised) value is compared with ``threshold - wd n^-c`` (not exercised: on this task a decay large
+enough to move the threshold measurably, 0.5 at lr 0.3, shrinks the weights to zero); with layer-dependent SGD
+rates, or with Adam, the decay is no uniform shift and is rejected. So are minibatches (the thresholds are
+full-batch statements) and ``adamw``.
+
+Adam's threshold comes from a frozen preconditioner; ``beta2 = 0.999`` changes it slowly. Measured on this setup
+(width 64, P = 128, 3 seeds, 1000 steps): late ratios 0.93-1.00 for lr 0.003-0.3 (0.6-0.8 at lr 0.001, still
+sharpening at step 1000). Adam has no heavy-ball coefficient, so the ``momentum`` axis does not apply to it: its
+members at every momentum are the same run, and only the first momentum value is analysed.
 
 Not covered:
 
-- Adam. Its threshold (:func:`~dynsim.theory.stability.adam_threshold`) concerns the *preconditioned* sharpness
-  ``lambda_max(P^-1 H)``, which no observable records (an observable does not see the optimizer state), so
-  ``sweep.optimizer`` must be ``["sgd"]``.
 - ``beta = 0.9`` is not in the default sweep. On this setup (width 64, P = 128, lr 0.1-0.2, 5 seeds) the sharpness
   reaches ``3.8 / lr`` within a few hundred steps, but the first catapult drops it to about 0.5-0.7 of the
   threshold, after which the loss falls smoothly (to 1e-4-6e-4 by step 1000 at lr 0.2, about 100x below GD's) while
@@ -45,7 +52,7 @@ import xarray as xr
 from .. import fit as _fit
 from .. import param as _param
 from ..plot import plt, save
-from ..theory.stability import momentum_threshold
+from ..theory.stability import adam_threshold, momentum_threshold
 from ._base import Check, Experiment, register
 
 # Measured at full size (8 seeds) the per-seed late medians lie within 0.997-1.038 of the threshold for GD and
@@ -67,9 +74,9 @@ DEFAULTS = {
     "model": {"kind": "mlp", "depth": 3, "act": "tanh"},
     "task": {"d_in": 4, "n_train": 128, "n_test": 32, "teacher": "mlp", "teacher_width": 64, "noise": 0.0,
              "seed": 0},
-    "train": {"steps": 2000, "record_every": 10, "observables": ["loss", "sharpness"]},
+    "train": {"steps": 2000, "record_every": 10, "observables": ["loss", "preconditioned_sharpness"]},
     "sweep": {"width": [64], "lr": [0.1, 0.15, 0.2, 0.3], "seed": [0, 1, 2, 3, 4, 5, 6, 7], "param": ["sp"],
-              "optimizer": ["sgd"], "momentum": [0.0, 0.5]},
+              "optimizer": ["sgd", "adam"], "momentum": [0.0, 0.5]},
     "analysis": {"late_fraction": LATE_FRACTION, "reach": REACH},
 }
 QUICK = {
@@ -89,12 +96,23 @@ def lr_exponent_c(param: str) -> float:
     return float(c[0])
 
 
-def threshold(ds) -> xr.DataArray:
-    """Sharpness threshold of every member: ``momentum_threshold(lr * n^-c, beta) - weight_decay``."""
-    c = xr.DataArray([lr_exponent_c(str(p)) for p in ds["param"].values], dims="param",
-                     coords={"param": ds["param"]})
-    lr_eff = ds["lr"] * ds["width"].astype(float) ** (-c)
-    return xr.apply_ufunc(momentum_threshold, lr_eff, ds["momentum"]) - ds["weight_decay"]
+SHARPNESS = "preconditioned_sharpness"  # the recorded quantity: top eigenvalue of D H
+
+
+def threshold(ds, beta1: float = 0.9) -> xr.DataArray:
+    """Threshold of ``preconditioned_sharpness`` for every member.
+
+    SGD: ``momentum_threshold(lr, beta) - weight_decay * n^-c``; Adam: ``adam_threshold(lr, beta1)``.
+    """
+    opt = ds["optimizer"]
+    sgd = xr.apply_ufunc(momentum_threshold, ds["lr"], ds["momentum"])
+    decay = ds["weight_decay"] * 0.0
+    if (ds["weight_decay"] != 0).any():  # validate() allows decay only with one SGD exponent per parametrization
+        c = xr.DataArray([lr_exponent_c(str(p)) for p in ds["param"].values], dims="param",
+                         coords={"param": ds["param"]})
+        decay = ds["weight_decay"] * ds["width"].astype(float) ** (-c)
+    adam = xr.apply_ufunc(adam_threshold, ds["lr"], beta1) + 0.0 * ds["momentum"]
+    return xr.where(opt == "sgd", sgd - decay, adam)
 
 
 def late_window(n_records: int, late_fraction: float) -> slice:
@@ -121,15 +139,21 @@ def _boot_mean(values: np.ndarray, n_boot: int, rng) -> tuple[float, tuple[float
 
 
 def member_label(key: dict, varying: set, lr: bool = True) -> str:
-    """``"GD, lr=0.1"`` or ``"momentum 0.5, lr=0.1"``, plus the other member axes that vary."""
+    """``"GD, lr=0.1"``, ``"momentum 0.5, lr=0.1"`` or ``"Adam, lr=0.1"``, plus the other member axes that vary."""
     beta = key["momentum"]
-    head = "GD" if beta == 0 else f"momentum {beta:g}"
+    head = "Adam" if key.get("optimizer") == "adam" else "GD" if beta == 0 else f"momentum {beta:g}"
     extra = [f"{d}={key[d]}" if isinstance(key[d], str) else f"{d}={key[d]:g}"
              for d in ("param", "width", "init_scale", "weight_decay") if d in varying]
     return ", ".join([head, *([f"lr={key['lr']:g}"] if lr else []), *extra])
 
 
-def measure(ds, late_fraction: float = LATE_FRACTION, reach: float = REACH, n_boot: int = N_BOOT, seed: int = 0):
+def _analysed(key: dict, first_momentum: float) -> bool:
+    """Adam ignores the momentum axis: its members at other momenta repeat the first one's run."""
+    return key.get("optimizer") != "adam" or key["momentum"] == first_momentum
+
+
+def measure(ds, late_fraction: float = LATE_FRACTION, reach: float = REACH, n_boot: int = N_BOOT, seed: int = 0,
+            beta1: float = 0.9):
     """Per member (every coordinate but seed), the sharpness / threshold statistics.
 
     Returns:
@@ -138,7 +162,7 @@ def measure(ds, late_fraction: float = LATE_FRACTION, reach: float = REACH, n_bo
       ``ci``, ``initial`` and ``peak`` (per seed), ``first_reach`` (per-seed step, -1 if never), ``late_min`` /
       ``late_max`` (per seed), ``diverged`` (per seed, bool).
     """
-    ratio = ds["sharpness"] / threshold(ds)
+    ratio = ds[SHARPNESS] / threshold(ds, beta1)
     dims = [d for d in _MEMBER if d in ratio.dims]
     ratio = ratio.transpose(*dims, "seed", "step")
     varying = {d for d in dims if ratio.sizes[d] > 1}
@@ -149,6 +173,8 @@ def measure(ds, late_fraction: float = LATE_FRACTION, reach: float = REACH, n_bo
     rows = []
     for idx in np.ndindex(*[ratio.sizes[d] for d in dims]):
         key = {d: ratio[d].values[i].item() for d, i in zip(dims, idx)}
+        if not _analysed(key, ds["momentum"].values[0]):
+            continue
         r = ratio.values[idx]  # [seed, step]
         diverged = diverged_all.values[idx].astype(bool)
         late_part = r[:, window]
@@ -205,7 +231,8 @@ def analyse(ds, spec, out):
     analysis = spec.get("analysis", {})
     late_fraction = float(analysis.get("late_fraction", LATE_FRACTION))
     reach = float(analysis.get("reach", REACH))
-    ratio, rows = measure(ds, late_fraction, reach)
+    beta1 = float(spec.get("train", {}).get("betas", (0.9, 0.999))[0])
+    ratio, rows = measure(ds, late_fraction, reach, beta1=beta1)
     steps = ds["step"].values
     window = late_window(len(steps), late_fraction)
     late_from = int(steps[window][0])
@@ -218,24 +245,27 @@ def analyse(ds, spec, out):
         checks.append(Check(f"sharpness / threshold, {row['label']}", row["measured"], row["ci"], 1.0, TOLERANCE,
                             _fit.agrees(row["ci"], 1.0, TOLERANCE), reason))
         regimes[row["label"]] = regime(row, reach, TOLERANCE)
-    figures = [_plot_traces(ds, "sharpness", out), _plot_traces(ds, "loss", out), _plot_ratio(ratio, rows, out,
-                                                                                              late_from)]
-    report = _report(rows, late_from, int(steps[-1]), ds.sizes["seed"], reach)
+    figures = [_plot_traces(ds, SHARPNESS, out, beta1), _plot_traces(ds, "loss", out, beta1),
+               _plot_ratio(ratio, rows, out, late_from)]
+    report = _report(rows, late_from, int(steps[-1]), ds.sizes["seed"], reach, beta1)
     return {"checks": checks, "regimes": regimes, "figures": figures, "report": report}
 
 
-def _report(rows, late_from, last, n_seeds, reach):
+def _report(rows, late_from, last, n_seeds, reach, beta1):
     lines = [
-        "Full-batch training; `sharpness` is the top Hessian eigenvalue of the training loss (LOBPCG, warm-started "
-        "between records). The threshold of each member is `momentum_threshold(lr * n^-c, beta) - weight_decay` "
-        "(`2 / lr` for plain GD). Per seed the late ratio is the median of `sharpness / threshold` over steps "
+        "Full-batch training; the sharpness is `preconditioned_sharpness`, the top eigenvalue of `D H` with `H` the "
+        "Hessian of the training loss and `D` the per-parameter step sizes in units of lr (`n^-c` for SGD, the plain "
+        "Hessian for SP; `n^-c / (sqrt(nu_hat) + eps)` for Adam), by LOBPCG warm-started between records. The "
+        "threshold of each member is `momentum_threshold(lr, beta) - weight_decay * n^-c` for SGD (`2 / lr` for "
+        f"plain GD) and `adam_threshold(lr, beta1)` = `{(2 + 2 * beta1) / (1 - beta1):g} / lr` for Adam "
+        f"(beta1 = {beta1:g}). Per seed the late ratio is the median of `sharpness / threshold` over steps "
         f"{late_from}-{last}; the measured value is its mean over {n_seeds} seeds with a {N_BOOT}-replicate "
         "percentile bootstrap CI over seeds (95%). A check agrees when 1 lies within the CI widened by the "
         f"tolerance {TOLERANCE:g} (saw-tooth about the threshold, slight overshoot, estimator lag). A seed has "
         f"reached the edge when the ratio first gets to {reach:g}.",
         "",
-        "Adam is not part of this experiment: its threshold concerns the preconditioned sharpness "
-        "`lambda_max(P^-1 H)`, which dynsim cannot record yet. Momentum 0.9 is not in the default sweep: on this "
+        "Adam has no heavy-ball coefficient: its members at every value of the momentum axis repeat one run, so "
+        "only the first momentum value is analysed. Momentum 0.9 is not in the default sweep: on this "
         "setup (5 seeds, lr 0.1-0.2, 1000 steps) the first catapult leaves the sharpness at about 0.5-0.7 of "
         "`3.8 / lr`, after which the loss falls smoothly (to 1e-4-6e-4 at lr 0.2) while the sharpness re-grows only "
         "slowly (late medians 0.58-0.97), so the equilibrium prediction does not apply there.",
@@ -264,19 +294,25 @@ def _lr_colors(n: int):
 
 
 def _panels(ds):
-    """Panel keys: momentum (always) and every other non-lr member axis that varies."""
-    dims = [d for d in ("optimizer", "param", "width", "init_scale", "weight_decay") if ds.sizes[d] > 1]
+    """Panel keys: optimizer and momentum (always) and every other non-lr member axis that varies; Adam once."""
+    dims = ["optimizer"] + [d for d in ("param", "width", "init_scale", "weight_decay") if ds.sizes[d] > 1]
     dims.append("momentum")
     keys = [dict(zip(dims, idx)) for idx in np.ndindex(*[ds.sizes[d] for d in dims])]
-    return dims, keys
+    return dims, [k for k in keys if _analysed({"optimizer": ds["optimizer"].values[k["optimizer"]],
+                                                "momentum": ds["momentum"].values[k["momentum"]]},
+                                               ds["momentum"].values[0])]
 
 
-def _panel_title(ds, key):
+def _panel_title(ds, key, beta1):
+    adam = ds["optimizer"].values[key["optimizer"]] == "adam"
     parts = []
     for d, i in key.items():
         v = ds[d].values[i].item()
+        if d == "optimizer":
+            continue
         if d == "momentum":
-            parts.insert(0, "GD (momentum 0)" if v == 0 else f"heavy-ball momentum {v:g}")
+            parts.insert(0, f"Adam (beta1 {beta1:g})" if adam else "GD (momentum 0)" if v == 0
+                         else f"heavy-ball momentum {v:g}")
         else:
             parts.append(f"{d}={v}" if isinstance(v, str) else f"{d}={v:g}")
     return ", ".join(parts)
@@ -287,10 +323,11 @@ def _squeeze_rest(da):
                        if d in da.dims and da.sizes[d] == 1])
 
 
-def _plot_traces(ds, name, out):
-    """``sharpness`` (with the threshold lines) or ``loss`` vs step, one panel per momentum (and varying axis)."""
+def _plot_traces(ds, name, out, beta1):
+    """Sharpness (with the threshold lines) or ``loss`` vs step, one panel per optimizer and momentum (and other
+    varying axes)."""
     dims, keys = _panels(ds)
-    thr = threshold(ds)
+    thr = threshold(ds, beta1)
     lrs, steps = ds["lr"].values, ds["step"].values
     colors = _lr_colors(len(lrs))
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4.2), squeeze=False, sharey=(name == "loss"))
@@ -303,23 +340,26 @@ def _plot_traces(ds, name, out):
             for s in range(sel.shape[1] - 1, -1, -1):  # seed 0 last, on top
                 ax.plot(steps, sel[k, s], color=colors[k], lw=1.0 if s == 0 else 0.6,
                         alpha=0.9 if s == 0 else 0.25, label=f"lr={lr:g}" if s == 0 else None)
-            if name == "sharpness":
+            if name == SHARPNESS:
                 level = float(t.sel(lr=lr).values) if "lr" in t.dims else float(t.values)
                 ax.axhline(level, color=colors[k], ls="--", lw=1.2)
                 top = max(top, level)
         beta = ds["momentum"].values[key["momentum"]].item()
+        adam = ds["optimizer"].values[key["optimizer"]] == "adam"
         seeds = "" if sel.shape[1] == 1 else f"\nsolid: seed {ds['seed'].values[0]}, faint: other seeds"
-        if name == "sharpness":
+        if name == SHARPNESS:
             ax.set_ylim(0, 1.3 * top)
-            what = "2/lr" if beta == 0 else f"(2+2*{beta:g})/lr"
-            ax.set_title(f"{_panel_title(ds, key)}\ndashed: threshold {what}{seeds}", fontsize=10)
-            ax.set(ylabel="sharpness (top Hessian eigenvalue)")
+            what = (f"(2+2*{beta1:g})/((1-{beta1:g}) lr)" if adam else "2/lr" if beta == 0
+                    else f"(2+2*{beta:g})/lr")
+            ax.set_title(f"{_panel_title(ds, key, beta1)}\ndashed: threshold {what}{seeds}", fontsize=10)
+            ax.set(ylabel="preconditioned sharpness, top eigenvalue of P^-1 H" if adam
+                   else "sharpness (top Hessian eigenvalue)")
         else:
-            ax.set_title(f"{_panel_title(ds, key)}{seeds}", fontsize=10)
+            ax.set_title(f"{_panel_title(ds, key, beta1)}{seeds}", fontsize=10)
             ax.set(yscale="log", ylabel="training loss (full batch)")
         ax.set(xlabel="step")
-        ax.legend(fontsize=7, loc="lower right" if name == "sharpness" else "upper right")
-    return save(fig, out / f"{name}_vs_step.png")
+        ax.legend(fontsize=7, loc="lower right" if name == SHARPNESS else "upper right")
+    return save(fig, out / f"{'sharpness' if name == SHARPNESS else name}_vs_step.png")
 
 
 def _plot_ratio(ratio, rows, out, late_from):
@@ -379,19 +419,23 @@ def validate(spec):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v <= 1):
             raise SpecError(f"spec key 'analysis.{key}' must be a number in (0, 1], got {v!r}.")
     observables = spec.get("train", {}).get("observables", ["loss", "test_loss"])
-    if "loss" not in observables or "sharpness" not in observables:
-        raise SpecError("spec key 'train.observables' must include 'loss' and 'sharpness' for edge-of-stability, "
-                        f"got {observables!r}.")
+    if "loss" not in observables or SHARPNESS not in observables:
+        raise SpecError(f"spec key 'train.observables' must include 'loss' and '{SHARPNESS}' for "
+                        f"edge-of-stability, got {observables!r}.")
     sweep = spec.get("sweep", {})
     optimizers = sweep.get("optimizer", ["sgd"])
-    if any(o != "sgd" for o in optimizers):
-        raise SpecError(f"spec key 'sweep.optimizer' must be ['sgd'] for edge-of-stability, got {optimizers!r}: "
-                        "Adam's threshold concerns the preconditioned sharpness, which dynsim cannot record yet.")
-    for p in sweep.get("param", ["mup"]):
-        try:
-            lr_exponent_c(p)
-        except ValueError as e:
-            raise SpecError(f"spec key 'sweep.param': {e}") from None
+    if any(o not in ("sgd", "adam") for o in optimizers):
+        raise SpecError(f"spec key 'sweep.optimizer' must list only 'sgd' and 'adam' for edge-of-stability, got "
+                        f"{optimizers!r}: adamw's decoupled decay has no threshold here.")
+    if any(w != 0 for w in sweep.get("weight_decay", [0.0])):
+        if "adam" in optimizers:
+            raise SpecError("spec key 'sweep.weight_decay' must be [0.0] when sweep.optimizer includes 'adam': "
+                            "decay does not shift Adam's preconditioned sharpness uniformly.")
+        for p in sweep.get("param", ["mup"]):
+            try:
+                lr_exponent_c(p)
+            except ValueError as e:
+                raise SpecError(f"spec key 'sweep.param': {e} (needed with weight decay)") from None
     train, task = spec.get("train", {}), spec.get("task", {})
     if train.get("batch_size", 0) != 0 or task.get("n_train", 256) == 0:
         raise SpecError("spec key 'train.batch_size' must be 0 (full batch, with task.n_train > 0) for "
@@ -402,6 +446,7 @@ def validate(spec):
                         f"{steps} steps; edge-of-stability needs a late phase to take the median over.")
 
 
-EXPERIMENT = register(Experiment("edge-of-stability", "full-batch GD (and heavy-ball momentum): late-phase "
-                                 "sharpness against the stability threshold 2/lr ((2+2 beta)/lr), with "
-                                 "progressive sharpening", DEFAULTS, QUICK, analyse, validate))
+EXPERIMENT = register(Experiment("edge-of-stability", "full-batch GD, heavy-ball momentum and Adam: late-phase "
+                                 "(preconditioned) sharpness against the stability thresholds 2/lr, (2+2 beta)/lr "
+                                 "and (2+2 beta1)/((1-beta1) lr), with progressive sharpening", DEFAULTS, QUICK,
+                                 analyse, validate))

@@ -1,0 +1,25 @@
+"""The sharpness-cost benchmark runs at smoke size and reports the ratio issue 5 asks for."""
+
+import json
+import math
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # benchmarks/ is a top-level folder beside the package, not installed with it
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.sharpness import main  # noqa: E402
+
+
+def test_sharpness_benchmark_smoke(tmp_path):
+    path = tmp_path / "s.json"
+    out = main(["--smoke", "--repeat", "1", "--json", str(path)])
+    saved = json.loads(path.read_text())
+    assert saved["members"] == 2  # one lr, one seed, one momentum, GD and Adam
+    assert "preconditioned_sharpness" in saved["observables"]
+    for name in ("plain", "sharpness"):
+        assert saved["best_s"][name] > 0 and saved["compile_s"][name] > 0
+    # Recording Hessian-vector products cannot be free: a ratio at or below 1 would mean nothing was recorded.
+    assert math.isfinite(saved["ratio"]) and saved["ratio"] > 1
+    assert out["ratio"] == saved["ratio"]
