@@ -35,9 +35,16 @@ from tqdm.auto import tqdm
 
 from .theory import kernel_regression as _kr
 
-__all__ = ["PowerLawRF", "FEATURES", "NAMES", "draw", "ridge_readouts", "member_losses", "sweep", "to_dataset"]
+__all__ = ["PowerLawRF", "FEATURES", "NAMES", "DESCRIPTIONS", "draw", "ridge_readouts", "member_losses", "sweep",
+           "to_dataset"]
 
 NAMES = ("test_loss", "infinite_data_loss", "infinite_width_loss", "width_fluctuation")
+DESCRIPTIONS = {"test_loss": "excess test risk sum_j lambda_j (beta_hat - beta*)_j^2 (exact for linear features, "
+                             "on n_test fresh samples otherwise)",
+                "infinite_data_loss": "excess risk of the same features with n_train -> infinity",
+                "infinite_width_loss": "excess risk on the same data with width -> infinity (ridgeless)",
+                "width_fluctuation": "first-order, zero-mean part of test_loss - infinite_width_loss in the "
+                                     "fluctuation of W W^T (a control variate)"}
 FEATURES = {"linear": lambda u: u, "relu": jax.nn.relu, "erf": jax.scipy.special.erf}
 
 
@@ -255,13 +262,6 @@ def sweep(model: PowerLawRF, widths, n_trains, ridges=(0.0,), seeds=range(4), *,
         rows.append(member_losses(model, [n] * len(n_trains), n_trains, seeds, ridges))
     return to_dataset(model, widths, n_trains, ridges, seeds,
                       {k: np.stack([r[k] for r in rows]) for k in NAMES})
-
-
-DESCRIPTIONS = {"test_loss": "excess test risk sum_j lambda_j (beta_hat - beta*)_j^2",
-                "infinite_data_loss": "excess risk of the same features with n_train -> infinity",
-                "infinite_width_loss": "excess risk on the same data with width -> infinity (ridgeless)",
-                "width_fluctuation": "first-order, zero-mean part of test_loss - infinite_width_loss in the "
-                                     "fluctuation of W W^T (a control variate)"}
 
 
 def to_dataset(model: PowerLawRF, widths, n_trains, ridges, seeds, data: dict) -> xr.Dataset:
