@@ -24,6 +24,7 @@ deterministic equivalent (:func:`~dynsim.theory.kernel_regression.rf_excess_risk
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 
@@ -35,9 +36,16 @@ from tqdm.auto import tqdm
 
 from .theory import kernel_regression as _kr
 
-__all__ = ["PowerLawRF", "FEATURES", "NAMES", "draw", "ridge_readouts", "member_losses", "sweep", "to_dataset"]
+__all__ = ["PowerLawRF", "FEATURES", "NAMES", "DESCRIPTIONS", "draw", "ridge_readouts", "member_losses", "sweep",
+           "to_dataset"]
 
 NAMES = ("test_loss", "infinite_data_loss", "infinite_width_loss", "width_fluctuation")
+DESCRIPTIONS = {"test_loss": "excess test risk sum_j lambda_j (beta_hat - beta*)_j^2 (exact for linear features, "
+                             "on n_test fresh samples otherwise)",
+                "infinite_data_loss": "excess risk of the same features with n_train -> infinity",
+                "infinite_width_loss": "excess risk on the same data with width -> infinity (ridgeless)",
+                "width_fluctuation": "first-order, zero-mean part of test_loss - infinite_width_loss in the "
+                                     "fluctuation of W W^T (a control variate)"}
 FEATURES = {"linear": lambda u: u, "relu": jax.nn.relu, "erf": jax.scipy.special.erf}
 
 
@@ -161,6 +169,17 @@ def _width_fluctuation(lam, coefs, x, y, w, n, p, ridge):
     return jax.jvp(risk, (a0,), (a - a0,))[1]
 
 
+@contextlib.contextmanager
+def _float64():
+    """Run the enclosed JAX code in float64 and restore the previous setting (``jax_enable_x64``) afterwards."""
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
 def _member_losses(model: PowerLawRF, width_pad: int, n_train_pad: int, limits: tuple, members, ridges):
     """Losses ``[K, 3, R]`` of members ``(seed, width, n_train)`` (rows of ``members [K, 3]``), all padded alike."""
@@ -228,7 +247,7 @@ def member_losses(model: PowerLawRF, widths, n_trains, seeds, ridges, limits=NAM
     widths, n_trains = np.asarray(widths, dtype=int), np.asarray(n_trains, dtype=int)
     seeds = np.asarray(list(seeds), dtype=int)
     members = np.stack(np.broadcast_arrays(seeds[None, :], widths[:, None], n_trains[:, None]), -1).reshape(-1, 3)
-    with jax.enable_x64(True):
+    with _float64():
         out = _member_losses(model, int(widths.max()), int(n_trains.max()), tuple(limits), jnp.asarray(members),
                              jnp.asarray(ridges, dtype=jnp.float64))
         out = np.asarray(out).reshape(len(widths), len(seeds), len(NAMES), -1)
@@ -255,13 +274,6 @@ def sweep(model: PowerLawRF, widths, n_trains, ridges=(0.0,), seeds=range(4), *,
         rows.append(member_losses(model, [n] * len(n_trains), n_trains, seeds, ridges))
     return to_dataset(model, widths, n_trains, ridges, seeds,
                       {k: np.stack([r[k] for r in rows]) for k in NAMES})
-
-
-DESCRIPTIONS = {"test_loss": "excess test risk sum_j lambda_j (beta_hat - beta*)_j^2",
-                "infinite_data_loss": "excess risk of the same features with n_train -> infinity",
-                "infinite_width_loss": "excess risk on the same data with width -> infinity (ridgeless)",
-                "width_fluctuation": "first-order, zero-mean part of test_loss - infinite_width_loss in the "
-                                     "fluctuation of W W^T (a control variate)"}
 
 
 def to_dataset(model: PowerLawRF, widths, n_trains, ridges, seeds, data: dict) -> xr.Dataset:

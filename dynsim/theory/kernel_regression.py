@@ -365,7 +365,8 @@ def kernel_gd_predictions(k_train, k_test_train, y_train, lr, steps, f0_train=No
 
     For :math:`L = \\frac{1}{2P}\\sum_i (f(x_i) - y_i)^2` and a model linear in its parameters with tangent kernel
     :math:`\\Theta` (the NTK of a linearised network, or :math:`\\Phi\\Phi^T` of a linear model), the training
-    residual evolves as :math:`r_{t+1} = (I - \\eta\\Theta/P) r_t` and, with :math:`\\Theta/P = U \\mathrm{diag}(e) U^T`,
+    residual evolves as :math:`r_{t+1} = (I - \\eta\\Theta/P) r_t` and, with
+    :math:`\\Theta/P = U \\mathrm{diag}(e) U^T`,
 
     .. math::
 
