@@ -15,6 +15,7 @@ from ._base import run as run
 from . import lr_transfer as lr_transfer  # noqa: E402  (registers itself)
 from . import edge_of_stability as edge_of_stability  # noqa: E402
 from . import catapult as catapult  # noqa: E402
+from . import sharpness_width as sharpness_width  # noqa: E402
 from . import sweep as sweep  # noqa: E402
 
 __all__ = ["Check", "Experiment", "build", "get", "names", "register", "resolve_spec", "run"]
