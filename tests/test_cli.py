@@ -45,7 +45,7 @@ def test_list_names_the_experiments(tmp_path):
     r = _dynsim("list", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     names = [line.split()[0] for line in r.stdout.splitlines()]
-    assert names == ["edge-of-stability", "lr-transfer", "sweep"]
+    assert names == ["catapult", "edge-of-stability", "lr-transfer", "sharpness-width", "sweep"]
     assert "muP" in r.stdout  # each with its one-line description
     assert r.stderr == ""
 
