@@ -22,11 +22,13 @@ Tolerances: SP's kernel is ``A n + B``, whose local log-log slope ``A n / (A n +
 by ``O(n^-1/2)`` across seeds, most at the narrowest width, which tilts a slope fitted from few seeds; 0.15 covers
 it.
 
+The spread across widths (the standard deviation of ``log sharpness`` over widths, per step) is drawn against the
+step for each parametrization, and muP's at the last record is checked against 0 (measured at quick size: 0.11 at
+init falling to 0.03, while NTK's rises from 0.11 to 0.14 and SP's stays near 0.9).
+
 The learning rate must keep SP's widest member stable: SP's sharpness, about 67 at width 512 (quick size), grows to
 about 540 at width 4096, so the full size uses lr 0.003 (``2 / lr`` = 667) and more steps for muP's sharpening to
-show; the full size has not been run yet. The spread across widths (the standard deviation of ``log sharpness`` over widths, per step) is drawn against
-the step for each parametrization, and muP's at the last record is checked against 0 (measured at quick size:
-0.11 at init falling to 0.03, while NTK's rises from 0.11 to 0.14 and SP's stays near 0.9).
+show; the full size has not been run yet.
 """
 
 from __future__ import annotations
