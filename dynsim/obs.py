@@ -1,9 +1,9 @@
 """Observables recorded inside the compiled program at record points, vmapped over members.
 
 An observable is a pure function ``compute(ctx, params, extra) -> (value, new_extra)``: ``ctx`` holds the member's
-program, data, hyperparameters, scales, width mask and optimizer state; ``extra`` is the observable's own state carried between
-records (``None`` for stateless ones), so iterative estimators can warm-start. ``value`` has a fixed shape per
-observable (:attr:`Observable.shape`). New observables register with :func:`register`.
+program, data, hyperparameters, scales, width mask and optimizer state; ``extra`` is the observable's own state
+carried between records (``None`` for stateless ones), so iterative estimators can warm-start. ``value`` has a fixed
+shape per observable (:attr:`Observable.shape`). New observables register with :func:`register`.
 """
 
 from __future__ import annotations

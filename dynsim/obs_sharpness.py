@@ -17,7 +17,7 @@ iterations when the state is created; every later record continues from the prev
 iterations track it; ``sharpness_err`` says how close.
 
 The iteration is LOBPCG with a block of one (Knyazev 2001): Rayleigh-Ritz on ``span{x, r, p}`` (iterate, residual,
-previous step), two Hessian-vector products per iteration (``H r`` and ``H p``, batched). It is used instead of
+previous step), two Hessian-vector products per iteration (``H r`` and ``H p``). It is used instead of
 power iteration because power iteration finds the eigenvalue of largest *magnitude*: at a muP init of a tanh
 network the Hessian's spectrum can be nearly symmetric or even dominated by its negative end (the residual term
 ``(f - y) d^2 f`` outweighs the Gauss-Newton term), and power iteration then stalls between the two ends or lands
@@ -44,7 +44,8 @@ Caveats:
 
 Preconditioned sharpness (``preconditioned_sharpness``, ``preconditioned_sharpness_err``): the top eigenvalue of
 ``D H``, where ``D`` is the diagonal of per-parameter step sizes (in units of the base learning rate ``lr``) that the
-member's *next* step applies, so that near a minimum the step is ``w <- w - lr D (H w + ...)``:
+member's *next* step applies: the step is ``w <- w - lr D u`` with ``u`` the gradient (SGD, or its heavy-ball
+sum) or Adam's first-moment estimate:
 
 .. math::
 

@@ -16,6 +16,7 @@ from . import lr_transfer as lr_transfer  # noqa: E402  (registers itself)
 from . import edge_of_stability as edge_of_stability  # noqa: E402
 from . import kernel_regime as kernel_regime  # noqa: E402
 from . import catapult as catapult  # noqa: E402
+from . import sharpness_width as sharpness_width  # noqa: E402
 from . import sweep as sweep  # noqa: E402
 from . import superposition as superposition  # noqa: E402
 from . import width_scaling as width_scaling  # noqa: E402

@@ -183,10 +183,24 @@ def measure(ds, late_fraction: float = LATE_FRACTION, reach: float = REACH, n_bo
         peak = _nan(np.nanmax, r, axis=1)
         hit = r >= reach
         first = np.where(hit.any(axis=1), steps[np.argmax(hit, axis=1)], -1)
+        # A start above the edge that falls below it (a catapult; for Adam, whose first step divides by a single
+        # squared gradient, a fall far below) and then climbs back: the climb is the progressive sharpening.
+        below = ~hit & np.isfinite(r)
+        dip = np.where(below.any(axis=1), np.argmax(below, axis=1), -1)
+        low = np.full(len(r), np.nan)
+        back = np.full(len(r), -1)
+        for k, d in enumerate(dip):
+            if d > 0 and hit[k, 0]:
+                again = np.flatnonzero(hit[k, d:])
+                if again.size:
+                    back[k] = steps[d + again[0]]
+                    low[k] = np.nanmin(r[k, d:d + again[0]])
+        dip = np.where(dip > 0, steps[np.maximum(dip, 0)], -1)
         measured, ci = _boot_mean(late, n_boot, rng)
         rows.append({"key": key, "label": member_label(key, varying), "group": member_label(key, varying, False),
                      "late": late, "measured": measured, "ci": ci,
-                     "initial": r[:, 0], "peak": peak, "first_reach": first, "late_min": late_min,
+                     "initial": r[:, 0], "peak": peak, "first_reach": first, "dip": dip, "low": low, "back": back,
+                     "late_min": late_min,
                      "late_max": late_max, "diverged": diverged})
     return ratio, rows
 
@@ -201,7 +215,12 @@ def regime(row: dict, reach: float = REACH, tolerance: float = TOLERANCE) -> str
     started = init >= reach
     reached = first >= 0
     parts = []
-    if started.all():
+    back = row["back"][ok]
+    if started.all() and (back >= 0).all():
+        parts.append(f"started above the edge (initial ratio {np.median(init):.2f}), fell below it by step "
+                     f"{np.median(row['dip'][ok]):.0f} (to {np.median(row['low'][ok]):.2f}), then sharpened back to "
+                     f"{reach:g} by step {np.median(back):.0f}")
+    elif started.all():
         parts.append(f"at or above the edge from the start (initial ratio {np.median(init):.2f}), no sharpening "
                      "needed")
     elif reached.all() and not started.any():
