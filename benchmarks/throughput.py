@@ -28,7 +28,8 @@ Usage::
 
 ``--variants`` runs the engine with several settings against one loop measurement; the first gives the headline
 ``speedup`` and ``peak_fraction``. Keys, joined by ``+``: ``group=G``, ``slab=BYTES`` (``slab_bytes=``),
-``buckets=each|one|16,32/64,128`` (forced buckets), ``chunk=C`` (``sample_chunk=``, 0: whole batch), ``compile=S`` / ``rate=FLOP_PER_S`` (buckets chosen by
+``buckets=each|one|16,32/64,128`` (forced buckets), ``chunk=C`` (``sample_chunk=``, 0: whole batch),
+``compile=S`` / ``rate=FLOP_PER_S`` (buckets chosen by
 :func:`dynsim.sweep.plan` with those cost-model constants).
 """
 

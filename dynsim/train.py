@@ -357,7 +357,8 @@ def memory_estimate(prog: Program, group: int) -> int:
     Parameters, gradients and optimizer state (1 extra copy for SGD, an upper bound when there is no momentum;
     2 for Adam) per member, plus
     forward activations and their gradients (about 3 copies of the ``model.activation_units(n_pad)`` numbers per
-    sample), plus the shared data. In the packed layout ``n_pad`` already counts the units of all ``group`` members of a pack.
+    sample), plus the shared data. In the packed layout ``n_pad`` already counts the units of all ``group`` members
+    of a pack.
     """
     itemsize = jnp.dtype(jnp.result_type(float)).itemsize
     n_params = prog.model.n_params(prog.n_pad)

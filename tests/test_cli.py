@@ -46,8 +46,8 @@ def test_list_names_the_experiments(tmp_path):
     assert r.returncode == 0, r.stderr
     names = [line.split()[0] for line in r.stdout.splitlines()]
     assert names == list(experiments.names())  # every registered experiment, sorted
-    assert {"catapult", "edge-of-stability", "kernel-regime", "lr-transfer", "sharpness-width", "superposition", "sweep",
-            "width-scaling"} <= set(names)
+    assert {"catapult", "edge-of-stability", "kernel-regime", "lr-transfer", "sharpness-width", "superposition",
+            "sweep", "width-scaling"} <= set(names)
     assert "muP" in r.stdout  # each with its one-line description
     assert r.stderr == ""
 
