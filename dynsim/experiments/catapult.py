@@ -32,17 +32,39 @@ for deep ReLU networks) is not run by this experiment.
 
 from __future__ import annotations
 
-import jax
-import numpy as np
+import json
 
+import jax
+import jax.numpy as jnp
+import numpy as np
+import xarray as xr
+
+from .. import engine as _engine
 from .. import fit as _fit
+from .. import io as _io
 from .. import param as _param
+from .. import spec as _spec
+from ..models import MLP, width_mask
 from ..plot import plt, save, width_colors
+from ..sweep import Sweep
+from ..tasks import TeacherStudent
 from ..theory.stability import PHASES, uv_ntk_eigenvalue, uv_phases
 from ._base import Check, Experiment, build, register
 
 TOLERANCE = 0.15  # in lr * lambda0: the O(n^-1/2) finite-width blur of the boundaries (module docstring)
 PEAK_FACTOR = 2.0  # a loss that doubles before converging has catapulted; lazy GD on one sample never rises
+# MLP members: a rise of the loss between two records by more than this factor marks a catapult. Below lr*lambda0 = 2
+# every mode of the linearised dynamics contracts, so lazy GD never rises; above it the top mode grows by
+# (lr lambda0 - 1)^2 per step, a factor of at least 1.2 over two steps from lr lambda0 = 2.05. 5% leaves room for
+# float32 round-off of a loss already ~1e-8 of its start.
+RISE_FACTOR = 1.05
+# The MLP's lazy / catapult boundary is checked from this width on. While the loss falls by orders of magnitude in the
+# first steps, the kernel of a finite-width MLP moves by O(n^-1/2) relative to lambda0 and lowers the effective
+# lr*lambda; measured boundaries sit 0.3-0.5 above 2 at widths 128-256 (reported, not checked), 0.05-0.45 at 1024.
+MLP_CHECK_WIDTH = 1024
+LITERATURE_RELU_MAX = 12.0  # maximal lr*lambda0 Lewkowycz et al. (2020) observe for ReLU networks
+MLP_KEYS = {"mlp_depth", "mlp_width", "mlp_seed", "mlp_lr_lambda0", "mlp_steps", "mlp_record_every", "mlp_d_in",
+            "mlp_n_train"}
 
 DEFAULTS = {
     "experiment": "catapult",
@@ -51,10 +73,16 @@ DEFAULTS = {
     "train": {"steps": 300, "record_every": 1, "observables": ["loss", "sharpness"], "diverge_factor": 1e12},
     "sweep": {"width": [256, 1024, 4096], "lr": {"linspace": [0.15, 1.8, 45]}, "seed": [0, 1, 2, 3],
               "param": ["ntk"], "optimizer": ["sgd"]},
+    # The ReLU MLP sweep: its lr axis is lr * lambda0 = linspace(*mlp_lr_lambda0) over the mean lambda0 of the widest
+    # member's seeds (each member's exact lr * lambda0 is measured, not assumed).
+    "analysis": {"mlp_depth": 3, "mlp_width": [128, 512, 1024], "mlp_seed": [0, 1, 2], "mlp_lr_lambda0": [0.5, 16.0, 32],
+                 "mlp_steps": 80, "mlp_record_every": 2, "mlp_d_in": 8, "mlp_n_train": 16},
 }
 QUICK = {
     "train": {"steps": 200},
     "sweep": {"width": [128, 512, 2048], "lr": {"linspace": [0.15, 1.8, 23]}, "seed": [0, 1]},
+    "analysis": {"mlp_depth": 2, "mlp_width": [128, 1024], "mlp_seed": [0, 1], "mlp_lr_lambda0": [0.5, 12.0, 24],
+                 "mlp_steps": 60},
 }
 
 
@@ -94,6 +122,100 @@ def boundary(x: np.ndarray, phase: np.ndarray, lower: int) -> tuple[float, tuple
     return 0.5 * (a + b), (a, b)
 
 
+def rose(loss: np.ndarray, factor: float = RISE_FACTOR) -> np.ndarray:
+    """Whether the loss ever grew by more than ``factor`` from one record to the next, ``loss[..., step]``."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.nanmax(loss[..., 1:] / loss[..., :-1], axis=-1) > factor
+
+
+def classify_mlp(loss: np.ndarray, diverged: np.ndarray, factor: float = RISE_FACTOR) -> np.ndarray:
+    """Phase index (0 lazy, 1 catapult, 2 divergent) of MLP members from loss trajectories ``[..., step]``.
+
+    Divergent as in :func:`classify`; catapult if the loss ever :func:`rose` between records. With many samples the
+    peak test of :func:`classify` misses catapults: the top kernel mode, which alone grows, starts with a small share
+    of the residual, and the kernel flattens before the total loss exceeds its start.
+    """
+    with np.errstate(invalid="ignore"):
+        bad = diverged | ~np.isfinite(loss[..., -1]) | ~(loss[..., -1] < loss[..., 0])
+    return np.where(bad, 2, np.where(rose(loss, factor), 1, 0))
+
+
+def mlp_parts(spec) -> tuple[MLP, TeacherStudent]:
+    """The ReLU MLP and its training set from ``analysis.mlp_*`` (one output, linear teacher, no noise)."""
+    a = spec["analysis"]
+    d_in, n_train = a["mlp_d_in"], a["mlp_n_train"]
+    task = TeacherStudent(d_in=d_in, n_train=n_train, n_test=n_train, teacher="linear", noise=0.0,
+                          seed=spec["task"].get("seed", 0))
+    return MLP(d_in=d_in, depth=a["mlp_depth"], act="relu"), task
+
+
+def ntk_lambda0(model: MLP, x, width: int, seeds) -> np.ndarray:
+    """Top eigenvalue at initialisation of ``K / P`` for each seed, NTK parametrization, ``[seed]``.
+
+    ``K = J J^T`` is the empirical NTK on the ``P`` training inputs ``x`` (``[d, P]``; :mod:`dynsim.obs_ntk`), so
+    ``K / P`` has the nonzero spectrum of the Gauss-Newton part ``J^T J / P`` of the Hessian of the loss
+    ``0.5 * mean((f - y)^2)``; it is the loss Hessian only up to the residual term ``sum_i r_i grad^2 f_i / P``,
+    which is ``O(n^-1/2)`` at init. Under GD with one learning rate for every layer (SGD, ``c_l = 0``) the
+    linearised residual moves as ``r <- (1 - lr K / P) r``, so ``lr lambda0 = 2`` is its stability edge. The
+    weights are redrawn with the engine's keys (a member's init does not depend on its padding).
+    """
+    scales = model.scales(width, _param.get("ntk").table("sgd"), 1.0)
+    mask = width_mask(width, width)
+
+    @jax.jit
+    def top(key_data):
+        params = model.init(jax.random.wrap_key_data(key_data), width, width, scales.std)
+        jac = jax.jacrev(lambda p: model.apply(p, x, scales.mult, mask)[0])(params)
+        j = jnp.concatenate([g.reshape(g.shape[0], -1) for g in jac], axis=1)
+        return jnp.linalg.eigvalsh(j @ j.T)[-1] / x.shape[1]
+
+    return np.array([float(top(jax.random.key_data(jax.random.key(int(s))))) for s in seeds])
+
+
+def run_mlp(spec, out, progress) -> xr.Dataset:
+    """Train the ReLU MLP sweep of ``analysis.mlp_*`` by full-batch GD into ``out``; adds ``lambda0[width, seed]``.
+
+    The lr axis is ``linspace(*mlp_lr_lambda0) / lambda0_ref``, ``lambda0_ref`` the mean over seeds at the largest
+    width (NTK parametrization: ``lambda0`` tends to a width-independent limit).
+    """
+    a = spec["analysis"]
+    model, task = mlp_parts(spec)
+    x = task.make().x_train
+    widths, seeds = sorted(a["mlp_width"]), list(a["mlp_seed"])
+    lam0 = np.stack([ntk_lambda0(model, x, n, seeds) for n in widths])
+    start, stop, count = a["mlp_lr_lambda0"]
+    lrs = (np.linspace(start, stop, count) / lam0[-1].mean()).tolist()
+    sweep = Sweep(width=widths, lr=lrs, seed=seeds, param=["ntk"], optimizer=["sgd"])
+    ds = _engine.run(model, task, sweep, steps=a["mlp_steps"], record_every=a["mlp_record_every"],
+                     observables=("loss",), diverge_factor=spec["train"].get("diverge_factor", 1e12), out=out,
+                     progress=progress, spec=spec)
+    lam0 = xr.DataArray(lam0, coords={"width": widths, "seed": seeds}, dims=("width", "seed"),
+                        attrs={"description": "top eigenvalue of the empirical NTK / P on the training set at init"})
+    return ds.assign(lambda0=lam0)
+
+
+def execute(spec, out, progress) -> xr.Dataset:
+    """Both sweeps: the uv model into ``out/uv``, the ReLU MLPs into ``out/mlp``; one store ``out/results.nc``.
+
+    The MLP's variables and dims carry the prefix ``mlp_`` in the combined store (its widths and lrs are its own).
+    """
+    model, task, sweep, opts = build(spec)
+    try:
+        uv = _engine.run(model, task, sweep, out=out / "uv", progress=progress, spec=spec, **opts)
+        mlp = run_mlp(spec, out / "mlp", progress)
+    except (_io.MetaMismatch, _engine.InputError) as e:
+        raise _spec.SpecError(str(e)) from None
+    timing = {}
+    for part in (uv, mlp):
+        for k, v in json.loads(part.attrs.get("timing", "{}")).items():
+            timing[k] = timing.get(k, 0) + v
+    mlp = mlp.rename({name: f"mlp_{name}" for name in set(mlp.variables) | set(mlp.dims)})
+    ds = xr.merge([uv, mlp], combine_attrs="drop_conflicts")
+    ds.attrs["timing"] = json.dumps(timing)
+    _io.write_results(ds, out / "results.nc")
+    return ds
+
+
 def _squeezed(da):
     return da.squeeze([d for d in ("optimizer", "param", "init_scale", "weight_decay", "momentum") if d in da.dims])
 
@@ -122,7 +244,67 @@ def analyse(ds, spec, out):
                                  "uv_phases predicts from lr*lambda0")
         rows.append((n, float(lam0[i].mean()), float(lam0[i].std()), agree))
     figures = [_plot_phases(x, phase, loss, sharp, ds, out)]
-    return {"checks": checks, "regimes": regimes, "figures": figures, "report": _report(rows)}
+    mlp = mlp_part(ds)
+    mlp_checks, mlp_regimes, mlp_rows = analyse_mlp(mlp)
+    figures.append(_plot_mlp(mlp, out))
+    return {"checks": checks + mlp_checks, "regimes": {**regimes, **mlp_regimes}, "figures": figures,
+            "report": _report(rows) + "\n\n" + _report_mlp(mlp_rows, mlp, spec)}
+
+
+def mlp_part(ds) -> xr.Dataset:
+    """The MLP sweep of a combined store, with its ``mlp_`` prefix removed and length-1 axes squeezed."""
+    mlp = ds[[n for n in ds.data_vars if str(n).startswith("mlp_")]]
+    return _squeezed(mlp.rename({n: str(n)[4:] for n in set(mlp.variables) | set(mlp.dims)}))
+
+
+def _mlp_arrays(mlp):
+    """``lr * lambda0``, phases and losses ``[width, lr, seed(, step)]`` of the MLP sweep."""
+    loss = mlp["loss"].transpose("width", "lr", "seed", "step").values
+    diverged = mlp["diverged_at"].transpose("width", "lr", "seed").values >= 0
+    x = mlp["lr"].values[None, :, None] * mlp["lambda0"].transpose("width", "seed").values[:, None, :]
+    return x, classify_mlp(loss, diverged), loss
+
+
+def analyse_mlp(mlp):
+    """Checks (lazy / catapult boundary against 2), regimes and per-width boundaries of the ReLU MLP sweep."""
+    x, phase, _ = _mlp_arrays(mlp)
+    checks, regimes, rows = [], {}, []
+    for i, n in enumerate(mlp["width"].values):
+        lazy, ci_lazy = boundary(x[i].ravel(), phase[i].ravel(), 0)
+        top, ci_top = boundary(x[i].ravel(), phase[i].ravel(), 1)
+        if n >= MLP_CHECK_WIDTH:
+            checks.append(Check(f"ReLU MLP lazy / catapult boundary in lr*lambda0, width {n}", lazy, ci_lazy, 2.0,
+                                TOLERANCE, bool(np.isfinite(lazy)) and _fit.agrees(ci_lazy, 2.0, TOLERANCE),
+                                "boundary between the grid's neighbouring members (CI: the gap); lambda0 from the "
+                                f"empirical NTK at init, whose O(n^-1/2) drift in the first steps blurs the edge"))
+        regimes[f"ReLU MLP width {n}"] = (f"{int((phase[i] == 0).sum())} lazy, {int((phase[i] == 1).sum())} "
+                                          f"catapult, {int((phase[i] == 2).sum())} divergent members; boundaries at "
+                                          f"lr*lambda0 = {lazy:.2f} [{ci_lazy[0]:.2f}, {ci_lazy[1]:.2f}] (lazy / "
+                                          f"catapult) and {top:.2f} [{ci_top[0]:.2f}, {ci_top[1]:.2f}] (catapult / "
+                                          "divergent)")
+        rows.append((n, float(mlp["lambda0"].sel(width=n).mean()), float(mlp["lambda0"].sel(width=n).std()), lazy,
+                     ci_lazy, top, ci_top))
+    return checks, regimes, rows
+
+
+def _report_mlp(rows, mlp, spec):
+    a = spec["analysis"]
+    lines = [f"## ReLU MLPs", "", f"Depth {a['mlp_depth']} ReLU MLPs (NTK parametrization, no biases), full-batch GD "
+             f"for {a['mlp_steps']} steps on {a['mlp_n_train']} samples of a linear teacher in {a['mlp_d_in']} "
+             "dimensions. `lambda0` is each member's top eigenvalue of `K / P` at initialisation, `K` the empirical "
+             "NTK on the training set: the top eigenvalue of the Gauss-Newton part of the loss Hessian, which the "
+             "residual term shifts by `O(n^-1/2)`. Phases: divergent (diverged, or final loss not below the "
+             f"initial one), catapult (the loss rose by more than {RISE_FACTOR:g}x between two records, every "
+             f"{a['mlp_record_every']} steps, then converged), lazy (otherwise).", "",
+             "| width | lambda0 (mean over seeds) | std | lazy / catapult | CI | catapult / divergent | CI |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [f"| {n} | {m:.4f} | {s:.4f} | {lz:.2f} | [{cl[0]:.2f}, {cl[1]:.2f}] | {tp:.2f} | "
+              f"[{ct[0]:.2f}, {ct[1]:.2f}] |" for n, m, s, lz, cl, tp, ct in rows]
+    lines += ["", "The catapult / divergent boundary is a measured figure, not a check: Lewkowycz et al. (2020) "
+              f"report a maximal learning rate of about {LITERATURE_RELU_MAX:g} / lambda0 for deep ReLU networks "
+              "(4 / lambda0 in the uv model); no closed form predicts it. Measured here: "
+              + ", ".join(f"{tp:.2f} at width {n}" for n, *_, tp, _ in rows) + "."]
+    return "\n".join(lines)
 
 
 def _report(rows):
@@ -170,6 +352,65 @@ def _plot_phases(x, phase, loss, sharp, ds, out):
     return save(fig, out / "phase_diagram.png")
 
 
+def _plot_mlp(mlp, out):
+    """ReLU MLPs: phase of every member, peak loss and final loss against lr*lambda0."""
+    x, phase, loss = _mlp_arrays(mlp)
+    widths = mlp["width"].values
+    colors = width_colors(len(widths))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    markers = {0: ("o", "lazy"), 1: ("s", "catapult"), 2: ("x", "divergent")}
+    with np.errstate(invalid="ignore", divide="ignore"):
+        peak = np.nanmax(loss, axis=-1) / loss[..., 0]
+        final = loss[..., -1] / loss[..., 0]
+    for i, n in enumerate(widths):
+        for p, (m, label) in markers.items():
+            sel = phase[i] == p
+            axes[0].scatter(x[i][sel], np.full(sel.sum(), n), marker=m, color=f"C{p}", s=18,
+                            label=label if i == 0 else None)
+        ok = phase[i] < 2
+        axes[1].scatter(x[i][ok], peak[i][ok], s=8, color=colors[i], label=f"n={n}")
+        axes[2].scatter(x[i][ok], final[i][ok], s=8, color=colors[i], label=f"n={n}")
+    for ax in axes:
+        ax.axvline(2, color="k", ls="--", lw=1)
+        ax.axvline(LITERATURE_RELU_MAX, color="0.5", ls=":", lw=1)
+        ax.set(xlabel="lr * lambda0 (top eigenvalue of NTK / P at init)")
+    axes[0].set(yscale="log", ylabel="width", title="ReLU MLP phases; dashed: 2, dotted: 12 (deep ReLU, literature)")
+    axes[0].legend(fontsize=7)
+    axes[1].set(yscale="log", ylabel="peak loss / initial loss", title="peak loss (converged members)")
+    axes[1].legend(fontsize=7)
+    axes[2].set(yscale="log", ylabel="final loss / initial loss", title="final loss (converged members)")
+    axes[2].legend(fontsize=7)
+    return save(fig, out / "mlp_phase_diagram.png")
+
+
+def _validate_mlp(analysis: dict) -> None:
+    """``analysis.mlp_*``: every key present (the defaults give them) and of the right kind."""
+    unknown = set(analysis) - MLP_KEYS
+    if unknown:
+        raise _spec.SpecError(f"unknown spec key 'analysis.{sorted(unknown)[0]}'; catapult takes "
+                              f"{', '.join('analysis.' + k for k in sorted(MLP_KEYS))}.")
+    nonneg_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0
+    pos_int = lambda v: nonneg_int(v) and v >= 1
+    for key in ("mlp_steps", "mlp_record_every", "mlp_d_in", "mlp_n_train"):
+        if not pos_int(analysis.get(key)):
+            raise _spec.SpecError(f"spec key 'analysis.{key}' must be a positive integer, got {analysis.get(key)!r}.")
+    if analysis["mlp_steps"] % analysis["mlp_record_every"]:
+        raise _spec.SpecError("spec key 'analysis.mlp_steps' must be a multiple of 'analysis.mlp_record_every'.")
+    if not (pos_int(analysis.get("mlp_depth")) and analysis["mlp_depth"] >= 2):
+        raise _spec.SpecError(f"spec key 'analysis.mlp_depth' must be an integer >= 2, got "
+                              f"{analysis.get('mlp_depth')!r}.")
+    for key, ok in (("mlp_width", pos_int), ("mlp_seed", nonneg_int)):
+        v = analysis.get(key)
+        if not (isinstance(v, list) and v and all(ok(w) for w in v) and len(set(v)) == len(v)):
+            raise _spec.SpecError(f"spec key 'analysis.{key}' must be a list of distinct "
+                                  f"{'positive' if key == 'mlp_width' else 'non-negative'} integers, got {v!r}.")
+    grid = analysis.get("mlp_lr_lambda0")
+    if not (isinstance(grid, list) and len(grid) == 3 and all(isinstance(g, (int, float)) for g in grid)
+            and 0 < grid[0] < grid[1] and pos_int(grid[2]) and grid[2] >= 2):
+        raise _spec.SpecError(f"spec key 'analysis.mlp_lr_lambda0' must be [start, stop, count] with "
+                              f"0 < start < stop and an integer count >= 2, got {grid!r}.")
+
+
 def validate(spec):
     from ..spec import SpecError
 
@@ -189,8 +430,13 @@ def validate(spec):
         raise SpecError("spec key 'train.batch_size' must be 0 (full batch) for catapult.")
     if "loss" not in train.get("observables", []) or "sharpness" not in train.get("observables", []):
         raise SpecError("spec key 'train.observables' must include 'loss' and 'sharpness' for catapult.")
+    for key in ("train.steps", "sweep.width", "sweep.lr"):  # the engine's keys (execute skips its check)
+        section, _, sub = key.partition(".")
+        if sub not in spec.get(section, {}):
+            raise SpecError(f"spec key {key!r} is required.")
+    _validate_mlp(spec.get("analysis", {}))
 
 
-EXPERIMENT = register(Experiment("catapult", "uv model under large learning rates: lazy / catapult / divergent "
-                                 "phases against lr*lambda0 = 2 and 4 (Lewkowycz et al. 2020)", DEFAULTS, QUICK,
-                                 analyse, validate))
+EXPERIMENT = register(Experiment("catapult", "uv model and ReLU MLPs under large learning rates: lazy / catapult / "
+                                 "divergent phases against lr*lambda0 = 2 and 4 (Lewkowycz et al. 2020)", DEFAULTS, QUICK,
+                                 analyse, validate, execute))
