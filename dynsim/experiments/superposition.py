@@ -22,8 +22,8 @@ the engine's length-1 axes).
 Sizes. ``--quick``: ``n = 1000`` features with ``p_active = 1.3``, ``m = 8..128``, ``alpha = 0, 0.5, 2, 2.5``,
 ``gamma = -1`` and 1, one seed, 700 steps of batch 128: 40 models, the four runs sharing their compiled programs,
 about 40 CPU-seconds on 2 cores. Strong superposition is checked at ``alpha = 0`` and 0.5 only
-(``analysis.strong_alpha_max = 1``): at this training length skewed frequencies decay faster than ``1/m``
-(exponents 1.5-1.7 at ``alpha = 2`` and 2.5, reported, not checked; see
+(``analysis.strong_alpha_max = 1``): at this size skewed frequencies decay faster than ``1/m`` (exponents 1.5-1.7
+at ``alpha = 2`` and 2.5, reported, not checked; four times the steps leave it at 1.65 at ``alpha = 2``, see
 :func:`~dynsim.theory.superposition.strong_exponent`). Weak superposition is checked at ``alpha = 2`` and 2.5
 (measured 1.26 and 1.51 against ``alpha - 1`` = 1 and 1.5, agreeing within CI and band); the loss there is 2-20
 times the tail formula, since fewer than ``m`` features reach unit norm in so few steps. At ``alpha = 1.5`` the weak
@@ -195,9 +195,9 @@ def analyse(ds, spec, out):
               f"norm > 0.5) at every m, weak when at most {WEAK_FEATURES_PER_DIM:g} m are.")
     if unchecked:
         report += ("\n\nStrong-regime exponents not checked (alpha > analysis.strong_alpha_max = "
-                   f"{strong_alpha_max:g}): " + "; ".join(unchecked) + ". At this training length skewed frequencies "
-                   "give a steeper decay than 1/m and overlaps above 1/m: the frame of the rare features has not "
-                   "settled (see dynsim.theory.superposition.strong_exponent).")
+                   f"{strong_alpha_max:g}): " + "; ".join(unchecked) + ". At this size skewed frequencies "
+                   "give a steeper decay than 1/m and overlaps above 1/m, and four times the steps leave the exponent "
+                   "unchanged at alpha = 2 (see dynsim.theory.superposition.strong_exponent).")
     if prefactors:
         report += ("\n\nWeak-regime prefactor (reported, not checked): the tail formula assumes the m most frequent "
                    "features are represented; the ratio exceeds 1 where fewer are.\n\n" + "\n".join(prefactors))
