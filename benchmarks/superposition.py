@@ -15,7 +15,7 @@ second, engine over loop.
 
 Usage::
 
-    python -m benchmarks.superposition               # one alpha of the quick sweep, 1000 steps (--steps 3000: as run)
+    python -m benchmarks.superposition               # one alpha of the quick sweep (700 steps of batch 128)
     python -m benchmarks.superposition --smoke --json /tmp/s.json
 """
 
@@ -36,14 +36,14 @@ from dynsim.superposition import SparseFeatures, Superposition
 
 __all__ = ["main", "QUICK", "SMOKE", "run_engine", "run_loop"]
 
-QUICK = {"n": 1000, "ms": (8, 16, 32, 64, 128), "gammas": (-1.0, 1.0), "seeds": (0,), "alpha": 2.0, "steps": 1000,
-         "batch": 256, "lr": 0.02, "warmup": 50}
+QUICK = {"n": 1000, "ms": (8, 16, 32, 64, 128), "gammas": (-1.0, 1.0), "seeds": (0,), "alpha": 2.0, "steps": 700,
+         "batch": 128, "lr": 0.02, "warmup": 35, "p_active": 1.3}
 SMOKE = {"n": 64, "ms": (4, 8, 16), "gammas": (-1.0, 1.0), "seeds": (0, 1), "alpha": 1.5, "steps": 20, "batch": 32,
-         "lr": 0.02, "warmup": 2}
+         "lr": 0.02, "warmup": 2, "p_active": 1.0}
 
 
 def _task(cfg):
-    return SparseFeatures(n_features=cfg["n"], alpha=cfg["alpha"], n_test=256)
+    return SparseFeatures(n_features=cfg["n"], alpha=cfg["alpha"], p_active=cfg["p_active"], n_test=256)
 
 
 def run_engine(cfg: dict) -> dict:

@@ -121,7 +121,9 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
 
     Args:
       model: model spec, e.g. ``dynsim.models.MLP(d_in=32, depth=3)``.
-      task: task spec, e.g. ``dynsim.tasks.TeacherStudent(d_in=32, n_train=256)``.
+      task: task spec, e.g. ``dynsim.tasks.TeacherStudent(d_in=32, n_train=256)``. A task whose settings only
+        shape the arrays of ``task.make()`` may define ``task.program_task()``, the task the compiled programs are
+        keyed by, so that runs differing only in those settings share programs.
       sweep: the axes to sweep.
       steps: training steps (a multiple of ``record_every``).
       record_every: steps between records; records are taken at steps ``0, k, 2k, ..., steps``.
@@ -187,8 +189,10 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
     elif sample_chunk < 0 or (sample_chunk and batch % sample_chunk):
         raise InputError(f"sample_chunk ({sample_chunk}) must be 0 or divide the batch ({batch}).")
 
+    program_task = task.program_task() if hasattr(task, "program_task") else task
+
     def make_prog(bucket):
-        return Program(model=model, task=task, optimizer=bucket.optimizer, n_pad=bucket.n_pad,
+        return Program(model=model, task=program_task, optimizer=bucket.optimizer, n_pad=bucket.n_pad,
                        record_every=record_every, records_per_segment=n_rec, batch_size=batch_size,
                        observables=observables, diverge_factor=diverge_factor, betas=tuple(betas), eps=eps,
                        weight_decay=any(v != 0 for v in sweep.weight_decay),

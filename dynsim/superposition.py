@@ -240,6 +240,15 @@ class SparseFeatures:
     online = True
     n_train = 0
 
+    def program_task(self) -> "SparseFeatures":
+        """This task as the compiled programs see it: ``alpha``, ``p_active`` and ``seed`` at fixed values.
+
+        They only set the arrays of :meth:`make` (``probs``, the stream key, the evaluation set), which the programs
+        take as arguments, so runs that differ only in them (one per value of ``sweep.alpha``) share their compiled
+        programs instead of compiling the same code again.
+        """
+        return dataclasses.replace(self, alpha=0.0, p_active=1.0, seed=0)
+
     def probabilities(self) -> np.ndarray:
         """``p_i``, shape ``[n]`` (float64)."""
         return feature_probabilities(self.n_features, self.alpha, self.p_active)

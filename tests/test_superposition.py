@@ -1,6 +1,7 @@
 """Superposition model, sparse-features task, lr schedules and weight-decay terms through the engine, and the
 ``superposition`` experiment at quick size."""
 
+import dataclasses
 import json
 
 import jax
@@ -13,6 +14,7 @@ import dynsim as ds
 from dynsim import train
 from dynsim.engine import member_hyper
 from dynsim.experiments import _base
+from dynsim.experiments.superposition import TOLERANCE
 from dynsim.models import MLP
 from dynsim.spec import SpecError
 from dynsim.superposition import SparseFeatures, Superposition
@@ -44,6 +46,23 @@ def test_member_alone_equals_member_inside_a_bucket_of_other_m():
         np.testing.assert_allclose(c[name].values, a[name].values, rtol=1e-5, err_msg=name)
     np.testing.assert_allclose(c["feature_loss"].values, a["feature_loss"].values, rtol=1e-4, atol=1e-9)
     assert float(a["loss"][-1]) < 0.7 * float(a["loss"][0])  # it trained
+
+
+def test_runs_differing_only_in_alpha_share_their_programs():
+    # alpha, p_active and seed only set the arrays the programs take, so the run of a second alpha compiles nothing
+    # (the experiment runs one alpha after another) and still trains on its own frequencies.
+    sweep = ds.Sweep(width=[8, 12], lr=[0.02], seed=[0], optimizer=["adamw"], weight_decay=[-0.5])
+    go = lambda alpha: ds.run(MODEL, dataclasses.replace(TASK, alpha=alpha), sweep, steps=20, record_every=10,
+                              batch_size=32, schedule="cosine", warmup_steps=2, observables=("loss",), progress=False)
+    compile_s = lambda res: json.loads(res.attrs["timing"])["compile_s"]
+    jax.clear_caches()
+    first, second = go(0.5), go(1.2)
+    assert compile_s(first) > 0 and compile_s(second) == 0
+    jax.clear_caches()
+    fresh = go(1.2)  # compiled for alpha = 1.2 alone
+    assert compile_s(fresh) > 0
+    np.testing.assert_array_equal(second["loss"].values, fresh["loss"].values)
+    assert not np.allclose(first["loss"].isel(step=-1).values, second["loss"].isel(step=-1).values)
 
 
 def test_init_ignores_padding_and_padded_rows_stay_zero():
@@ -156,19 +175,24 @@ def test_spec_errors_are_one_sentence():
 def test_quick_experiment_reproduces_both_regimes(tmp_path):
     out, summary = _base.run("superposition", quick=True, out=tmp_path, progress=False, log=lambda *a: None)
     checks = {c["name"]: c for c in summary["checks"]}
-    # Quick size: alpha = 0.5 and 2, gamma = -1 and 1. The issue's band, 0.2, around 1 (strong, alpha = 0.5) and
-    # around alpha - 1 (weak, alpha = 2; the tail over this m grid is 1.02 there). tests/theory covers the second
-    # alpha of each regime (strong at alpha = 0, weak at alpha = 1.5).
-    strong = checks["loss exponent (strong: 1), alpha=0.5, gamma=-1"]
-    weak = next(c for name, c in checks.items() if name.startswith("loss exponent (weak") and "alpha=2," in name)
-    assert strong["agrees"] and abs(strong["measured"] - 1.0) <= 0.2, strong
-    assert weak["agrees"] and abs(weak["measured"] - 1.0) <= 0.2, weak
+    # Quick size: alpha = 0, 0.5, 2, 2.5 and gamma = -1, 1. The issue's band, 0.2, around 1 for the strong regime at
+    # alpha = 0 and 0.5 and around alpha - 1 for the weak regime at alpha = 2 and 2.5, with the check's CI (residual
+    # bootstrap over the five m). Strong superposition at alpha > 1 is reported, not checked, at this training
+    # length (analysis.strong_alpha_max; see theory.superposition.strong_exponent).
+    for alpha in (0, 0.5):
+        strong = checks[f"loss exponent (strong: 1), alpha={alpha:g}, gamma=-1"]
+        assert strong["agrees"] and abs(strong["measured"] - 1.0) <= TOLERANCE, strong
+        assert summary["regimes"][f"alpha={alpha:g}, gamma=-1"].startswith("strong")
+    for alpha in (2, 2.5):
+        weak = checks[f"loss exponent (weak: alpha - 1), alpha={alpha:g}, gamma=1"]
+        assert weak["agrees"] and weak["predicted"] == alpha - 1, weak
+        assert summary["regimes"][f"alpha={alpha:g}, gamma=1"].startswith("weak")
+        assert summary["regimes"][f"alpha={alpha:g}, gamma=-1"].startswith("strong")
+        assert "not checked" in summary["regimes"][f"alpha={alpha:g}, gamma=-1"]
+    assert not any("alpha=2, gamma=-1" in name for name in checks)
     for name, c in checks.items():
         if name.startswith("m x mean squared overlap"):
             assert c["agrees"], c
-    assert summary["regimes"]["alpha=0.5, gamma=-1"].startswith("strong")
-    assert summary["regimes"]["alpha=2, gamma=-1"].startswith("strong")
-    assert summary["regimes"]["alpha=2, gamma=1"].startswith("weak")
     res = ds.io.load(out)
     assert {"m", "alpha", "weight_decay", "seed", "step"} <= set(res["loss"].dims)
     for f in ("summary.json", "report.md", "loss_vs_m.png", "exponent_vs_alpha.png"):

@@ -83,34 +83,37 @@ def test_trained_strong_superposition_overlaps_scale_as_one_over_m():
     assert np.all(ratio <= 1.2)
 
 
-def _final_loss(alpha, gamma, steps, n=1000, ms=(8, 16, 32, 64, 128)):
-    """Final loss at each m of the experiment's quick setup (AdamW 0.02, warmup + cosine, batch 256, one seed)."""
-    res = ds.run(Superposition(n_features=n), SparseFeatures(n_features=n, alpha=alpha, n_test=4096),
+def _final_loss(alpha, gamma, n=1000, ms=(8, 16, 32, 64, 128)):
+    """Final loss at each m in the experiment's quick setup (AdamW 0.02, 700 steps of batch 128 with warmup + cosine,
+    p_active = 1.3, one seed)."""
+    res = ds.run(Superposition(n_features=n), SparseFeatures(n_features=n, alpha=alpha, p_active=1.3, n_test=4096),
                  ds.Sweep(width=list(ms), lr=[0.02], optimizer=["adamw"], weight_decay=[gamma], param=["sp"]),
-                 steps=steps, record_every=steps, batch_size=256, schedule="cosine", warmup_steps=steps // 20,
+                 steps=700, record_every=700, batch_size=128, schedule="cosine", warmup_steps=35,
                  observables=("loss",), progress=False)
     return np.asarray(ms, float), res["loss"].isel(step=-1).squeeze().values
 
 
 # Exponent band +-0.2 (the issue's): for training that stops before the frame (strong) or the rarest represented
-# features (weak) have converged, and for finite n/m. Measured at these sizes: strong 1.13 (alpha = 0), weak 0.73
-# (alpha = 1.5, 3000 steps) against the tail's 0.61 over this m grid.
+# features (weak) have converged, and for finite n/m. Measured at these sizes: strong 1.06 (alpha = 0), weak 1.51
+# (alpha = 2.5) against the tail's 1.48 over this m grid.
 EXPONENT_BAND = 0.2
 
 
 @pytest.mark.slow
 def test_strong_superposition_loss_scales_as_one_over_m_for_uniform_frequencies():
-    # alpha = 0 (every feature equally frequent); the experiment's quick run covers alpha = 0.5.
-    m, loss = _final_loss(0.0, -1.0, steps=1000)
+    # alpha = 0 (every feature equally frequent). At this training length the law holds for alpha <= 0.5 only
+    # (theory.superposition.strong_exponent lists the measured exponents).
+    m, loss = _final_loss(0.0, -1.0)
     fit = ds.fit.power_law(m, loss, n_boot=0)
     assert fit.exponent == pytest.approx(float(theory.strong_exponent(0.0)), abs=EXPONENT_BAND)
 
 
 @pytest.mark.slow
-def test_weak_superposition_loss_follows_the_unrepresented_tail_at_alpha_1_5():
-    # The experiment's quick run covers alpha = 2; here alpha = 1.5, where the tail over m = 8..128 at n = 1000
-    # has exponent 0.61 (alpha - 1 = 0.5 only for n/m -> inf).
-    m, loss = _final_loss(1.5, 1.0, steps=3000)
-    predicted = ds.fit.power_law(m, theory.weak_loss(m.astype(int), feature_probabilities(1000, 1.5, 1.0)),
+def test_weak_superposition_loss_follows_the_unrepresented_tail():
+    # alpha = 2.5: the tail over m = 8..128 at n = 1000 has exponent 1.48 (alpha - 1 = 1.5 for n/m -> inf). At
+    # alpha = 1.5 the features up to m = 128 are too rare to be learned in a quick run (0.73 after 3000 steps of
+    # batch 256 against the tail's 0.61).
+    m, loss = _final_loss(2.5, 1.0)
+    predicted = ds.fit.power_law(m, theory.weak_loss(m.astype(int), feature_probabilities(1000, 2.5, 1.3)),
                                  n_boot=0).exponent
     assert ds.fit.power_law(m, loss, n_boot=0).exponent == pytest.approx(predicted, abs=EXPONENT_BAND)
