@@ -146,7 +146,7 @@ def test_preconditioned_sharpness_matches_explicit_matrix(x64, optimizer, steps)
 
 def _run(model, sweep, monkeypatch, observables=("loss", "sharpness", "sharpness_err", "sharpness_32"), **kw):
     """20 steps recording the default sharpness, its residual and a converged reference (32 iterations per record)."""
-    monkeypatch.setitem(obs._REGISTRY, "sharpness_32", obs_sharpness.sharpness_observable("sharpness_32", iters=32))
+    monkeypatch.setitem(obs._REGISTRY, "sharpness_32", obs_sharpness.sharpness_observable("sharpness_32", products=32))
     return ds.run(model, TASK, sweep, steps=20, record_every=5, progress=False, observables=observables, **kw)
 
 
@@ -230,7 +230,7 @@ def test_sharpness_rises_to_and_hovers_at_the_edge_of_stability():
 def _run_adam(model, sweep, monkeypatch, **kw):
     """20 Adam steps recording the preconditioned sharpness, its residual and a converged reference."""
     monkeypatch.setitem(obs._REGISTRY, "preconditioned_32",
-                        obs_sharpness.sharpness_observable("preconditioned_32", iters=32, preconditioned=True))
+                        obs_sharpness.sharpness_observable("preconditioned_32", products=32, preconditioned=True))
     names = ("loss", "preconditioned_sharpness", "preconditioned_sharpness_err", "preconditioned_32")
     return ds.run(model, TASK, sweep, steps=20, record_every=5, progress=False, observables=names, **kw)
 
