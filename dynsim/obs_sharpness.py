@@ -8,37 +8,41 @@ objective, ``0.5 * mean((f - y)^2)``; the test set for an online task) with resp
 rate (``c = 0``, as in every SGD table of :mod:`dynsim.param`) it is the quantity that equilibrates at ``2 / lr``
 at the edge of stability (:func:`dynsim.theory.stability.gd_threshold`).
 
-Method: Hessian-vector products ``jax.jvp(jax.grad(L), (w,), (v,))`` (forward-over-reverse, about the cost of two
-gradients) drive a static number of iterations inside ``lax.fori_loop``. The program is compiled once, so the count
-cannot depend on convergence; instead the iterate is carried between records in the observable's ``extra`` state.
-The first record starts from a fixed random unit vector (zero on padded units) refined by :data:`WARMUP`
-iterations when the state is created; every later record continues from the previous record's eigenvector for
-:data:`ITERS` iterations. The Hessian changes little between records, so the warm start is close and a few
-iterations track it; ``sharpness_err`` says how close.
+Method: Hessian-vector products (the gradient linearised once per record with ``jax.linearize``, forward-over-
+reverse; each product then runs only the tangent part, about twice a gradient's matmul FLOPs) build a Krylov space
+of a static dimension inside ``lax.fori_loop``, and Rayleigh-Ritz on it gives the estimate (:func:`top_eigenpair`).
+The program is compiled once, so the dimension cannot depend on convergence; instead the eigenvector is carried
+between records in the observable's ``extra`` state. The first record starts from a fixed random unit vector (zero
+on padded units) refined by a :data:`WARMUP`-dimensional Krylov space when the state is created; every later record
+searches the :data:`PRODUCTS`-dimensional Krylov space of the previous record's eigenvector. The Hessian changes
+little between records, so the warm start is close and a few products track it; ``sharpness_err`` says how close.
 
-The iteration is LOBPCG with a block of one (Knyazev 2001): Rayleigh-Ritz on ``span{x, r, p}`` (iterate, residual,
-previous step), two Hessian-vector products per iteration (``H r`` and ``H p``). It is used instead of
-power iteration because power iteration finds the eigenvalue of largest *magnitude*: at a muP init of a tanh
-network the Hessian's spectrum can be nearly symmetric or even dominated by its negative end (the residual term
-``(f - y) d^2 f`` outweighs the Gauss-Newton term), and power iteration then stalls between the two ends or lands
-on the negative one (``tests/test_sharpness.py`` has such a case). LOBPCG maximises the Rayleigh quotient, so it
-converges to the *algebraically* largest eigenvalue, at a rate set by the square root of the relative gap rather
-than by the gap itself: per Hessian-vector product it beat power iteration on every small network tried, by
-orders of magnitude on near-degenerate top pairs.
+The Krylov space ``span{x, Hx, ..., H^(m-1) x}`` is the best that ``m`` products can reach from ``x``, and its top
+Ritz value maximises the Rayleigh quotient over it, so it converges to the *algebraically* largest eigenvalue.
+Power iteration would find the eigenvalue of largest *magnitude*: at a muP init of a tanh network the Hessian's
+spectrum can be nearly symmetric or even dominated by its negative end (the residual term ``(f - y) d^2 f``
+outweighs the Gauss-Newton term), and power iteration then stalls between the two ends or lands on the negative
+one (``tests/test_sharpness.py`` has such a case). Block-one LOBPCG (Knyazev 2001), which also maximises the
+Rayleigh quotient, needs ``2 k`` products for an iterate in the ``(k + 1)``-dimensional Krylov space: on the
+``edge-of-stability`` quick sweep 4 LOBPCG iterations (8 products) and 5 Krylov products had the same error
+(90th percentile 1.7e-3 and 1.5e-3 of a 40-product reference, 99th 4.2e-2 and 4.2e-2).
 
 Caveats:
 
 - The estimate is a Rayleigh quotient, so it never exceeds ``lambda_max`` (up to round-off); a near-degenerate top
-  pair converges more slowly and is underestimated until it does. More iterations per record:
-  ``register(sharpness_observable("sharpness_16", iters=16))``.
-- Memory: a record holds about nine parameter-sized vectors per member (the iterate, the Ritz basis and its image),
-  plus one carried between records, against three for power iteration.
-- Cost: a Hessian-vector product of the ``edge-of-stability`` MLP (depth 3, width 64, 128 samples) costs about
-  three training steps on CPU, so recording every 10 steps with the default 4 iterations costs about 3x plain
-  training (``benchmarks/sharpness.py``). Fewer iterations are cheaper but track a turning top eigenvector worse:
-  with 2 per record the estimate locked onto the second eigenvalue (7% low) for a record in a tiny test network,
-  and on ``edge-of-stability`` runs (GD and Adam, lr 0.15 and 0.3) the 90th percentile of the relative error
-  against a converged estimate was 3% with 2 iterations and 0.8% with 4.
+  pair converges more slowly and is underestimated until it does, and so is a top eigenvector that turns fast
+  between records (at a catapult). Error against a 40-product reference on the ``edge-of-stability`` quick sweep
+  (24 members, 100 records each), 90th / 99th percentile / largest: 6.9e-2 / 0.48 / 0.99 with 2 products,
+  2.0e-2 / 0.23 / 0.69 with 3, 6.4e-3 / 9.3e-2 / 0.52 with 4, 1.5e-3 / 4.2e-2 / 0.28 with the default 5; the
+  median is 6e-7 with 5. A larger space per record: ``register(sharpness_observable("sharpness_16",
+  products=16))``.
+- Memory: a record holds ``2 * PRODUCTS`` parameter-sized vectors per member (the Krylov basis and its image),
+  plus one carried between records.
+- Cost: on the ``edge-of-stability`` sweep (MLP of depth 3, width 64, 128 samples) one product costs about 2.8
+  training steps and the rest of a record (the linearisation's primal pass, the Ritz step) about 1.4 on 2 CPU
+  cores, so recording every 10 steps costs about 2.5x plain training with 5 products (``benchmarks/sharpness.py``)
+  and would cost 1.4x with one product, the bare Rayleigh quotient of the previous eigenvector. The 1.5x of a
+  plain run that issue 5 asks for leaves room for at most one product per record at this interval.
 - ``sharpness`` and ``sharpness_err`` each carry their own iterate (observables do not share state), so recording
   both runs the iteration twice, on identical numbers. Record ``sharpness_err`` in validation runs.
 
@@ -60,10 +64,10 @@ step 0 too. For Adam with one learning rate per layer (``c_l = 0``) this is ``P^
 ``P = diag(sqrt(nu_hat) + eps)``, the *preconditioned sharpness* of Cohen et al. (2022), "Adaptive gradient methods
 at the edge of stability", which equilibrates at :func:`dynsim.theory.stability.adam_threshold`; for SGD with
 ``c_l = 0`` it is the plain sharpness, compared with ``momentum_threshold``. ``D H`` is similar to the symmetric
-``D^1/2 H D^1/2``, which is what the iteration runs on (same LOBPCG, same warm start, one extra gradient per
-record for Adam). The weight-decay term of the objective is not included (as for ``sharpness``). The optimizer
-state is read from ``ctx.opt_state`` (the first ``optax.ScaleByAdamState`` in it); ``adamw`` is treated as Adam
-(its decay is decoupled, so the gradient is the loss gradient alone).
+``D^1/2 H D^1/2``, which is what the Krylov space is built on (same products, same warm start; Adam's gradient
+is the linearisation's primal output). The weight-decay term of the objective is not included (as for
+``sharpness``). The optimizer state is read from ``ctx.opt_state`` (the first ``optax.ScaleByAdamState`` in it);
+``adamw`` is treated as Adam (its decay is decoupled, so the gradient is the loss gradient alone).
 
 Padding: the Hessian's rows and columns for padded weights are exactly zero (the mask cuts those units out of the
 function), and the start vector is drawn with :meth:`dynsim.models.MLP.init`, whose true-width part does not depend
@@ -255,7 +259,7 @@ def step_preconditioner(ctx, params, grads=None):
 
 
 def preconditioned_sharpness(ctx, params, x, products: int = PRODUCTS):
-    """Top eigenvalue of ``D H`` (:func:`step_preconditioner`) by LOBPCG on ``D^1/2 H D^1/2`` from the unit ``x``.
+    """Top eigenvalue of ``D H`` (:func:`step_preconditioner`): :func:`top_eigenpair` on ``D^1/2 H D^1/2``.
 
     Reads the optimizer state from ``ctx.opt_state``. ``x`` lives in the symmetric form's coordinates
     (``D^-1/2`` times an eigenvector of ``D H``). Returns ``(lam, residual, x)`` as :func:`top_eigenpair`.
