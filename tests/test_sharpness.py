@@ -198,12 +198,14 @@ def test_recorded_sharpness_tracks_the_hessian(x64, monkeypatch, depth):
     # The default (5 warm-started products per record): at step 0 the warm-up has converged it.
     lam, err = alone["sharpness"].values, alone["sharpness_err"].values
     np.testing.assert_allclose(lam[0], top[0], rtol=1e-9)
-    # Later it may lag where the top eigenvector turns fast (it does in these tiny networks early on, by up to 2%),
-    # but it is a Rayleigh quotient, so it never exceeds lambda_max, and sharpness_err bounds its error: some
-    # eigenvalue lies within the residual, here the top one.
+    # Later it may lag where the top eigenvector turns fast (it does in these tiny networks early on), but it is a
+    # Rayleigh quotient, so it never exceeds lambda_max, and sharpness_err bounds its error: some eigenvalue lies
+    # within the residual, here the top one.
     assert np.all(lam <= top * (1 + 1e-12))
     assert np.all(top - lam <= err + 1e-12 * top)
-    np.testing.assert_allclose(lam, top, rtol=0.05)
+    # Measured lag with the default 5 products: at most 1.6% (depth 3) and 0.02% (depth 2); 4 products lag by up
+    # to 6.6% and 3 by 19% at depth 3, so 3% holds the default to its accuracy with room for platform round-off.
+    np.testing.assert_allclose(lam, top, rtol=0.03)
 
 
 def test_padded_member_has_unpadded_sharpness(x64, monkeypatch):
