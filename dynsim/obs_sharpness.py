@@ -38,11 +38,12 @@ Caveats:
   products=16))``.
 - Memory: a record holds ``2 * PRODUCTS`` parameter-sized vectors per member (the Krylov basis and its image),
   plus one carried between records.
-- Cost: on the ``edge-of-stability`` sweep (MLP of depth 3, width 64, 128 samples) one product costs about 2.8
-  training steps and the rest of a record (the linearisation's primal pass, the Ritz step) about 1.4 on 2 CPU
-  cores, so recording every 10 steps costs about 2.5x plain training with 5 products (``benchmarks/sharpness.py``)
-  and would cost 1.4x with one product, the bare Rayleigh quotient of the previous eigenvector. The 1.5x of a
-  plain run that issue 5 asks for leaves room for at most one product per record at this interval.
+- Cost: on the ``edge-of-stability`` sweep (MLP of depth 3, width 64, 128 samples) one product costs 2.4-2.8
+  training steps and the rest of a record (the linearisation's primal pass, the Ritz step) 0.7-1.4 on 2 CPU
+  cores, so recording every 10 steps costs 2.3-2.5x plain training with 5 products (``python -m
+  benchmarks.sharpness --breakdown``) and 1.3-1.4x with one product, the bare Rayleigh quotient of the previous
+  eigenvector. The 1.5x of a plain run that issue 5 asks for leaves room for one product per record at this
+  interval.
 - ``sharpness`` and ``sharpness_err`` each carry their own iterate (observables do not share state), so recording
   both runs the iteration twice, on identical numbers. Record ``sharpness_err`` in validation runs.
 
