@@ -45,7 +45,8 @@ Caveats:
   eigenvector. The 1.5x of a plain run that issue 5 asks for leaves room for one product per record at this
   interval. The products run near their arithmetic: XLA's cost analysis of this MLP counts 2.0 training steps of
   FLOPs per tangent product (per weight matrix two matmuls in the tangent forward pass and four in the tangent
-  backward pass, against the step's one and two) and 0.7 for the primal pass, so even at the FLOP count 1.5x would allow two products (a 90th-percentile error of 7%).
+  backward pass, against the step's one and two) and 0.7 for the primal pass, so even at the FLOP count 1.5x
+  would allow two products (a 90th-percentile error of 7%).
 - ``sharpness`` and ``sharpness_err`` each carry their own iterate (observables do not share state), so recording
   both runs the iteration twice, on identical numbers. Record ``sharpness_err`` in validation runs.
 
