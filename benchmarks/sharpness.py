@@ -7,15 +7,24 @@ Both runs train the same members for the same steps in one process, recording ev
 * **sharpness**: the experiment's own observables (``loss`` and ``sharpness``, plus ``preconditioned_sharpness``
   where the sweep has Adam members).
 
+With ``--breakdown`` a third run records the same sharpness observables from a one-product Krylov space (the
+bare Rayleigh quotient of the previous eigenvector), which splits the cost of a record into a fixed part (the
+linearisation's primal pass, the Ritz step, the loss) and a cost per Hessian-vector product, both in training
+steps: ``per_product = (T_sharpness - T_one) / ((PRODUCTS - 1) R) / (T_plain / S)`` for ``R`` records and ``S``
+steps.
+
 Each configuration runs once to compile, then ``--repeat`` times alternately; the headline is the ratio of the
 best wall times (compilation excluded: the compiled programs are reused). Other processes sharing the cores
 inflate wall times, so the best of several runs is the figure to quote, and the ratio of process CPU times is
 printed beside it (sharing inflates it much less). The goal of issue 5 is a ratio of at most
-1.5.
+1.5. Measured on 2 shared CPU cores: 2.3-2.5x, with a product costing 2.4-2.8 training steps and the fixed part
+0.7-1.4 (a product is about twice a gradient's matmul FLOPs), so 1.5x leaves room for one product per record
+(1.3-1.4x), which is no estimate of the sharpness but the previous record's eigenvector's Rayleigh quotient.
 
 Usage::
 
     python -m benchmarks.sharpness                       # quick sweep, 3 repeats
+    python -m benchmarks.sharpness --breakdown           # and the cost of one product, in training steps
     python -m benchmarks.sharpness --smoke --json /tmp/s.json
 """
 
@@ -27,7 +36,7 @@ import resource
 import time
 
 import dynsim
-from dynsim import experiments
+from dynsim import experiments, obs, obs_sharpness
 from dynsim.engine import CompileClock
 
 __all__ = ["main", "time_run"]
@@ -56,6 +65,8 @@ def main(argv=None) -> dict:
     p.add_argument("--smoke", action="store_true", help="one member, 100 steps (a few seconds)")
     p.add_argument("--json", metavar="PATH", help="write the results as JSON")
     p.add_argument("--repeat", type=int, default=3, help="timed runs per configuration (best is kept)")
+    p.add_argument("--breakdown", action="store_true",
+                   help="also time one product per record: cost per product and fixed cost, in training steps")
     p.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the edge-of-stability quick spec (repeatable)")
     args = p.parse_args(argv)
@@ -65,6 +76,8 @@ def main(argv=None) -> dict:
     _, spec = experiments.resolve_spec("edge-of-stability", quick=True, sets=sets)
     model, task, sweep, opts = experiments.build(spec)
     configs = {"plain": ("loss",), "sharpness": opts["observables"]}
+    if args.breakdown:
+        configs["one_product"] = tuple(_one_product(name) for name in opts["observables"])
     compile_s = {name: time_run(model, task, sweep, opts, obs)[2] for name, obs in configs.items()}
     walls, cpus = {name: [] for name in configs}, {name: [] for name in configs}
     for _ in range(max(1, args.repeat)):
@@ -81,13 +94,30 @@ def main(argv=None) -> dict:
     print(f"edge-of-stability quick sweep: {sweep.size} members, {opts['steps']} steps, recording "
           f"{', '.join(opts['observables'])} every {opts['record_every']} steps")
     for name in configs:
-        print(f"  {name:>9}: best {best[name]:.3f} s of {', '.join(f'{w:.3f}' for w in walls[name])} "
+        print(f"  {name:>11}: best {best[name]:.3f} s of {', '.join(f'{w:.3f}' for w in walls[name])} "
               f"(CPU {best_cpu[name]:.3f} s; compile {compile_s[name]:.2f} s, not included)")
     print(f"  ratio sharpness / plain: {out['ratio']:.2f} wall, {out['ratio_cpu']:.2f} CPU (goal <= {GOAL:g})")
+    if args.breakdown:
+        records = opts["steps"] // opts["record_every"]
+        step_s = best["plain"] / opts["steps"]
+        per_product = (best["sharpness"] - best["one_product"]) / ((obs_sharpness.PRODUCTS - 1) * records) / step_s
+        fixed = (best["one_product"] - best["plain"]) / records / step_s - per_product
+        out.update(per_product_steps=per_product, fixed_steps=fixed)
+        print(f"  per record: {obs_sharpness.PRODUCTS} products of {per_product:.2f} training steps each, plus "
+              f"{fixed:.2f} steps fixed; one product per record costs {best['one_product'] / best['plain']:.2f}x plain")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
     return out
+
+
+def _one_product(name: str) -> str:
+    """``name`` itself, or for a sharpness observable a registered one-product twin of it."""
+    if name not in ("sharpness", "preconditioned_sharpness"):
+        return name
+    twin = f"{name}_one_product"
+    obs.register(obs_sharpness.sharpness_observable(twin, products=1, preconditioned=name != "sharpness"))
+    return twin
 
 
 if __name__ == "__main__":

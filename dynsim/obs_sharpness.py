@@ -8,37 +8,45 @@ objective, ``0.5 * mean((f - y)^2)``; the test set for an online task) with resp
 rate (``c = 0``, as in every SGD table of :mod:`dynsim.param`) it is the quantity that equilibrates at ``2 / lr``
 at the edge of stability (:func:`dynsim.theory.stability.gd_threshold`).
 
-Method: Hessian-vector products ``jax.jvp(jax.grad(L), (w,), (v,))`` (forward-over-reverse, about the cost of two
-gradients) drive a static number of iterations inside ``lax.fori_loop``. The program is compiled once, so the count
-cannot depend on convergence; instead the iterate is carried between records in the observable's ``extra`` state.
-The first record starts from a fixed random unit vector (zero on padded units) refined by :data:`WARMUP`
-iterations when the state is created; every later record continues from the previous record's eigenvector for
-:data:`ITERS` iterations. The Hessian changes little between records, so the warm start is close and a few
-iterations track it; ``sharpness_err`` says how close.
+Method: Hessian-vector products (the gradient linearised once per record with ``jax.linearize``, forward-over-
+reverse; each product then runs only the tangent part, about twice a gradient's matmul FLOPs) build a Krylov space
+of a static dimension inside ``lax.fori_loop``, and Rayleigh-Ritz on it gives the estimate (:func:`top_eigenpair`).
+The program is compiled once, so the dimension cannot depend on convergence; instead the eigenvector is carried
+between records in the observable's ``extra`` state. The first record starts from a fixed random unit vector (zero
+on padded units) refined by a :data:`WARMUP`-dimensional Krylov space when the state is created; every later record
+searches the :data:`PRODUCTS`-dimensional Krylov space of the previous record's eigenvector. The Hessian changes
+little between records, so the warm start is close and a few products track it; ``sharpness_err`` says how close.
 
-The iteration is LOBPCG with a block of one (Knyazev 2001): Rayleigh-Ritz on ``span{x, r, p}`` (iterate, residual,
-previous step), two Hessian-vector products per iteration (``H r`` and ``H p``). It is used instead of
-power iteration because power iteration finds the eigenvalue of largest *magnitude*: at a muP init of a tanh
-network the Hessian's spectrum can be nearly symmetric or even dominated by its negative end (the residual term
-``(f - y) d^2 f`` outweighs the Gauss-Newton term), and power iteration then stalls between the two ends or lands
-on the negative one (``tests/test_sharpness.py`` has such a case). LOBPCG maximises the Rayleigh quotient, so it
-converges to the *algebraically* largest eigenvalue, at a rate set by the square root of the relative gap rather
-than by the gap itself: per Hessian-vector product it beat power iteration on every small network tried, by
-orders of magnitude on near-degenerate top pairs.
+The Krylov space ``span{x, Hx, ..., H^(m-1) x}`` is the best that ``m`` products can reach from ``x``, and its top
+Ritz value maximises the Rayleigh quotient over it, so it converges to the *algebraically* largest eigenvalue.
+Power iteration would find the eigenvalue of largest *magnitude*: at a muP init of a tanh network the Hessian's
+spectrum can be nearly symmetric or even dominated by its negative end (the residual term ``(f - y) d^2 f``
+outweighs the Gauss-Newton term), and power iteration then stalls between the two ends or lands on the negative
+one (``tests/test_sharpness.py`` has such a case). Block-one LOBPCG (Knyazev 2001), which also maximises the
+Rayleigh quotient, needs ``2 k`` products for an iterate in the ``(k + 1)``-dimensional Krylov space: on the
+``edge-of-stability`` quick sweep 4 LOBPCG iterations (8 products) and 5 Krylov products had the same error
+(90th percentile 1.7e-3 and 1.5e-3 of a 40-product reference, 99th 4.2e-2 and 4.2e-2).
 
 Caveats:
 
 - The estimate is a Rayleigh quotient, so it never exceeds ``lambda_max`` (up to round-off); a near-degenerate top
-  pair converges more slowly and is underestimated until it does. More iterations per record:
-  ``register(sharpness_observable("sharpness_16", iters=16))``.
-- Memory: a record holds about nine parameter-sized vectors per member (the iterate, the Ritz basis and its image),
-  plus one carried between records, against three for power iteration.
-- Cost: a Hessian-vector product of the ``edge-of-stability`` MLP (depth 3, width 64, 128 samples) costs about
-  three training steps on CPU, so recording every 10 steps with the default 4 iterations costs about 3x plain
-  training (``benchmarks/sharpness.py``). Fewer iterations are cheaper but track a turning top eigenvector worse:
-  with 2 per record the estimate locked onto the second eigenvalue (7% low) for a record in a tiny test network,
-  and on ``edge-of-stability`` runs (GD and Adam, lr 0.15 and 0.3) the 90th percentile of the relative error
-  against a converged estimate was 3% with 2 iterations and 0.8% with 4.
+  pair converges more slowly and is underestimated until it does, and so is a top eigenvector that turns fast
+  between records (at a catapult). Error against a 40-product reference on the ``edge-of-stability`` quick sweep
+  (24 members, 100 records each), 90th / 99th percentile / largest: 6.9e-2 / 0.48 / 0.99 with 2 products,
+  2.0e-2 / 0.23 / 0.69 with 3, 6.4e-3 / 9.3e-2 / 0.52 with 4, 1.5e-3 / 4.2e-2 / 0.28 with the default 5; the
+  median is 6e-7 with 5. A larger space per record: ``register(sharpness_observable("sharpness_16",
+  products=16))``.
+- Memory: a record holds ``2 * PRODUCTS`` parameter-sized vectors per member (the Krylov basis and its image),
+  plus one carried between records.
+- Cost: on the ``edge-of-stability`` sweep (MLP of depth 3, width 64, 128 samples) one product costs 2.4-2.8
+  training steps and the rest of a record (the linearisation's primal pass, the Ritz step) 0.7-1.4 on 2 CPU
+  cores, so recording every 10 steps costs 2.3-2.5x plain training with 5 products (``python -m
+  benchmarks.sharpness --breakdown``) and 1.3-1.4x with one product, the bare Rayleigh quotient of the previous
+  eigenvector. The 1.5x of a plain run that issue 5 asks for leaves room for one product per record at this
+  interval. The products run near their arithmetic: XLA's cost analysis of this MLP counts 2.0 training steps of
+  FLOPs per tangent product (per weight matrix two matmuls in the tangent forward pass and four in the tangent
+  backward pass, against the step's one and two) and 0.7 for the primal pass, so even at the FLOP count 1.5x
+  would allow two products (a 90th-percentile error of 7%).
 - ``sharpness`` and ``sharpness_err`` each carry their own iterate (observables do not share state), so recording
   both runs the iteration twice, on identical numbers. Record ``sharpness_err`` in validation runs.
 
@@ -60,10 +68,10 @@ step 0 too. For Adam with one learning rate per layer (``c_l = 0``) this is ``P^
 ``P = diag(sqrt(nu_hat) + eps)``, the *preconditioned sharpness* of Cohen et al. (2022), "Adaptive gradient methods
 at the edge of stability", which equilibrates at :func:`dynsim.theory.stability.adam_threshold`; for SGD with
 ``c_l = 0`` it is the plain sharpness, compared with ``momentum_threshold``. ``D H`` is similar to the symmetric
-``D^1/2 H D^1/2``, which is what the iteration runs on (same LOBPCG, same warm start, one extra gradient per
-record for Adam). The weight-decay term of the objective is not included (as for ``sharpness``). The optimizer
-state is read from ``ctx.opt_state`` (the first ``optax.ScaleByAdamState`` in it); ``adamw`` is treated as Adam
-(its decay is decoupled, so the gradient is the loss gradient alone).
+``D^1/2 H D^1/2``, which is what the Krylov space is built on (same products, same warm start; Adam's gradient
+is the linearisation's primal output). The weight-decay term of the objective is not included (as for
+``sharpness``). The optimizer state is read from ``ctx.opt_state`` (the first ``optax.ScaleByAdamState`` in it);
+``adamw`` is treated as Adam (its decay is decoupled, so the gradient is the loss gradient alone).
 
 Padding: the Hessian's rows and columns for padded weights are exactly zero (the mask cuts those units out of the
 function), and the start vector is drawn with :meth:`dynsim.models.MLP.init`, whose true-width part does not depend
@@ -79,11 +87,11 @@ from jax.flatten_util import ravel_pytree
 
 from . import obs as _obs
 
-__all__ = ["ITERS", "WARMUP", "training_loss_fn", "hvp", "hessian_matvec", "top_eigenpair", "start_vector",
+__all__ = ["PRODUCTS", "WARMUP", "training_loss_fn", "hvp", "hessian_matvec", "top_eigenpair", "start_vector",
            "sharpness", "step_preconditioner", "preconditioned_sharpness", "sharpness_observable"]
 
-ITERS = 4  # LOBPCG iterations per record, from the previous record's eigenvector: 2 * ITERS = 8 products.
-WARMUP = 16  # LOBPCG iterations from the random start vector, once, before the first record: 32 products.
+PRODUCTS = 5  # Hessian-vector products per record: a 5-dimensional Krylov space of the previous eigenvector.
+WARMUP = 32  # products (Krylov dimension) from the random start vector, once, before the first record.
 _START_SEED = 20210226  # fixed: every member starts from the same direction (masked to its width).
 
 
@@ -105,81 +113,84 @@ def hvp(loss, params, v):
 
 
 def _orthonormalise(v, basis):
-    """Project the orthonormal rows of ``basis`` out of ``v`` (twice) and normalise.
+    """Project the orthonormal rows of ``basis`` (zero rows allowed) out of ``v`` (twice) and normalise.
 
-    Returns ``(q, ok)``; ``ok`` is False, and ``q`` zero, where nothing (or nothing finite) is left.
+    Returns ``(q, ok)``; ``ok`` is False, and ``q`` zero, where nothing finite is left above round-off: a norm
+    below ``100 eps`` of ``|v|`` is a direction inside the span that round-off alone pushed out of it.
     """
+    scale = jnp.linalg.norm(v)
     for _ in range(2):  # "twice is enough" (Kahan): one pass loses orthogonality when v is nearly in the span.
         v = v - (basis @ v) @ basis
     norm = jnp.linalg.norm(v)
-    ok = jnp.isfinite(norm) & (norm > 0)
+    ok = jnp.isfinite(norm) & (norm > 100 * jnp.finfo(v.dtype).eps * scale)
     return v * jnp.where(ok, 1.0 / jnp.where(ok, norm, 1.0), 0.0), ok
 
 
-def _ritz_step(matvec, x, hx, p):
-    """One LOBPCG iteration: Rayleigh-Ritz on ``span{x, r, p}`` (``span{x, r}`` where ``p`` is None, statically).
+def top_eigenpair(matvec, x, products: int):
+    """Largest eigenvalue of a symmetric linear map ``A`` by Rayleigh-Ritz on a Krylov space of the unit vector ``x``.
 
-    Returns the new ``(x, Ax, p)``; where the arithmetic stops being finite, the old ``x`` and ``Ax`` and a zero
-    ``p``.
-    """
-    lam = x @ hx
-    q1, ok1 = _orthonormalise(hx - lam * x, x[None])
-    if p is None:
-        qs, valid = jnp.stack([x, q1]), jnp.stack([jnp.asarray(True), ok1])
-        hqs = jnp.stack([hx, matvec(q1)])
-    else:
-        q2, ok2 = _orthonormalise(p, jnp.stack([x, q1]))
-        qs, valid = jnp.stack([x, q1, q2]), jnp.stack([jnp.asarray(True), ok1, ok2])
-        # Two calls, not one vmapped call: batching the products adds a batch dimension to every matmul of the
-        # (already member-vmapped) Hessian-vector product, which XLA:CPU ran 2x slower than the calls in turn.
-        hqs = jnp.stack([hx, matvec(q1), matvec(q2)])
-    gram = qs @ hqs.T
-    gram = 0.5 * (gram + gram.T)
-    # A dropped direction (a zero vector) gets a diagonal entry below lam and no coupling, so the top Ritz
-    # vector, whose value is at least lam (x is in the span), has no component along it.
-    floor = lam - 1.0 - jnp.abs(lam)
-    gram = jnp.where(valid[:, None] & valid[None, :], gram, 0.0) + jnp.diag(jnp.where(valid, 0.0, floor))
-    c = jnp.linalg.eigh(gram)[1][:, -1]
-    x_new, hx_new, p_new = c @ qs, c @ hqs, c[1:] @ qs[1:]
-    inv = 1.0 / jnp.linalg.norm(x_new)
-    pn = jnp.linalg.norm(p_new)
-    new = (inv * x_new, inv * hx_new, p_new / jnp.where(pn > 0, pn, 1.0))
-    good = jnp.isfinite(x_new @ hx_new) & jnp.isfinite(inv)
-    return tuple(jnp.where(good, a, b) for a, b in zip(new, (x, hx, jnp.zeros_like(x))))
+    The space is ``K_m = span{x, Ax, ..., A^(m-1) x}`` with ``m = products``, built by Lanczos with full
+    reorthogonalisation (Paige 1971; Golub & Van Loan, *Matrix Computations*, section 10.1): ``q_0 = x`` and
+    ``q_(j+1)`` is ``A q_j`` orthonormalised against ``q_0 .. q_j``. Every ``A q_j`` is kept, so the projected
+    matrix ``T = Q A Q^T`` comes from the products themselves rather than from the three-term recurrence, and the
+    returned Ritz pair ``(lam, y)`` (the top eigenpair of ``T``) has ``lam = y.Ay`` and residual ``|Ay - lam y|``
+    computed from ``Ay = c @ (A Q)``: a Rayleigh quotient of ``A`` up to round-off, hence at most ``lambda_max``,
+    and some eigenvalue of ``A`` lies within the residual of it.
 
+    ``K_m`` is the best space ``m`` products can reach from ``x`` (every polynomial of degree ``< m`` in ``A``
+    applied to ``x``), so its Ritz value is at least that of any method spending ``m`` products on ``x``:
+    block-one LOBPCG (Knyazev 2001) spends two products per iteration and after ``k`` iterations its iterate lies
+    in ``K_(k+1)``, i.e. ``2 k`` products for what Lanczos does with ``k + 1``. Like LOBPCG it maximises the
+    Rayleigh quotient, so it converges to the *algebraically* largest eigenvalue, not the one of largest magnitude
+    (power iteration's), at a rate set by the square root of the relative gap (Kaniel-Paige-Saad bound).
 
-def top_eigenpair(matvec, x, iters: int):
-    """Largest eigenvalue of a symmetric linear map ``A`` by ``iters`` LOBPCG iterations from the unit vector ``x``.
-
-    Each iteration does Rayleigh-Ritz on ``span{x, r, p}`` with ``r = Ax - (x.Ax) x`` and ``p`` the previous
-    step (the first iteration has none: ``span{x, r}``), and keeps the top Ritz pair. ``A r`` and ``A p`` are
-    computed afresh every iteration rather than carried by linearity (the textbook saving), because a carried
-    ``A p`` accumulates round-off that compounds once the iterate has converged (``r`` and ``p`` are then noise),
-    which can push the Ritz value far above ``lambda_max``. So the cost is ``2 * iters`` calls of ``matvec`` (one
-    for ``iters = 0``) and every Ritz value is a Rayleigh quotient of ``A`` up to round-off, hence at most
-    ``lambda_max``.
-
-    The step ``p`` is not carried from one call to the next: once converged it is round-off, and normalising it
-    would turn differences in summation order (a padded member against an unpadded one) into different search
-    directions.
+    Where ``K_m`` is invariant (``x`` spans an eigenspace, or ``m`` exceeds the dimension) the further directions
+    are zero and take no part. Where the arithmetic stops being finite ``x`` itself is returned, so the warm start
+    stays a finite unit vector.
 
     Args:
       matvec: ``v -> A v`` on 1-D arrays.
       x: 1-D unit start vector.
-      iters: number of iterations (static).
+      products: ``m >= 1``, the number of calls of ``matvec`` and the dimension of the Krylov space (static).
     Returns:
-      ``(lam, residual, x)``: the top Ritz value, the residual ``|Ax - lam x|`` of the returned unit vector ``x``
-      (some eigenvalue of ``A`` lies within it of ``lam``), and ``x``, the start of a warm-started call. Where the
-      arithmetic stops being finite the previous iterate is kept, so ``x`` stays a finite unit vector.
+      ``(lam, residual, y)``: the top Ritz value, the residual ``|Ay - lam y|`` of the returned unit vector ``y``,
+      and ``y``, the start of a warm-started call.
     """
-    if iters < 0:
-        raise ValueError(f"top_eigenpair needs iters >= 0, got {iters}.")
-    hx = matvec(x)
-    if iters > 0:
-        x, hx, p = _ritz_step(matvec, x, hx, None)
-        x, hx, _ = jax.lax.fori_loop(1, iters, lambda _, c: _ritz_step(matvec, *c), (x, hx, p))
-    lam = x @ hx
-    return lam, jnp.linalg.norm(hx - lam * x), x
+    if products < 1:
+        raise ValueError(f"top_eigenpair needs products >= 1, got {products}.")
+    basis = jnp.zeros((products, x.size), x.dtype).at[0].set(x)
+    image = jnp.zeros_like(basis)
+    valid = jnp.zeros((products,), bool).at[0].set(True)
+
+    def extend(j, carry):
+        basis, image, valid = carry
+        image = image.at[j].set(matvec(basis[j]))
+        q, ok = _orthonormalise(image[j], basis)  # rows above j are still zero
+        nxt = jnp.minimum(j + 1, products - 1)  # the last product extends nothing: its q is dropped
+        keep = j + 1 < products
+        basis = basis.at[nxt].set(jnp.where(keep, q, basis[nxt]))
+        valid = valid.at[nxt].set(jnp.where(keep, ok & valid[j], valid[nxt]))
+        return basis, image, valid
+
+    basis, image, valid = jax.lax.fori_loop(0, products, extend, (basis, image, valid))
+    lam0 = x @ image[0]
+    gram = basis @ image.T
+    gram = 0.5 * (gram + gram.T)
+    # A dropped direction (a zero row) gets a diagonal entry below x.Ax and no coupling, so the top Ritz vector,
+    # whose value is at least x.Ax (x is in the span), has no component along it.
+    floor = lam0 - 1.0 - jnp.abs(lam0)
+    pair = valid[:, None] & valid[None, :]
+    gram = jnp.where(pair, gram, 0.0) + jnp.diag(jnp.where(valid, 0.0, floor))
+    c = jnp.linalg.eigh(jnp.where(jnp.isfinite(gram), gram, 0.0))[1][:, -1]
+    y, ay = c @ basis, c @ image
+    inv = 1.0 / jnp.linalg.norm(y)
+    y, ay = inv * y, inv * ay
+    lam = y @ ay
+    good = jnp.isfinite(lam) & jnp.isfinite(inv)
+    y = jnp.where(good, y, x)
+    lam = jnp.where(good, lam, lam0)
+    ay = jnp.where(good, ay, image[0])
+    return lam, jnp.linalg.norm(ay - lam * y), y
 
 
 def start_vector(ctx):
@@ -194,24 +205,28 @@ def start_vector(ctx):
     return v / jnp.linalg.norm(v)
 
 
-def sharpness(ctx, params, x, iters: int = ITERS):
+def sharpness(ctx, params, x, products: int = PRODUCTS):
     """Top Hessian eigenvalue of the member's training loss at ``params``, starting from the unit vector ``x``.
 
     A plain function (jit/vmap it yourself). ``x`` is a unit vector over the parameters flattened by
     ``jax.flatten_util.ravel_pytree``; ``x = start_vector(ctx)`` for a cold start. Returns ``(lam, residual, x)``
     as :func:`top_eigenpair`.
     """
-    return top_eigenpair(hessian_matvec(ctx, params), x, iters)
+    return top_eigenpair(hessian_matvec(ctx, params), x, products)
 
 
 def hessian_matvec(ctx, params, root=None):
     """``v -> H v`` on flat vectors (``v -> root * H (root * v)`` with a flat ``root``).
 
-    The gradient is linearised once (``jax.linearize``): its primal passes are traced once for all the products
-    of a record, and their output is the gradient.
+    The gradient is linearised once (``jax.linearize``): its primal passes run once for all the products of a
+    record, and each product runs only the tangent (linear) part.
     """
+    return _flat_matvec(jax.linearize(jax.grad(training_loss_fn(ctx)), params)[1], params, root)
+
+
+def _flat_matvec(hessian, params, root=None):
+    """The linear map ``hessian`` on parameter trees as ``v -> H v`` (or ``root * H (root * v)``) on flat vectors."""
     unravel = ravel_pytree(params)[1]
-    hessian = jax.linearize(jax.grad(training_loss_fn(ctx)), params)[1]
     if root is None:
         return lambda v: ravel_pytree(hessian(unravel(v)))[0]
     return lambda v: root * ravel_pytree(hessian(unravel(root * v)))[0]
@@ -226,18 +241,19 @@ def _adam_state(opt_state) -> optax.ScaleByAdamState:
     return found[0]
 
 
-def step_preconditioner(ctx, params):
+def step_preconditioner(ctx, params, grads=None):
     """The flat diagonal ``D`` of the member's next step, in units of the base learning rate (module docstring).
 
     ``n^-c_l`` per layer for SGD; divided by ``sqrt(nu_hat_{t+1}) + eps`` for Adam, with ``nu_hat_{t+1}`` from
-    ``ctx.opt_state`` and the full-batch gradient at ``params``.
+    ``ctx.opt_state`` and the full-batch gradient at ``params`` (``grads`` where the caller has it already).
     """
     prog = ctx.prog
     mult = tuple(jnp.full(w.shape, ctx.scales.lr[layer], w.dtype) for layer, w in enumerate(params))
     if prog.optimizer == "sgd":
         return ravel_pytree(mult)[0]
     adam = _adam_state(ctx.opt_state)
-    grads = jax.grad(training_loss_fn(ctx))(params)
+    if grads is None:
+        grads = jax.grad(training_loss_fn(ctx))(params)
     if prog.optimizer == "adam" and prog.weight_decay:  # coupled decay: Adam sees the decayed gradient
         grads = jax.tree.map(lambda g, w: g + ctx.hyper.weight_decay * w, grads, params)
     b2 = prog.betas[1]
@@ -246,48 +262,55 @@ def step_preconditioner(ctx, params):
     return ravel_pytree(jax.tree.map(lambda m, v: m / (jnp.sqrt(v) + prog.eps), mult, nu_hat))[0]
 
 
-def preconditioned_sharpness(ctx, params, x, iters: int = ITERS):
-    """Top eigenvalue of ``D H`` (:func:`step_preconditioner`) by LOBPCG on ``D^1/2 H D^1/2`` from the unit ``x``.
+def preconditioned_sharpness(ctx, params, x, products: int = PRODUCTS):
+    """Top eigenvalue of ``D H`` (:func:`step_preconditioner`): :func:`top_eigenpair` on ``D^1/2 H D^1/2``.
 
     Reads the optimizer state from ``ctx.opt_state``. ``x`` lives in the symmetric form's coordinates
     (``D^-1/2`` times an eigenvector of ``D H``). Returns ``(lam, residual, x)`` as :func:`top_eigenpair`.
     """
-    return top_eigenpair(hessian_matvec(ctx, params, jnp.sqrt(step_preconditioner(ctx, params))), x, iters)
+    return top_eigenpair(_preconditioned_matvec(ctx, params), x, products)
 
 
-def sharpness_observable(name: str = "sharpness", *, iters: int = ITERS, warmup: int = WARMUP,
+def _preconditioned_matvec(ctx, params):
+    """``v -> D^1/2 H D^1/2 v``; Adam's ``D`` takes the gradient from the linearisation's primal output."""
+    grads, hessian = jax.linearize(jax.grad(training_loss_fn(ctx)), params)
+    return _flat_matvec(hessian, params, jnp.sqrt(step_preconditioner(ctx, params, grads)))
+
+
+def sharpness_observable(name: str = "sharpness", *, products: int = PRODUCTS, warmup: int = WARMUP,
                          residual: bool = False, preconditioned: bool = False) -> _obs.Observable:
     """An :class:`~dynsim.obs.Observable` recording the sharpness (or, with ``residual=True``, its residual).
 
     Args:
       name: variable name.
-      iters: LOBPCG iterations per record (static), from the previous record's eigenvector; a record costs
-        ``2 * iters`` Hessian-vector products.
-      warmup: iterations spent once, when the state is created, on the random start vector.
+      products: Hessian-vector products per record (static), the dimension of the Krylov space of the previous
+        record's eigenvector that :func:`top_eigenpair` searches.
+      warmup: products spent once, when the state is created, on the random start vector.
       residual: record ``|Ax - lam x|`` of the final iterate instead of ``lam``.
       preconditioned: the top eigenvalue of ``D H`` (:func:`preconditioned_sharpness`) instead of ``H``.
     """
-    if iters < 0 or warmup < 0:
-        raise ValueError(f"sharpness observable needs iters >= 0 and warmup >= 0, got {iters} and {warmup}.")
+    if products < 1 or warmup < 1:
+        raise ValueError(f"sharpness observable needs products >= 1 and warmup >= 1, got {products} and {warmup}.")
 
     def matvec(ctx, params):
-        return hessian_matvec(ctx, params, jnp.sqrt(step_preconditioner(ctx, params)) if preconditioned else None)
+        return _preconditioned_matvec(ctx, params) if preconditioned else hessian_matvec(ctx, params)
 
     def init_extra(ctx, params):
         return top_eigenpair(matvec(ctx, params), start_vector(ctx), warmup)[2]
 
     def compute(ctx, params, x):
-        lam, res, x = top_eigenpair(matvec(ctx, params), x, iters)
+        lam, res, x = top_eigenpair(matvec(ctx, params), x, products)
         return (res if residual else lam), x
 
     matrix = ("D H, the Hessian of the training loss scaled by the optimizer's per-parameter step sizes D "
               "(Adam: n^-c / (sqrt(nu_hat) + eps))" if preconditioned else
               "the Hessian of the training loss w.r.t. the parameters")
     if residual:
-        doc = (f"residual |Ax - lam x| of the top-eigenvalue estimate of {matrix} after {iters} warm-started "
-               f"LOBPCG iterations: some eigenvalue lies within it of the estimate")
+        doc = (f"residual |Ax - lam x| of the top-eigenvalue estimate of {matrix} from a {products}-dimensional "
+               f"Krylov space of the previous eigenvector: some eigenvalue lies within it of the estimate")
     else:
-        doc = f"top eigenvalue of {matrix} ({iters} warm-started LOBPCG iterations per record)"
+        doc = (f"top eigenvalue of {matrix} (Rayleigh-Ritz on a {products}-dimensional Krylov space of the "
+               f"previous record's eigenvector)")
     return _obs.Observable(name, compute, doc, init_extra=init_extra)
 
 

@@ -10,11 +10,13 @@ if str(ROOT) not in sys.path:  # benchmarks/ is a top-level folder beside the pa
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.sharpness import main  # noqa: E402
+from dynsim import obs  # noqa: E402
 
 
-def test_sharpness_benchmark_smoke(tmp_path):
+def test_sharpness_benchmark_smoke(tmp_path, monkeypatch):
+    monkeypatch.setattr(obs, "_REGISTRY", dict(obs._REGISTRY))  # --breakdown registers a one-product observable
     path = tmp_path / "s.json"
-    out = main(["--smoke", "--repeat", "1", "--json", str(path)])
+    out = main(["--smoke", "--repeat", "1", "--breakdown", "--json", str(path)])
     saved = json.loads(path.read_text())
     assert saved["members"] == 2  # one lr, one seed, one momentum, GD and Adam
     assert "preconditioned_sharpness" in saved["observables"]
@@ -23,3 +25,6 @@ def test_sharpness_benchmark_smoke(tmp_path):
     # Recording Hessian-vector products cannot be free: a ratio at or below 1 would mean nothing was recorded.
     assert math.isfinite(saved["ratio"]) and saved["ratio"] > 1
     assert out["ratio"] == saved["ratio"]
+    # The breakdown timed a one-product twin of the sharpness observable and split the cost with it.
+    assert saved["best_s"]["one_product"] > 0 and saved["compile_s"]["one_product"] > 0
+    assert math.isfinite(saved["per_product_steps"]) and math.isfinite(saved["fixed_steps"])

@@ -83,6 +83,7 @@ def test_top_eigenpair_finds_the_largest_not_the_dominant_eigenvalue():
     # Power iteration would return -3 (the largest magnitude); the top eigenvalue is 1.
     a = jnp.diag(jnp.array([-3.0, 1.0, 0.5, -2.0, 0.25]))
     x = jnp.ones(5) / jnp.sqrt(5.0)
+    # 10 products on a 5-dim space: the Krylov space is all of it after 5, the rest must drop out (breakdown).
     lam, res, vec = obs_sharpness.top_eigenpair(lambda v: a @ v, x, 10)
     # float32: a 5x5 problem solved to round-off.
     assert float(lam) == pytest.approx(1.0, abs=1e-6) and float(res) < 1e-5
@@ -96,17 +97,43 @@ def test_top_eigenpair_keeps_a_finite_iterate_when_the_matvec_is_not():
     np.testing.assert_array_equal(np.asarray(vec), np.asarray(x))  # the warm start survives for the next record
 
 
+@pytest.mark.parametrize("products", [1, 2, 4, 7])
+def test_top_eigenpair_is_rayleigh_ritz_on_the_krylov_space(x64, products):
+    # Reference from scratch: an orthonormal basis of span{x, Ax, ..., A^(m-1) x} by QR of the Krylov matrix, and
+    # the top eigenpair of the projected matrix. A has a clustered top (gaps 1e-2 relative), so m products are far
+    # from converged and any method that does not search the whole space (LOBPCG with m products reaches only
+    # about half its dimension) lands measurably lower.
+    rng = np.random.default_rng(0)
+    dim = 40
+    u = np.linalg.qr(rng.normal(size=(dim, dim)))[0]
+    eig = np.concatenate([np.linspace(-2.0, 0.9, dim - 3), [0.98, 0.99, 1.0]])
+    a = (u * eig) @ u.T
+    x = rng.normal(size=dim)
+    x /= np.linalg.norm(x)
+    krylov = np.stack([np.linalg.matrix_power(a, j) @ x for j in range(products)], axis=1)
+    q = np.linalg.qr(krylov)[0]
+    theta, s = np.linalg.eigh(q.T @ a @ q)
+    y = q @ s[:, -1]
+    lam, res, vec = jax.jit(lambda v: obs_sharpness.top_eigenpair(lambda w: jnp.asarray(a) @ w, v, products))(
+        jnp.asarray(x))
+    # float64, a 40-dim problem and at most 7 Krylov vectors (condition of the Krylov matrix < 1e6): 1e-9 relative.
+    np.testing.assert_allclose(float(lam), theta[-1], rtol=1e-9)
+    np.testing.assert_allclose(abs(float(np.asarray(vec) @ y)), 1.0, rtol=1e-9)
+    np.testing.assert_allclose(float(res), np.linalg.norm(a @ y - theta[-1] * y), rtol=1e-6, atol=1e-12)
+    assert float(lam) <= eig[-1]
+
+
 @pytest.mark.parametrize("depth,param", [(2, "mup"), (3, "mup"), (2, "sp"), (3, "ntk")])
 def test_sharpness_matches_explicit_hessian(x64, depth, param):
     model = MLP(d_in=3, depth=depth, act="tanh")
     ctx, params = _member(model, 6, 10, param)  # width 6 padded to 10
     eig = _hessian_spectrum(ctx, 6)(params)
     if (depth, param) == (2, "mup"):
-        # The negative end dominates here: power iteration would converge to eig[0], LOBPCG must not.
+        # The negative end dominates here: power iteration would converge to eig[0], Rayleigh-Ritz must not.
         assert -eig[0] > 1.5 * eig[-1]
     sharpness = jax.jit(lambda p, v: obs_sharpness.sharpness(ctx, p, v, 40))
     lam, res, vec = sharpness(params, obs_sharpness.start_vector(ctx))
-    # 40 LOBPCG iterations converge these (gaps >= 0.3%) to round-off: the Ritz value of a float64 symmetric
+    # A 40-dim Krylov space converges these (gaps >= 0.3%) to round-off: the Ritz value of a float64 symmetric
     # eigenproblem of size ~50 is accurate to ~1e-14 relative; 1e-10 leaves room for the Hessian-vector products.
     np.testing.assert_allclose(float(lam), eig[-1], rtol=1e-10)
     assert float(res) < 1e-8 * eig[-1]
@@ -136,7 +163,7 @@ def test_preconditioned_sharpness_matches_explicit_matrix(x64, optimizer, steps)
     eig = _hessian_spectrum(ctx, 6)(params, ref(params))
     estimate = jax.jit(lambda p, v: obs_sharpness.preconditioned_sharpness(ctx, p, v, 40))
     lam, res, vec = estimate(params, obs_sharpness.start_vector(ctx))
-    # As for the plain Hessian: float64, 40 iterations on a ~50-dim problem converge to round-off; 1e-9 leaves
+    # As for the plain Hessian: float64, 40 products on a ~50-dim problem converge to round-off; 1e-9 leaves
     # room for D's spread (Adam's 1/sqrt(nu_hat) spans several decades, which costs digits in D^1/2 H D^1/2).
     np.testing.assert_allclose(float(lam), eig[-1], rtol=1e-9)
     assert float(res) < 1e-7 * eig[-1]
@@ -145,8 +172,8 @@ def test_preconditioned_sharpness_matches_explicit_matrix(x64, optimizer, steps)
 
 
 def _run(model, sweep, monkeypatch, observables=("loss", "sharpness", "sharpness_err", "sharpness_32"), **kw):
-    """20 steps recording the default sharpness, its residual and a converged reference (32 iterations per record)."""
-    monkeypatch.setitem(obs._REGISTRY, "sharpness_32", obs_sharpness.sharpness_observable("sharpness_32", iters=32))
+    """20 steps recording the default sharpness, its residual and a converged reference (32 products per record)."""
+    monkeypatch.setitem(obs._REGISTRY, "sharpness_32", obs_sharpness.sharpness_observable("sharpness_32", products=32))
     return ds.run(model, TASK, sweep, steps=20, record_every=5, progress=False, observables=observables, **kw)
 
 
@@ -168,15 +195,17 @@ def test_recorded_sharpness_tracks_the_hessian(x64, monkeypatch, depth):
     top = np.asarray(top)
     # Converged: float64 round-off (1e-14) through a replayed trajectory; 1e-9 is ample.
     np.testing.assert_allclose(alone["sharpness_32"].values, top, rtol=1e-9)
-    # The default (4 warm-started iterations per record): at step 0 the warm-up has converged it.
+    # The default (5 warm-started products per record): at step 0 the warm-up has converged it.
     lam, err = alone["sharpness"].values, alone["sharpness_err"].values
     np.testing.assert_allclose(lam[0], top[0], rtol=1e-9)
-    # Later it may lag where the top eigenvector turns fast (it does in these tiny networks early on, by up to 2%),
-    # but it is a Rayleigh quotient, so it never exceeds lambda_max, and sharpness_err bounds its error: some
-    # eigenvalue lies within the residual, here the top one.
+    # Later it may lag where the top eigenvector turns fast (it does in these tiny networks early on), but it is a
+    # Rayleigh quotient, so it never exceeds lambda_max, and sharpness_err bounds its error: some eigenvalue lies
+    # within the residual, here the top one.
     assert np.all(lam <= top * (1 + 1e-12))
     assert np.all(top - lam <= err + 1e-12 * top)
-    np.testing.assert_allclose(lam, top, rtol=0.05)
+    # Measured lag with the default 5 products: at most 1.6% (depth 3) and 0.02% (depth 2); 4 products lag by up
+    # to 6.6% and 3 by 19% at depth 3, so 3% holds the default to its accuracy with room for platform round-off.
+    np.testing.assert_allclose(lam, top, rtol=0.03)
 
 
 def test_padded_member_has_unpadded_sharpness(x64, monkeypatch):
@@ -230,7 +259,7 @@ def test_sharpness_rises_to_and_hovers_at_the_edge_of_stability():
 def _run_adam(model, sweep, monkeypatch, **kw):
     """20 Adam steps recording the preconditioned sharpness, its residual and a converged reference."""
     monkeypatch.setitem(obs._REGISTRY, "preconditioned_32",
-                        obs_sharpness.sharpness_observable("preconditioned_32", iters=32, preconditioned=True))
+                        obs_sharpness.sharpness_observable("preconditioned_32", products=32, preconditioned=True))
     names = ("loss", "preconditioned_sharpness", "preconditioned_sharpness_err", "preconditioned_32")
     return ds.run(model, TASK, sweep, steps=20, record_every=5, progress=False, observables=names, **kw)
 
@@ -255,7 +284,7 @@ def test_recorded_preconditioned_sharpness_follows_adam(x64, monkeypatch):
     # Converged reference: float64 round-off through a replayed Adam trajectory; 1e-8 is ample.
     np.testing.assert_allclose(alone["preconditioned_32"].values, top, rtol=1e-8)
     lam, err = alone["preconditioned_sharpness"].values, alone["preconditioned_sharpness_err"].values
-    # The default (warm-started, few iterations) is a Rayleigh quotient of D^1/2 H D^1/2: never above the top
+    # The default (warm-started, few products) is a Rayleigh quotient of D^1/2 H D^1/2: never above the top
     # eigenvalue, and within its residual of it.
     assert np.all(lam <= top * (1 + 1e-10))
     assert np.all(top - lam <= err + 1e-10 * top)

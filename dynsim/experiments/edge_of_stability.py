@@ -274,8 +274,9 @@ def _report(rows, late_from, last, n_seeds, reach, beta1):
     lines = [
         "Full-batch training; the sharpness is `preconditioned_sharpness`, the top eigenvalue of `D H` with `H` the "
         "Hessian of the training loss and `D` the per-parameter step sizes in units of lr (`n^-c` for SGD, the plain "
-        "Hessian for SP; `n^-c / (sqrt(nu_hat) + eps)` for Adam), by LOBPCG warm-started between records. The "
-        "threshold of each member is `momentum_threshold(lr, beta) - weight_decay * n^-c` for SGD (`2 / lr` for "
+        "Hessian for SP; `n^-c / (sqrt(nu_hat) + eps)` for Adam), by Rayleigh-Ritz on a Krylov space of the "
+        "previous record's eigenvector. The threshold of each member is "
+        "`momentum_threshold(lr, beta) - weight_decay * n^-c` for SGD (`2 / lr` for "
         f"plain GD) and `adam_threshold(lr, beta1)` = `{(2 + 2 * beta1) / (1 - beta1):g} / lr` for Adam "
         f"(beta1 = {beta1:g}). Per seed the late ratio is the median of `sharpness / threshold` over steps "
         f"{late_from}-{last}; the measured value is its mean over {n_seeds} seeds with a {N_BOOT}-replicate "
