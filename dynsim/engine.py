@@ -24,7 +24,6 @@ from . import io as _io
 from . import obs as _obs
 from . import packed as _packed
 from . import param as _param
-from . import train as _train
 from .sweep import AXES, Bucket, Sweep, plan
 from .models import MLP
 from .train import SCHEDULES, Hyper, Program, init_group, memory_estimate, run_segment
@@ -115,7 +114,7 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
         observables: Sequence[str] = ("loss", "test_loss"), out=None, progress: bool | None = None,
         group: int | None = None, buckets=None, slab_bytes: float | None = None,
         diverge_factor: float = 1e4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-        chunk_members: int = 256, layout: str = "auto", sample_chunk: int | None = None, schedule: str = "constant",
+        chunk_members: int = 256, layout: str = "auto", sample_chunk: int = 0, schedule: str = "constant",
         warmup_steps: int = 0, spec: dict | None = None, log=None) -> xr.Dataset:
     """Train every member of ``sweep`` and return its records.
 
@@ -142,9 +141,10 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
         the units of members of any widths side by side, see :mod:`dynsim.packed`) or ``"auto"``: packed where the
         model is two-layer, every observable is available packed, ``group`` and ``buckets`` are not set, and the
         packed readout is cheap or the members small (see ``_choose_layout``); else vmap.
-      sample_chunk: samples per gradient chunk within a step of the vmapped layout (0: none); default
-        :func:`dynsim.train.sample_chunk` (chunks of at most 128 samples on CPU for batches above 256, none on
-        accelerators). It changes only the order of a sum.
+      sample_chunk: samples per gradient chunk within a step of the vmapped layout (0: the whole batch at once).
+        Chunks bound a step's activation memory and change only the order of a sum. They do not make CPU steps
+        faster: on shape (i) of ``benchmarks/throughput.py`` (P = 1024) whole batches took 48.7 s against
+        50.9-52.1 s in chunks of 128 or 256 samples on 2 cores.
       schedule: learning-rate schedule, ``"constant"`` or ``"cosine"`` (decaying to 0 at ``steps``); it multiplies
         every member's learning rate (see :func:`dynsim.train.lr_schedule`).
       warmup_steps: steps of linear warmup from 0 before the schedule.
@@ -184,9 +184,7 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
     record_steps = np.arange(intervals + 1) * record_every
     n_rec = _segment_records(intervals, record_every)
     batch = batch_size or task.n_train
-    if sample_chunk is None:
-        sample_chunk = _train.sample_chunk(batch) if layout == "vmap" else 0
-    elif sample_chunk < 0 or (sample_chunk and batch % sample_chunk):
+    if sample_chunk < 0 or (sample_chunk and batch % sample_chunk):
         raise InputError(f"sample_chunk ({sample_chunk}) must be 0 or divide the batch ({batch}).")
 
     program_task = task.program_task() if hasattr(task, "program_task") else task

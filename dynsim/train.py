@@ -31,7 +31,7 @@ from .tasks import Data, TeacherStudent
 SCHEDULES = ("constant", "cosine")
 
 __all__ = ["Program", "Hyper", "MemberState", "make_optimizer", "lr_schedule", "init_group", "run_segment",
-           "memory_estimate", "sample_chunk", "TRACE_COUNT", "SCHEDULES"]
+           "memory_estimate", "TRACE_COUNT", "SCHEDULES"]
 
 # Incremented whenever a program is traced (a Python side effect at trace time); tests use it to prove that new
 # numbers do not retrace.
@@ -59,7 +59,7 @@ class Program:
       layout: ``"vmap"`` (``n_pad`` is the padded width) or ``"packed"`` (``n_pad`` is the units per pack, see
         :mod:`dynsim.packed`).
       sample_chunk: the gradient of a step is accumulated over chunks of this many samples (0: the whole batch at
-        once); see :func:`sample_chunk`.
+        once), which bounds a step's activation memory.
       schedule: learning-rate schedule, ``"constant"`` or ``"cosine"`` (see :func:`lr_schedule`).
       warmup_steps: steps of linear warmup from 0 to the member's learning rate.
       decay_steps: total steps of the run, over which ``"cosine"`` decays to 0 (0 for ``"constant"``, so that runs
@@ -246,22 +246,6 @@ def _init_member(prog: Program, data: Data, hyper: Hyper) -> MemberState:
         if init_extra is not None:
             extra[name] = init_extra(ctx, params)
     return MemberState(params, opt_state, jnp.asarray(True), jnp.asarray(-1, jnp.int32), loss0, extra)
-
-
-def sample_chunk(batch: int, backend: str | None = None) -> int:
-    """Samples per gradient chunk for a step on ``batch`` samples: 0 (no chunking) off CPU or for small batches.
-
-    On CPU the hidden activations of a step, ``[n, batch]`` per member and layer, leave the cache once the batch is
-    large, and the elementwise passes between the matmuls then run at memory speed. Accumulating the gradient over
-    chunks of at most 128 samples (the largest divisor of ``batch`` not above 128, and at least 32) keeps each
-    chunk's activations cached; measured on 2 cores with ``benchmarks/throughput.py`` (shape (i), P = 1024). On
-    accelerators a chunked step would serialise work that fills the device, so it is never chunked there.
-    """
-    backend = backend or jax.default_backend()
-    if backend != "cpu" or batch <= 256:
-        return 0
-    c = max((k for k in range(32, 129) if batch % k == 0), default=0)
-    return c
 
 
 def _value_and_grad(prog: Program, params, scales, mask, x, y):

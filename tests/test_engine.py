@@ -193,10 +193,3 @@ def test_sample_chunked_gradient_equals_whole_batch_adam_float64(x64):
 def test_sample_chunk_must_divide_the_batch():
     with pytest.raises(ds.engine.InputError, match="sample_chunk"):
         _run(ds.Sweep(width=[16], lr=[0.1]), sample_chunk=48)
-
-
-def test_default_sample_chunk_per_backend():
-    assert train.sample_chunk(1024, "cpu") == 128
-    assert train.sample_chunk(1000, "cpu") == 125
-    assert train.sample_chunk(256, "cpu") == 0  # small batches stay whole
-    assert train.sample_chunk(1024, "gpu") == 0
