@@ -78,11 +78,11 @@ def main(argv=None) -> dict:
     configs = {"plain": ("loss",), "sharpness": opts["observables"]}
     if args.breakdown:
         configs["one_product"] = tuple(_one_product(name) for name in opts["observables"])
-    compile_s = {name: time_run(model, task, sweep, opts, obs)[2] for name, obs in configs.items()}
+    compile_s = {name: time_run(model, task, sweep, opts, names)[2] for name, names in configs.items()}
     walls, cpus = {name: [] for name in configs}, {name: [] for name in configs}
     for _ in range(max(1, args.repeat)):
-        for name, obs in configs.items():
-            wall, cpu, _ = time_run(model, task, sweep, opts, obs)
+        for name, names in configs.items():
+            wall, cpu, _ = time_run(model, task, sweep, opts, names)
             walls[name].append(wall)
             cpus[name].append(cpu)
     best = {name: min(w) for name, w in walls.items()}

@@ -25,7 +25,6 @@ from . import obs as _obs
 from . import packed as _packed
 from . import param as _param
 from .sweep import AXES, Bucket, Sweep, plan
-from .models import MLP
 from .train import SCHEDULES, Hyper, Program, init_group, memory_estimate, run_segment
 
 __all__ = ["run", "member_hyper", "member_table", "chunks", "versions", "InputError", "CompileClock"]

@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
-import time
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from . import obs as _obs

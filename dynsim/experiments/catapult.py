@@ -296,7 +296,7 @@ def analyse_mlp(mlp):
             checks.append(Check(f"ReLU MLP lazy / catapult boundary in lr*lambda0, width {n}", lazy, ci_lazy, 2.0,
                                 TOLERANCE, bool(np.isfinite(lazy)) and _fit.agrees(ci_lazy, 2.0, TOLERANCE),
                                 "boundary between the grid's neighbouring members (CI: the gap); lambda0 from the "
-                                f"empirical NTK at init, whose O(n^-1/2) drift in the first steps blurs the edge"))
+                                "empirical NTK at init, whose O(n^-1/2) drift in the first steps blurs the edge"))
         regimes[f"ReLU MLP width {n}"] = (f"{int((phase[i] == 0).sum())} lazy, {int((phase[i] == 1).sum())} "
                                           f"catapult, {int((phase[i] == 2).sum())} divergent members; boundaries at "
                                           f"lr*lambda0 = {lazy:.2f} [{ci_lazy[0]:.2f}, {ci_lazy[1]:.2f}] (lazy / "
