@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import scipy.optimize
 
-__all__ = ["lr_optimum", "PowerLawFit", "LineFit", "power_law", "slope", "agrees"]
+__all__ = ["lr_optimum", "PowerLawFit", "LineFit", "power_law", "slope", "mean_ci", "agrees"]
 
 # Offsets are searched as a fraction ``u = y_inf / min(y)`` of the smallest mean value, ``u in [0, _U_MAX]``:
 # ``u = 1`` would make ``log(y - y_inf)`` diverge at the smallest point.
@@ -491,6 +491,23 @@ def slope(x: Any, y: Any, *, n_boot: int = 1000, level: float = 0.95, seed: int 
         n_boot=int(boot_b.size),
         level=float(level),
     )
+
+
+def mean_ci(values: Any, *, n_boot: int = 1000, level: float = 0.95, seed: int | np.random.Generator = 0
+            ) -> tuple[float, tuple[float, float]]:
+    """Mean of the finite entries of ``values`` and its equal-tailed percentile-bootstrap CI at ``level``.
+
+    The entries (e.g. seeds) are resampled with replacement ``n_boot`` times. ``seed`` is a seed for
+    ``np.random.default_rng`` or a generator to draw from. No finite entry gives ``(nan, (nan, nan))``.
+    """
+    _check_boot_args(n_boot, level)
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return float("nan"), _NAN_CI
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, (n_boot, v.size))].mean(axis=1)
+    return float(v.mean()), _percentile_ci(means, level)
 
 
 def agrees(measured_ci: tuple[float, float], predicted: float, tolerance: float) -> bool:

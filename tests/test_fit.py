@@ -381,3 +381,20 @@ def test_to_dict_is_json_serialisable():
     ld = fit.slope(LX, np.log(y), level=0.8).to_dict()
     assert json.loads(json.dumps(ld)) == ld
     assert set(ld) == {"slope", "intercept", "slope_ci", "intercept_ci", "n_boot", "level"}
+
+
+def test_mean_ci_covers_the_mean_and_shrinks_with_samples():
+    rng = np.random.default_rng(1)
+    small = rng.normal(3.0, 1.0, 16)
+    large = rng.normal(3.0, 1.0, 1024)
+    m_small, (lo_s, hi_s) = fit.mean_ci(small)
+    m_large, (lo_l, hi_l) = fit.mean_ci(np.append(large, np.nan))  # non-finite entries are dropped
+    assert lo_s < m_small < hi_s and lo_l < m_large < hi_l
+    assert m_small == pytest.approx(small.mean())
+    # A 95% CI of a mean is 2 * 1.96 * s / sqrt(n) wide (normal limit; the bootstrap's plug-in variance shrinks it by
+    # sqrt((n - 1) / n)). 15% covers the Monte-Carlo noise of the 2.5% tails over 1000 resamples (about 3% of the
+    # width) and the small-sample skew at n = 16.
+    for v, (lo, hi) in ((small, (lo_s, hi_s)), (large, (lo_l, hi_l))):
+        expected = 2 * 1.96 * v.std() / np.sqrt(v.size)
+        assert (hi - lo) == pytest.approx(expected, rel=0.15)
+    assert np.isnan(fit.mean_ci([np.nan])[0])

@@ -128,16 +128,6 @@ def _nan(reduce, a, **kw):
         return reduce(a, **kw)
 
 
-def _boot_mean(values: np.ndarray, n_boot: int, rng) -> tuple[float, tuple[float, float]]:
-    """Mean over seeds and its 95% percentile-bootstrap CI (resampling seeds); NaN seeds are dropped."""
-    v = values[np.isfinite(values)]
-    if v.size == 0:
-        return float("nan"), (float("nan"), float("nan"))
-    means = v[rng.integers(0, v.size, (n_boot, v.size))].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(v.mean()), (float(lo), float(hi))
-
-
 def member_label(key: dict, varying: set, lr: bool = True) -> str:
     """``"GD, lr=0.1"``, ``"momentum 0.5, lr=0.1"`` or ``"Adam, lr=0.1"``, plus the other member axes that vary."""
     beta = key["momentum"]
@@ -196,7 +186,7 @@ def measure(ds, late_fraction: float = LATE_FRACTION, reach: float = REACH, n_bo
                     back[k] = steps[d + again[0]]
                     low[k] = np.nanmin(r[k, d:d + again[0]])
         dip = np.where(dip > 0, steps[np.maximum(dip, 0)], -1)
-        measured, ci = _boot_mean(late, n_boot, rng)
+        measured, ci = _fit.mean_ci(late, n_boot=n_boot, seed=rng)
         rows.append({"key": key, "label": member_label(key, varying), "group": member_label(key, varying, False),
                      "late": late, "measured": measured, "ci": ci,
                      "initial": r[:, 0], "peak": peak, "first_reach": first, "dip": dip, "low": low, "back": back,

@@ -83,13 +83,6 @@ def infinite_width_test_loss(spec, steps) -> np.ndarray:
                                    np.asarray(data.y_test)[0], sweep.lr[0], steps)
 
 
-def _boot_mean(values, n_boot=N_BOOT, seed=0):
-    rng = np.random.default_rng(seed)
-    v = values[np.isfinite(values)]
-    means = v[rng.integers(0, v.size, (n_boot, v.size))].mean(axis=1)
-    return float(v.mean()), tuple(float(q) for q in np.percentile(means, [2.5, 97.5]))
-
-
 def analyse(ds, spec, out):
     widths = ds["width"].values.astype(float)
     params = [str(p) for p in ds["param"].values]
@@ -117,7 +110,7 @@ def analyse(ds, spec, out):
     theory_curve = infinite_width_test_loss(spec, steps)
     test_loss = _final(ds, "test_loss")
     if "ntk" in params:
-        measured, ci = _boot_mean(test_loss[params.index("ntk"), :, -1])
+        measured, ci = _fit.mean_ci(test_loss[params.index("ntk"), :, -1], n_boot=N_BOOT)
         predicted = float(theory_curve[-1])
         tol = LOSS_RTOL * predicted
         checks.append(Check(f"test loss at width {int(widths[-1])} (ntk) vs kernel GD with the analytic NTK",

@@ -127,18 +127,9 @@ def measure(ds, n: int, n_boot: int = N_BOOT, seed: int = 0) -> list[dict]:
                 row["regime"] = regime(row["fraction"], m, n)
             if overlap is not None:
                 ratio = overlap.values[a, g] * m[None, :]  # [seed, m]
-                row["overlap_ratio"] = _boot_mean(ratio, n_boot, np.random.default_rng(seed))
+                row["overlap_ratio"] = _fit.mean_ci(ratio, n_boot=n_boot, seed=seed)
             rows.append(row)
     return rows
-
-
-def _boot_mean(values: np.ndarray, n_boot: int, rng) -> tuple[float, tuple[float, float]]:
-    """Mean of the finite entries with a 95% percentile bootstrap CI over entries."""
-    v = values[np.isfinite(values)]
-    if v.size == 0:
-        return float("nan"), (float("nan"), float("nan"))
-    boot = rng.choice(v, size=(n_boot, v.size)).mean(axis=1)
-    return float(v.mean()), tuple(float(q) for q in np.percentile(boot, [2.5, 97.5]))
 
 
 def analyse(ds, spec, out):
