@@ -123,9 +123,14 @@ def lambda0(ds, spec) -> np.ndarray:
 def classify(loss: np.ndarray, diverged: np.ndarray) -> np.ndarray:
     """Phase index (0 lazy, 1 catapult, 2 divergent) from loss trajectories ``[..., step]``."""
     with np.errstate(invalid="ignore"):
-        bad = diverged | ~np.isfinite(loss[..., -1]) | ~(loss[..., -1] < loss[..., 0])
         rose = np.nanmax(loss, axis=-1) > PEAK_FACTOR * loss[..., 0]
-    return np.where(bad, 2, np.where(rose, 1, 0))
+    return np.where(_divergent(loss, diverged), 2, np.where(rose, 1, 0))
+
+
+def _divergent(loss: np.ndarray, diverged: np.ndarray) -> np.ndarray:
+    """Diverged, or the final loss is not finite or not below the initial one."""
+    with np.errstate(invalid="ignore"):
+        return diverged | ~np.isfinite(loss[..., -1]) | ~(loss[..., -1] < loss[..., 0])
 
 
 def boundary(x: np.ndarray, phase: np.ndarray, lower: int) -> tuple[float, tuple[float, float]]:
@@ -155,9 +160,7 @@ def classify_mlp(loss: np.ndarray, diverged: np.ndarray, factor: float = RISE_FA
     peak test of :func:`classify` misses catapults: the top kernel mode, which alone grows, starts with a small share
     of the residual, and the kernel flattens before the total loss exceeds its start.
     """
-    with np.errstate(invalid="ignore"):
-        bad = diverged | ~np.isfinite(loss[..., -1]) | ~(loss[..., -1] < loss[..., 0])
-    return np.where(bad, 2, np.where(rose(loss, factor), 1, 0))
+    return np.where(_divergent(loss, diverged), 2, np.where(rose(loss, factor), 1, 0))
 
 
 def mlp_parts(spec) -> tuple[MLP, TeacherStudent]:
@@ -339,17 +342,22 @@ def _report(rows):
     return "\n".join(lines)
 
 
+def _scatter_phases(ax, x, phase, widths):
+    """Every member at (lr * lambda0, width), marked by its phase."""
+    markers = {0: ("o", "lazy"), 1: ("s", "catapult"), 2: ("x", "divergent")}
+    for i, n in enumerate(widths):
+        for p, (m, label) in markers.items():
+            sel = phase[i] == p
+            ax.scatter(x[i][sel], np.full(sel.sum(), n), marker=m, color=f"C{p}", s=18, label=label if i == 0 else None)
+
+
 def _plot_phases(x, phase, loss, sharp, ds, out):
     """Phase diagram (lr*lambda0 vs width), peak loss and final lr*sharpness against lr*lambda0."""
     widths, lrs = ds["width"].values, ds["lr"].values
     colors = width_colors(len(widths))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    markers = {0: ("o", "lazy"), 1: ("s", "catapult"), 2: ("x", "divergent")}
+    _scatter_phases(axes[0], x, phase, widths)
     for i, n in enumerate(widths):
-        for p, (m, label) in markers.items():
-            sel = phase[i] == p
-            axes[0].scatter(x[i][sel], np.full(sel.sum(), n), marker=m, color=f"C{p}", s=18,
-                            label=label if i == 0 else None)
         with np.errstate(invalid="ignore", divide="ignore"):
             peak = np.nanmax(loss[i], axis=-1) / loss[i][..., 0]
         axes[1].scatter(x[i].ravel(), peak.ravel(), s=8, color=colors[i], label=f"n={n}")
@@ -377,15 +385,11 @@ def _plot_mlp(mlp, out):
     widths = mlp["width"].values
     colors = width_colors(len(widths))
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
-    markers = {0: ("o", "lazy"), 1: ("s", "catapult"), 2: ("x", "divergent")}
     with np.errstate(invalid="ignore", divide="ignore"):
         peak = np.nanmax(loss, axis=-1) / loss[..., 0]
         final = loss[..., -1] / loss[..., 0]
+    _scatter_phases(axes[0], x, phase, widths)
     for i, n in enumerate(widths):
-        for p, (m, label) in markers.items():
-            sel = phase[i] == p
-            axes[0].scatter(x[i][sel], np.full(sel.sum(), n), marker=m, color=f"C{p}", s=18,
-                            label=label if i == 0 else None)
         ok = phase[i] < 2
         axes[1].scatter(x[i][ok], peak[i][ok], s=8, color=colors[i], label=f"n={n}")
         axes[2].scatter(x[i][ok], final[i][ok], s=8, color=colors[i], label=f"n={n}")
@@ -408,8 +412,8 @@ def _validate_mlp(analysis: dict) -> None:
     if unknown:
         raise _spec.SpecError(f"unknown spec key 'analysis.{sorted(unknown)[0]}'; catapult takes "
                               f"{', '.join('analysis.' + k for k in sorted(MLP_KEYS))}.")
-    nonneg_int = lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0
-    pos_int = lambda v: nonneg_int(v) and v >= 1
+    pos_int = lambda v: _spec._pos_int(v)[0]
+    nonneg_int = lambda v: _spec._nonneg_int(v)[0]
     for key in ("mlp_steps", "mlp_record_every", "mlp_d_in", "mlp_n_train"):
         if not pos_int(analysis.get(key)):
             raise _spec.SpecError(f"spec key 'analysis.{key}' must be a positive integer, got {analysis.get(key)!r}.")
