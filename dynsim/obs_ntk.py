@@ -50,6 +50,11 @@ def probe_inputs(ctx, probes: int = PROBES):
     return ctx.data.x_test[:, :k], ctx.data.y_test[0, :k]
 
 
+def _outputs(ctx, params, x):
+    """The member's first output component on inputs ``x`` of shape ``[d, k]``."""
+    return ctx.prog.model.apply(params, x, ctx.scales.mult, ctx.mask)[0]
+
+
 def empirical_ntk(ctx, params, x, chunk: int = CHUNK) -> jax.Array:
     """The member's empirical NTK ``J J^T`` on inputs ``x`` of shape ``[d, k]``, shape ``[k, k]``.
 
@@ -58,7 +63,7 @@ def empirical_ntk(ctx, params, x, chunk: int = CHUNK) -> jax.Array:
     """
 
     def f(p):
-        return ctx.prog.model.apply(p, x, ctx.scales.mult, ctx.mask)[0]
+        return _outputs(ctx, p, x)
 
     out, pullback = jax.vjp(f, params)
 
@@ -67,10 +72,6 @@ def empirical_ntk(ctx, params, x, chunk: int = CHUNK) -> jax.Array:
 
     kernel = jax.lax.map(column, jnp.eye(out.shape[0], dtype=out.dtype), batch_size=chunk)
     return 0.5 * (kernel + kernel.T)
-
-
-def _outputs(ctx, params, x):
-    return ctx.prog.model.apply(params, x, ctx.scales.mult, ctx.mask)[0]
 
 
 def ntk_observables(suffix: str = "", *, probes: int = PROBES, chunk: int = CHUNK) -> tuple[_obs.Observable, ...]:

@@ -87,7 +87,7 @@ from jax.flatten_util import ravel_pytree
 
 from . import obs as _obs
 
-__all__ = ["PRODUCTS", "WARMUP", "training_loss_fn", "hvp", "hessian_matvec", "top_eigenpair", "start_vector",
+__all__ = ["PRODUCTS", "WARMUP", "training_loss_fn", "hessian_matvec", "top_eigenpair", "start_vector",
            "sharpness", "step_preconditioner", "preconditioned_sharpness", "sharpness_observable"]
 
 PRODUCTS = 5  # Hessian-vector products per record: a 5-dimensional Krylov space of the previous eigenvector.
@@ -96,20 +96,12 @@ _START_SEED = 20210226  # fixed: every member starts from the same direction (ma
 
 
 def training_loss_fn(ctx):
-    """``params -> 0.5 * mean((f - y)^2)`` on the member's full training set (test set for an online task)."""
+    """``params ->`` the model's loss (``model.loss``, e.g. ``0.5 * mean((f - y)^2)``) on the member's full training
+    set (test set for an online task)."""
     data = ctx.data
     x, y = (data.x_test, data.y_test) if ctx.prog.task.online else (data.x_train, data.y_train)
-
-    def loss(params):
-        out = ctx.prog.model.apply(params, x, ctx.scales.mult, ctx.mask)
-        return 0.5 * jnp.mean((out - y) ** 2)
-
-    return loss
-
-
-def hvp(loss, params, v):
-    """Hessian-vector product ``H(params) v`` of a scalar ``loss``, forward-over-reverse."""
-    return jax.jvp(jax.grad(loss), (params,), (v,))[1]
+    model = ctx.prog.model
+    return lambda params: model.loss(model.apply(params, x, ctx.scales.mult, ctx.mask), y)
 
 
 def _orthonormalise(v, basis):
@@ -255,7 +247,10 @@ def step_preconditioner(ctx, params, grads=None):
     if grads is None:
         grads = jax.grad(training_loss_fn(ctx))(params)
     if prog.optimizer == "adam" and prog.weight_decay:  # coupled decay: Adam sees the decayed gradient
-        grads = jax.tree.map(lambda g, w: g + ctx.hyper.weight_decay * w, grads, params)
+        from .train import _decayed_weights  # the optimizer's own decay term (train imports this module)
+
+        decay = _decayed_weights(prog.model, ctx.hyper.weight_decay)
+        grads = decay.update(grads, decay.init(params), params)[0]
     b2 = prog.betas[1]
     count = (adam.count + 1).astype(ravel_pytree(params)[0].dtype)
     nu_hat = jax.tree.map(lambda nu, g: (b2 * nu + (1 - b2) * g**2) / (1 - b2**count), adam.nu, grads)
