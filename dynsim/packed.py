@@ -150,6 +150,10 @@ def _optimizer(prog, hyper, lay: _Layout) -> optax.GradientTransformation:
     if prog.weight_decay:
         wd = _per_unit_tree(hyper.weight_decay, lay)
         decay = [_tree_transform(lambda u, s, p: (jax.tree.map(lambda g, w, c: g + c * w, u, p, wd), s), False)]
+    from .train import lr_schedule
+
+    schedule = lr_schedule(prog)
+    step = ([optax.scale_by_schedule(schedule)] if schedule is not None else []) + [scale]
     if prog.optimizer == "sgd":
         momentum = []
         if prog.momentum:
@@ -160,12 +164,12 @@ def _optimizer(prog, hyper, lay: _Layout) -> optax.GradientTransformation:
                 return t, t
 
             momentum = [_tree_transform(trace, True)]
-        return optax.chain(*decay, *momentum, scale)
+        return optax.chain(*decay, *momentum, *step)
     b1, b2 = prog.betas
     adam = optax.scale_by_adam(b1, b2, prog.eps)
     if prog.optimizer == "adam":
-        return optax.chain(*decay, adam, scale)
-    return optax.chain(adam, *decay, scale)
+        return optax.chain(*decay, adam, *step)
+    return optax.chain(adam, *decay, *step)
 
 
 def _keep(tree, alive_units, shapes):

@@ -38,6 +38,19 @@ def test_packed_equals_vmapped(optimizer, lr, extra, act):
     np.testing.assert_allclose(b["outputs"].sel(lr=lr).values, out_a, atol=1e-5 * np.sqrt(np.mean(out_a**2)))
 
 
+
+def test_packed_follows_the_lr_schedule():
+    # Warmup + cosine decay must act in the packed layout as in the vmapped one (same 1e-5 round-off bound as above),
+    # and must matter: the constant-lr run ends elsewhere.
+    sweep = ds.Sweep(width=[8, 24, 40], lr=[3e-3], seed=[2], optimizer=["adam"])
+    kw = dict(steps=200, record_every=20, observables=("loss",), progress=False)
+    sched = dict(schedule="cosine", warmup_steps=20)
+    a = ds.run(MLP(d_in=8), TASK, sweep, layout="vmap", **sched, **kw)
+    b = ds.run(MLP(d_in=8), TASK, sweep, layout="packed", **sched, **kw)
+    flat = ds.run(MLP(d_in=8), TASK, sweep, layout="packed", **kw)
+    np.testing.assert_allclose(b["loss"].values, a["loss"].values, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(flat["loss"].isel(step=-1).values, b["loss"].isel(step=-1).values, rtol=1e-3)
+
 def test_first_fit_decreasing_packs():
     widths = np.array([5, 100, 30, 70, 5, 60])
     packs = pack_members(widths, units=100, slots=3)
