@@ -121,9 +121,13 @@ def _forward(prog, params, lay: _Layout, x):
     return lay.mult[:, 1][:, None, None] * jnp.stack(outs, axis=1)
 
 
+def _member_losses(prog, out, y):
+    """``model.loss`` of each member's outputs ``out [M, k, P]`` against the shared targets ``y [k, P]``."""
+    return jax.vmap(prog.model.loss, in_axes=(0, None))(out, y)
+
+
 def _losses(prog, params, lay, x, y):
-    out = _forward(prog, params, lay, x)
-    return 0.5 * jnp.mean((out - y[None]) ** 2, axis=(1, 2))
+    return _member_losses(prog, _forward(prog, params, lay, x), y)
 
 
 def _per_unit_tree(values, lay: _Layout):
@@ -195,7 +199,7 @@ def _records(prog, data, lay, state):
             x, y = (data.x_test, data.y_test) if prog.task.online else (data.x_train, data.y_train)
             value = _losses(prog, state.params, lay, x, y)
         elif name == "test_loss":
-            value = 0.5 * jnp.mean((f_test - data.y_test[None]) ** 2, axis=(1, 2))
+            value = _member_losses(prog, f_test, data.y_test)
         elif name == "outputs":
             value = f_test[:, 0, :]
         elif name == "output_rms":
