@@ -32,21 +32,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import time
 
 import dynsim
 from dynsim import experiments, obs, obs_sharpness
 from dynsim.engine import CompileClock
 
+from .throughput import _cpu_s
+
 __all__ = ["main", "time_run"]
 
 GOAL = 1.5
-
-
-def _cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 def time_run(model, task, sweep, opts, observables) -> tuple[float, float, float]:
