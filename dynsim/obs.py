@@ -4,6 +4,11 @@ An observable is a pure function ``compute(ctx, params, extra) -> (value, new_ex
 program, data, hyperparameters, scales, width mask and optimizer state; ``extra`` is the observable's own state
 carried between records (``None`` for stateless ones), so iterative estimators can warm-start. ``value`` has a fixed
 shape per observable (:attr:`Observable.shape`). New observables register with :func:`register`.
+
+Several observables can read one computation (:class:`Shared`): an estimate and its error bound, or the eigenvalues
+and the drift of one kernel. :func:`record` runs each shared computation once per record, whichever of its
+observables are recorded, and carries one state for it; recording ``sharpness`` beside ``sharpness_err`` costs
+nothing more than ``sharpness`` alone.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Context", "Observable", "register", "get", "names", "coord_check"]
+__all__ = ["Context", "Shared", "Observable", "register", "get", "names", "record", "init_extras", "coord_check"]
 
 
 class Context(NamedTuple):
@@ -35,24 +40,66 @@ class Context(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
+class Shared:
+    """A computation whose results several observables read.
+
+    Attributes:
+      key: identifies the computation *and its settings* (e.g. ``"krylov:plain:5:32"``): observables whose
+        ``shared.key`` is equal are computed once per record and share one carried state, so two computations that
+        differ in any setting need different keys. It also names the carried state, so it must differ from every
+        observable name.
+      compute: ``(ctx, params, extra) -> (values, new_extra)`` with ``values`` a dict of arrays.
+      init_extra: ``(ctx, params) -> extra`` or None.
+    """
+
+    key: str
+    compute: Callable
+    init_extra: Callable | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class Observable:
     """A recorded quantity.
 
     Attributes:
       name: variable name in results.
-      compute: ``(ctx, params, extra) -> (value, new_extra)``.
+      compute: ``(ctx, params, extra) -> (value, new_extra)``; None for an observable that reads ``shared``.
       doc: one-line description, stored as the variable's ``description`` attribute.
       dims: names of the value's own dimensions (``()`` for a scalar).
       shape: ``(prog) -> shape`` of the value.
-      init_extra: ``(ctx, params) -> extra`` or None.
+      init_extra: ``(ctx, params) -> extra`` or None (taken from ``shared`` where it is set).
+      shared: the computation this observable reads its value from, as ``values[part]``.
+      part: which of ``shared``'s values this observable is.
     """
 
     name: str
-    compute: Callable
+    compute: Callable | None
     doc: str
     dims: tuple[str, ...] = ()
     shape: Callable = lambda prog: ()
     init_extra: Callable | None = None
+    shared: Shared | None = None
+    part: str | None = None
+
+    def __post_init__(self):
+        if (self.shared is None) == (self.compute is None):
+            raise ValueError(f"observable {self.name!r} needs exactly one of compute and shared.")
+        if self.shared is not None:
+            if self.part is None:
+                raise ValueError(f"observable {self.name!r} reads a shared computation and needs its part.")
+            shared, part = self.shared, self.part
+
+            def compute(ctx, params, extra):
+                values, new = shared.compute(ctx, params, extra)
+                return values[part], new
+
+            object.__setattr__(self, "compute", compute)
+            object.__setattr__(self, "init_extra", shared.init_extra)
+
+    @property
+    def state_key(self) -> str:
+        """Key of this observable's carried state: its shared computation's key, or its own name."""
+        return self.name if self.shared is None else self.shared.key
 
 
 _REGISTRY: dict[str, Observable] = {}
@@ -60,6 +107,9 @@ _REGISTRY: dict[str, Observable] = {}
 
 def register(observable: Observable) -> Observable:
     """Add an observable to the registry (replacing one of the same name)."""
+    keys = {o.shared.key for o in _REGISTRY.values() if o.shared is not None}
+    if observable.name in keys or (observable.shared is not None and observable.shared.key in _REGISTRY):
+        raise ValueError(f"observable {observable.name!r}: a shared computation's key equals an observable's name.")
     _REGISTRY[observable.name] = observable
     return observable
 
@@ -73,6 +123,38 @@ def get(name: str) -> Observable:
 
 def names() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
+
+
+def init_extras(names, ctx: Context, params) -> dict:
+    """The carried states of the observables ``names`` at init, one per shared computation."""
+    extra = {}
+    for name in names:
+        o = get(name)
+        if o.init_extra is not None and o.state_key not in extra:
+            extra[o.state_key] = o.init_extra(ctx, params)
+    return extra
+
+
+def record(names, ctx: Context, params, extra: dict) -> tuple[dict, dict]:
+    """Values of the observables ``names`` at ``params`` and their new carried states.
+
+    Each shared computation runs once, however many of its observables are among ``names``.
+    """
+    values, extra, shared = {}, dict(extra), {}
+    for name in names:
+        o = get(name)
+        if o.shared is None:
+            values[name], new = o.compute(ctx, params, extra.get(name))
+        else:
+            key = o.shared.key
+            if key not in shared:
+                shared[key], new = o.shared.compute(ctx, params, extra.get(key))
+            else:
+                new = None  # the state was updated by the first of its observables
+            values[name] = shared[key][o.part]
+        if new is not None:
+            extra[o.state_key] = new
+    return values, extra
 
 
 def _mse(ctx: Context, params, x, y):

@@ -86,12 +86,11 @@ def ntk_observables(suffix: str = "", *, probes: int = PROBES, chunk: int = CHUN
     def kernel(ctx, params):
         return empirical_ntk(ctx, params, probe_inputs(ctx, probes)[0], chunk)
 
-    def eigs(ctx, params, extra):
-        return jnp.linalg.eigvalsh(kernel(ctx, params))[::-1], None
-
-    def distance(ctx, params, k0):
+    def kernel_values(ctx, params, k0):
         k = kernel(ctx, params)
-        return jnp.linalg.norm(k - k0) / jnp.linalg.norm(k0), k0
+        return {"eigs": jnp.linalg.eigvalsh(k)[::-1], "distance": jnp.linalg.norm(k - k0) / jnp.linalg.norm(k0)}, k0
+
+    shared = _obs.Shared(f"ntk:{probes}:{chunk}", kernel_values, init_extra=kernel)  # K_0, carried
 
     def init_outputs(ctx, params):
         return _outputs(ctx, params, probe_inputs(ctx, probes)[0])
@@ -102,10 +101,11 @@ def ntk_observables(suffix: str = "", *, probes: int = PROBES, chunk: int = CHUN
 
     where = f"on the first {probes} test inputs"
     return (
-        _obs.Observable(f"ntk_eigs{suffix}", eigs, f"eigenvalues (descending) of the empirical NTK J J^T {where}",
-                        dims=(f"ntk_eig{suffix}",), shape=lambda prog: (n_probes(prog, probes),)),
-        _obs.Observable(f"ntk_distance{suffix}", distance, f"relative Frobenius distance ||K_t - K_0|| / ||K_0|| of "
-                        f"the empirical NTK from its value at init, {where}", init_extra=kernel),
+        _obs.Observable(f"ntk_eigs{suffix}", None, f"eigenvalues (descending) of the empirical NTK J J^T {where}",
+                        dims=(f"ntk_eig{suffix}",), shape=lambda prog: (n_probes(prog, probes),), shared=shared,
+                        part="eigs"),
+        _obs.Observable(f"ntk_distance{suffix}", None, f"relative Frobenius distance ||K_t - K_0|| / ||K_0|| of "
+                        f"the empirical NTK from its value at init, {where}", shared=shared, part="distance"),
         _obs.Observable(f"output_distance{suffix}", output_distance, f"distance ||f_t - f_0|| / ||y|| of the "
                         f"outputs from their value at init, {where}", init_extra=init_outputs),
     )

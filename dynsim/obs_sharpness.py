@@ -47,8 +47,8 @@ Caveats:
   FLOPs per tangent product (per weight matrix two matmuls in the tangent forward pass and four in the tangent
   backward pass, against the step's one and two) and 0.7 for the primal pass, so even at the FLOP count 1.5x
   would allow two products (a 90th-percentile error of 7%).
-- ``sharpness`` and ``sharpness_err`` each carry their own iterate (observables do not share state), so recording
-  both runs the iteration twice, on identical numbers. Record ``sharpness_err`` in validation runs.
+- ``sharpness`` and ``sharpness_err`` read one iteration (:class:`dynsim.obs.Shared`): recording both costs what
+  recording one does.
 
 Preconditioned sharpness (``preconditioned_sharpness``, ``preconditioned_sharpness_err``): the top eigenvalue of
 ``D H``, where ``D`` is the diagonal of per-parameter step sizes (in units of the base learning rate ``lr``) that the
@@ -295,8 +295,10 @@ def sharpness_observable(name: str = "sharpness", *, products: int = PRODUCTS, w
 
     def compute(ctx, params, x):
         lam, res, x = top_eigenpair(matvec(ctx, params), x, products)
-        return (res if residual else lam), x
+        return {"value": lam, "residual": res}, x
 
+    kind = "preconditioned" if preconditioned else "plain"
+    shared = _obs.Shared(f"krylov:{kind}:{products}:{warmup}", compute, init_extra)
     matrix = ("D H, the Hessian of the training loss scaled by the optimizer's per-parameter step sizes D "
               "(Adam: n^-c / (sqrt(nu_hat) + eps))" if preconditioned else
               "the Hessian of the training loss w.r.t. the parameters")
@@ -306,7 +308,7 @@ def sharpness_observable(name: str = "sharpness", *, products: int = PRODUCTS, w
     else:
         doc = (f"top eigenvalue of {matrix} (Rayleigh-Ritz on a {products}-dimensional Krylov space of the "
                f"previous record's eigenvector)")
-    return _obs.Observable(name, compute, doc, init_extra=init_extra)
+    return _obs.Observable(name, None, doc, shared=shared, part="residual" if residual else "value")
 
 
 _obs.register(sharpness_observable("sharpness"))

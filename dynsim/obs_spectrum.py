@@ -183,23 +183,25 @@ def topk_observable(name: str = "hessian_topk", *, k: int = TOPK, steps: int = L
         raise ValueError(f"hessian_topk needs 1 <= k <= steps, got k={k}, steps={steps}.")
 
     def compute(ctx, params, extra):
-        return hessian_topk(ctx, params, k, steps)[int(error)], None
+        return dict(zip(("value", "error"), hessian_topk(ctx, params, k, steps))), None
 
     what = (f"residual bounds |Hy - theta y| of the top {k} Ritz values" if error
             else f"top {k} Hessian eigenvalues of the training loss, largest first")
-    return _obs.Observable(name, compute, f"{what} ({steps} Lanczos steps, full reorthogonalisation)",
-                           dims=("eig",), shape=lambda prog: (k,))
+    return _obs.Observable(name, None, f"{what} ({steps} Lanczos steps, full reorthogonalisation)",
+                           dims=("eig",), shape=lambda prog: (k,), shared=_obs.Shared(f"lanczos:{k}:{steps}", compute),
+                           part="error" if error else "value")
 
 
 def trace_observable(name: str = "hessian_trace", *, count: int = PROBES, error: bool = False) -> _obs.Observable:
     """Hutchinson's estimate of ``tr H`` (``error=True``: its standard error) over ``count`` Rademacher probes."""
 
     def compute(ctx, params, extra):
-        return hessian_trace(ctx, params, count)[int(error)], None
+        return dict(zip(("value", "error"), hessian_trace(ctx, params, count))), None
 
     what = "standard error of the Hutchinson estimate of" if error else "Hutchinson estimate of"
-    return _obs.Observable(name, compute, f"{what} the trace of the Hessian of the training loss ({count} "
-                           "Rademacher probes)")
+    return _obs.Observable(name, None, f"{what} the trace of the Hessian of the training loss ({count} "
+                           "Rademacher probes)", shared=_obs.Shared(f"hutchinson:{count}", compute),
+                           part="error" if error else "value")
 
 
 def density_observable(name: str, *, count: int = PROBES, steps: int = LANCZOS_STEPS,
@@ -207,12 +209,13 @@ def density_observable(name: str, *, count: int = PROBES, steps: int = LANCZOS_S
     """SLQ nodes (``weights=True``: weights) as an observable, dims ``(probe, node)``."""
 
     def compute(ctx, params, extra):
-        return hessian_density(ctx, params, count, steps)[int(weights)], None
+        return dict(zip(("nodes", "weights"), hessian_density(ctx, params, count, steps))), None
 
     what = "quadrature weights" if weights else "quadrature nodes (Ritz values)"
-    return _obs.Observable(name, compute, f"stochastic Lanczos quadrature {what} of the Hessian spectral density "
+    return _obs.Observable(name, None, f"stochastic Lanczos quadrature {what} of the Hessian spectral density "
                            f"({count} probes x {steps} Lanczos steps); dynsim.obs_spectrum.density smooths them",
-                           dims=("probe", "node"), shape=lambda prog: (count, steps))
+                           dims=("probe", "node"), shape=lambda prog: (count, steps),
+                           shared=_obs.Shared(f"slq:{count}:{steps}", compute), part="weights" if weights else "nodes")
 
 
 _obs.register(topk_observable("hessian_topk"))

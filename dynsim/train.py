@@ -218,12 +218,8 @@ def _member_parts(prog: Program, hyper: Hyper):
 def _records(prog: Program, data: Data, hyper: Hyper, state: MemberState):
     scales, mask, _ = _member_parts(prog, hyper)
     ctx = _obs.Context(prog=prog, data=data, hyper=hyper, scales=scales, mask=mask, opt_state=state.opt_state)
-    out, extra = {}, dict(state.extra)
-    for name in prog.observables:
-        value, new = _obs.get(name).compute(ctx, state.params, state.extra.get(name))
-        if new is not None:
-            extra[name] = new
-        out[name] = jnp.where(state.alive, value, jnp.nan)
+    values, extra = _obs.record(prog.observables, ctx, state.params, state.extra)
+    out = {name: jnp.where(state.alive, value, jnp.nan) for name, value in values.items()}
     return out, state._replace(extra=extra)
 
 
@@ -237,11 +233,7 @@ def _init_member(prog: Program, data: Data, hyper: Hyper) -> MemberState:
     loss0 = _loss(prog, params, scales, mask, x, y)
     opt_state = opt.init(params)
     ctx = _obs.Context(prog=prog, data=data, hyper=hyper, scales=scales, mask=mask, opt_state=opt_state)
-    extra = {}
-    for name in prog.observables:
-        init_extra = _obs.get(name).init_extra
-        if init_extra is not None:
-            extra[name] = init_extra(ctx, params)
+    extra = _obs.init_extras(prog.observables, ctx, params)
     return MemberState(params, opt_state, jnp.asarray(True), jnp.asarray(-1, jnp.int32), loss0, extra)
 
 
