@@ -7,8 +7,9 @@ Liu, Liu & Gore (2025), "Superposition yields robust neural scaling" (arXiv 2505
 - *weak superposition* (large positive weight decay): only the most frequent features are represented, each
   without interference, and the loss is what the unrepresented tail leaves, ``L \\propto m^{-(alpha - 1)}``;
 - *strong superposition* (weight decay <= 0, every feature represented): the loss is interference between
-  overlapping directions, whose squared overlaps scale as ``1/m``, so ``L \\propto 1/m`` for a wide range of
-  frequency laws.
+  overlapping directions, whose squared overlaps scale as ``1/m``, so ``L \\propto 1/m`` for flat enough
+  frequency laws; for skewed ones (``alpha`` above about 1.5) the exponent rises above 1, towards ``2 (alpha - 1)``
+  (:func:`strong_exponent_bounds`).
 
 All functions are pure NumPy and broadcast over their arguments where noted. Losses are in dynsim's convention,
 ``0.5 * mean`` over the ``n`` features and the samples.
@@ -18,8 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["unrepresented_loss", "weak_loss", "weak_exponent", "strong_exponent", "random_overlap",
-           "welch_bound", "V_MEAN", "V_SQUARE_MEAN"]
+__all__ = ["unrepresented_loss", "weak_loss", "weak_exponent", "strong_exponent", "skewed_strong_exponent",
+           "strong_exponent_bounds", "random_overlap", "welch_bound", "V_MEAN", "V_SQUARE_MEAN"]
 
 V_MEAN = 1.0  # E[v] for v ~ U(0, 2)
 V_SQUARE_MEAN = 4.0 / 3.0  # E[v^2] for v ~ U(0, 2)
@@ -91,12 +92,12 @@ def weak_exponent(alpha):
 
 
 def strong_exponent(alpha=None):
-    """Exponent of ``L ∝ m^-exponent`` in strong superposition: 1, whatever the frequency law.
+    """Exponent of ``L ∝ m^-exponent`` in strong superposition with flat enough frequencies: 1.
 
     Every feature is represented; an active feature ``j`` leaks ``(w_i . w_j) x_j`` into every output ``i``, and
     with ``n >> m`` directions packed in ``m`` dimensions the squared overlaps are ``~1/m``
     (:func:`random_overlap`, :func:`welch_bound`), so the interference the bias and the ReLU cannot remove, and with
-    it the loss, scales as ``1/m``. Liu et al. (2025), Sec. 4.
+    it the loss, scales as ``1/m``. Liu et al. (2025), Sec. 3.2 (the overlap law, their Eq. 5).
 
     Regime: strong superposition (weight decay < 0 in their training, every direction near unit norm), ``n >> m``,
     training long enough for the frame to settle. Measured with dynsim at ``n = 1000``, ``m = 8..128``, one seed
@@ -117,11 +118,51 @@ def strong_exponent(alpha=None):
     ``m x`` mean squared overlap 1.2-1.6 at ``alpha = 2`` (1.4-2 at 2.5), above even random directions (1). It is not
     a matter of training length: at ``alpha = 2`` four times the steps lower the loss 2.5-3-fold at every ``m``
     and leave the exponent at 1.65. The decay is not a single power law over ``m = 8..128`` either: its local slope
-    is about 2 between ``m = 8`` and 32 and 0.6-0.7 between 64 and 128, a crossover at this ``n``. Liu et al.
-    report ``1/m`` for a wide range of ``alpha`` at larger sizes and longer training; that range is not reproduced
-    at ``n = 1000``, ``m <= 128`` here.
+    is about 2 between ``m = 8`` and 32 and 0.6-0.7 between 64 and 128, a crossover at this ``n``.
+
+    Liu et al. find the same (Sec. 3.2 and Fig. 5e: "``alpha_m = 1`` if feature frequencies are flat (``alpha``
+    small) ... But ``alpha_m ~ 2(alpha - 1)`` if the feature frequencies are skewed (``alpha`` large)"; their
+    Fig. 18, ``m = 50..150``: about 1 below ``alpha = 1.5``, rising but below ``2 (alpha - 1)`` above it). The
+    ``1/m`` law is this function; the range skewed frequencies fall in is :func:`strong_exponent_bounds`.
     """
     return np.ones_like(np.asarray(1.0 if alpha is None else alpha, dtype=float))
+
+
+def skewed_strong_exponent(alpha):
+    """Liu et al.'s steepest strong-superposition exponent for skewed frequencies: ``2 (alpha - 1)``, for ``alpha > 1``.
+
+    .. math::
+
+        L \\propto \\sum_{i > m^2/2} p_i \\propto (m^2)^{-(\\alpha - 1)} = m^{-2(\\alpha - 1)}.
+
+    Derivation (Liu, Liu & Gore 2025, Sec. 3.2 and App. A.1, a heuristic they call a conjecture): with about one
+    active feature per sample, about ``m^2 / 2`` features can be *strongly* represented (direction norm above 1,
+    close to an equiangular frame in ``m`` dimensions); their interference contributes ``~1/m``. The rarer features
+    are represented weakly and, at worst, lose their whole variance, like the unrepresented tail of weak
+    superposition but with ``m^2 / 2`` in place of ``m`` (:func:`unrepresented_loss`). When the strongly represented
+    features dominate the loss the exponent is 1 (:func:`strong_exponent`); when the weakly represented ones do, it is
+    ``2 (alpha - 1)``.
+
+    Regime: strong superposition (weight decay < 0), ``alpha > 1`` (NaN otherwise), ``m^2 / 2 < n`` (once every
+    feature fits in the strongly represented set the tail is gone and the exponent returns to 1). An upper guide
+    rather than a law: Liu et al. measure exponents that rise with ``alpha`` above 1.5 but stay below it.
+    """
+    alpha = np.asarray(alpha, dtype=float)
+    return np.where(alpha > 1, 2.0 * (alpha - 1.0), np.nan)
+
+
+def strong_exponent_bounds(alpha):
+    """Range of the strong-superposition exponent: ``(1, max(1, 2 (alpha - 1)))``.
+
+    The ``1/m`` law of interference (:func:`strong_exponent`) is the lower end; the loss of weakly represented rare
+    features, ``m^-2(alpha - 1)`` (:func:`skewed_strong_exponent`), the upper end where it is steeper. For flat
+    frequencies (``alpha <= 1.5``) both ends are 1. Liu, Liu & Gore (2025), Fig. 5e (measured exponents against
+    ``alpha`` with both lines) and Fig. 18 (within the range at ``alpha`` up to 2).
+
+    Regime: strong superposition (weight decay < 0), ``n >> m``. Returns two arrays broadcast like ``alpha``.
+    """
+    alpha = np.asarray(alpha, dtype=float)
+    return np.ones_like(alpha), np.maximum(1.0, 2.0 * (alpha - 1.0))
 
 
 def random_overlap(m):
