@@ -212,12 +212,16 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
 
     store = _io.Store(out, meta) if out is not None else _MemoryStore(meta)
     done = store.done()
+    source = sweep.sources()
+    copies = source != np.arange(sweep.size)  # trained once, by their source member
     all_buckets = plan(sweep, model, steps=steps, batch=batch, group=group, buckets=buckets, slab_bytes=slab_bytes,
-                       layout=layout)
+                       layout=layout, done=copies)
     # Chunks and groups come from the plan of the full sweep, so an interrupted run resumed with the same settings
     # recomputes exactly the missing chunks; with other settings only groups holding a missing member run, and only
     # missing members are written.
-    work = [(b, c) for b in all_buckets for c in chunks(b, chunk_members) if not done[np.concatenate(c)].all()]
+    trained = done.copy()  # a source member counts as done once it and all its copies are stored
+    np.logical_and.at(trained, source, done)
+    work = [(b, c) for b in all_buckets for c in chunks(b, chunk_members) if not trained[np.concatenate(c)].all()]
     data = task.make()
     timing = {"compile_s": 0.0, "run_s": 0.0, "members": int(sum(len(g) for _, c in work for g in c))}
     t_start = time.perf_counter()
@@ -230,7 +234,7 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
         _check_memory(need, bucket)
         recs = {n: [] for n in observables}
         div = []
-        chunk = [members for members in chunk if not done[members].all()]
+        chunk = [members for members in chunk if not trained[members].all()]
         for members in chunk:
             hyper = _shard(member_hyper(sweep, members, bucket.group, table=table), prog)
             if prog.layout == "packed":
@@ -260,8 +264,17 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
                 recs[n].append(np.concatenate(parts[n], axis=1)[: len(members)])
             div.append(np.asarray(state.diverged_at)[: len(members)])
         stored = np.concatenate(chunk)
+        values = {n: np.concatenate(v) for n, v in recs.items()}
+        div = np.concatenate(div)
+        twins = np.flatnonzero(copies & np.isin(source, stored))
+        if twins.size:  # members that duplicate one of these get its records
+            at = np.searchsorted(stored, source[twins], sorter=np.argsort(stored))
+            at = np.argsort(stored)[at]
+            stored = np.concatenate([stored, twins])
+            values = {n: np.concatenate([v, v[at]]) for n, v in values.items()}
+            div = np.concatenate([div, div[at]])
         new = ~done[stored]
-        store.write_chunk(stored[new], {n: np.concatenate(v)[new] for n, v in recs.items()}, np.concatenate(div)[new])
+        store.write_chunk(stored[new], {n: v[new] for n, v in values.items()}, div[new])
         if log is not None:
             log(f"bucket n_pad={bucket.n_pad} ({bucket.optimizer}): stored {len(stored)} members")
     bar.close()

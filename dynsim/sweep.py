@@ -124,6 +124,19 @@ class Sweep:
         return {a: np.asarray(getattr(self, a), dtype=object if a in ("optimizer", "param") else None)[g.ravel()]
                 for a, g in zip(AXES, grids)}
 
+    def sources(self) -> np.ndarray:
+        """For each member, the first member that trains identically: itself, or one it duplicates.
+
+        Adam and AdamW have no heavy-ball coefficient, so their members that differ only in ``momentum`` train the
+        same numbers; the engine trains the first and copies its records to the others.
+        """
+        table = self.members()
+        ignore_momentum = np.isin(table["optimizer"], ["adam", "adamw"])
+        momentum = np.where(ignore_momentum, 0.0, np.asarray(table["momentum"], float))
+        keys = zip(*(momentum if a == "momentum" else table[a] for a in AXES))
+        first: dict = {}
+        return np.asarray([first.setdefault(k, i) for i, k in enumerate(keys)], np.int64)
+
     def to_dict(self) -> dict:
         return {a: list(getattr(self, a)) for a in AXES}
 

@@ -1,6 +1,7 @@
 """Engine correctness: padding invariance, no retracing, divergence isolation, parametrization identities."""
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -193,3 +194,19 @@ def test_sample_chunked_gradient_equals_whole_batch_adam_float64(x64):
 def test_sample_chunk_must_divide_the_batch():
     with pytest.raises(ds.engine.InputError, match="sample_chunk"):
         _run(ds.Sweep(width=[16], lr=[0.1]), sample_chunk=48)
+
+
+def test_adam_members_differing_only_in_momentum_train_once(tmp_path):
+    # Adam has no heavy-ball coefficient: its momentum = 0 and 0.5 members are one training, stored under both.
+    sweep = ds.Sweep(width=[16], lr=[3e-3], seed=[0, 1], optimizer=["sgd", "adam"], momentum=[0.0, 0.5])
+    np.testing.assert_array_equal(sweep.sources().reshape(2, 2, 2), [[[0, 1], [2, 3]], [[4, 4], [6, 6]]])
+    res = _run(sweep, steps=20, out=tmp_path)
+    assert json.loads(res.attrs["timing"])["members"] == 6
+    adam, sgd = res.sel(optimizer="adam").squeeze(), res.sel(optimizer="sgd").squeeze()
+    np.testing.assert_array_equal(adam["loss"].sel(momentum=0.5).values, adam["loss"].sel(momentum=0.0).values)
+    assert np.isfinite(adam["loss"].values).all()
+    assert not np.array_equal(sgd["loss"].sel(momentum=0.5).values, sgd["loss"].sel(momentum=0.0).values)
+    # The copies are stored with their source: resuming the complete store trains nothing.
+    again = _run(sweep, steps=20, out=tmp_path)
+    assert json.loads(again.attrs["timing"])["members"] == 0
+    np.testing.assert_array_equal(again["loss"].values, res["loss"].values)
