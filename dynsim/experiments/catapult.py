@@ -453,13 +453,10 @@ def validate(spec):
         raise SpecError("spec key 'train.batch_size' must be 0 (full batch) for catapult.")
     if "loss" not in train.get("observables", []) or "sharpness" not in train.get("observables", []):
         raise SpecError("spec key 'train.observables' must include 'loss' and 'sharpness' for catapult.")
-    for key in ("train.steps", "sweep.width", "sweep.lr"):  # the engine's keys (execute skips its check)
-        section, _, sub = key.partition(".")
-        if sub not in spec.get(section, {}):
-            raise SpecError(f"spec key {key!r} is required.")
     _validate_mlp(spec.get("analysis", {}))
 
 
 EXPERIMENT = register(Experiment("catapult", "uv model and ReLU MLPs under large learning rates: lazy / catapult / "
                                  "divergent phases against lr*lambda0 = 2 and 4 (Lewkowycz et al. 2020)", DEFAULTS,
-                                 QUICK, analyse, validate, execute))
+                                 QUICK, analyse, validate, execute,
+                                 required=("task.d_in", "train.steps", "sweep.width", "sweep.lr")))

@@ -254,8 +254,6 @@ def validate(spec):
     if spec.get("model", {}).get("kind") != "superposition" or spec.get("task", {}).get("kind") != "sparse_features":
         raise SpecError("spec keys 'model.kind' and 'task.kind' must be 'superposition' and 'sparse_features' for "
                         "the superposition experiment.")
-    if "alpha" not in spec.get("sweep", {}):
-        raise SpecError("spec key 'sweep.alpha' is required: the experiment compares exponents across alpha.")
     if len(spec["sweep"].get("width", [])) < 3:
         raise SpecError("spec key 'sweep.width' needs at least 3 hidden dimensions m to fit an exponent.")
     if "loss" not in spec.get("train", {}).get("observables", []):
@@ -264,4 +262,5 @@ def validate(spec):
 
 EXPERIMENT = register(Experiment("superposition", "loss vs hidden dimension m of superposition toy models, weak "
                                  "(gamma > 0) against m^-(alpha-1) and strong (gamma <= 0) against 1/m, with "
-                                 "squared overlaps against 1/m", DEFAULTS, QUICK, analyse, validate))
+                                 "squared overlaps against 1/m", DEFAULTS, QUICK, analyse, validate,
+                                 required=("sweep.alpha",)))  # the exponents are compared across alpha
