@@ -21,7 +21,7 @@ from ..sweep import Sweep
 from ..tasks import TeacherStudent
 
 __all__ = ["Check", "Experiment", "register", "get", "names", "resolve_spec", "engine_required", "build",
-           "task_variants", "run"]
+           "task_variants", "squeeze_axes", "run"]
 
 _TASKS = {"teacher_student": TeacherStudent, "sparse_features": SparseFeatures}
 
@@ -200,6 +200,13 @@ def task_variants(spec: dict, task) -> list[tuple[dict, object]]:
         except ValueError as e:
             raise _spec.SpecError(str(e)) from None
     return out
+
+
+def squeeze_axes(obj, dims=None, *, keep=()):
+    """``obj`` (a DataArray or Dataset) without its length-1 axes among ``dims`` (default: all of them) and not in
+    ``keep``: the sweep axes an experiment holds at one value. Longer axes and names ``obj`` lacks are left alone."""
+    dims = list(obj.sizes) if dims is None else dims
+    return obj.squeeze([d for d in dims if d in obj.sizes and d not in keep and obj.sizes[d] == 1])
 
 
 def _run_variants(model, variants, sweep, out: pathlib.Path, progress, spec, opts, log) -> xr.Dataset:

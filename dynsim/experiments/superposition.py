@@ -40,7 +40,7 @@ from .. import fit as _fit
 from ..plot import plt, save
 from ..superposition import feature_probabilities
 from ..theory import superposition as _theory
-from ._base import Check, Experiment, register
+from ._base import Check, Experiment, register, squeeze_axes
 
 # Exponent band: the issue's +-0.2, for what the finite runs leave out: training stops before the rarest represented
 # features (weak) or the frame (strong) have converged, and n/m is finite (over m = 8..128 at n = 1000 the
@@ -78,8 +78,7 @@ _KEEP = ("m", "alpha", "weight_decay", "seed")
 
 def _final(ds, name):
     """``name`` at the last record, as ``[alpha, weight_decay, seed, m]`` (the engine's length-1 axes dropped)."""
-    da = ds[name].isel(step=-1)
-    da = da.squeeze([d for d in da.dims if d not in _KEEP and da.sizes[d] == 1])
+    da = squeeze_axes(ds[name].isel(step=-1), keep=_KEEP)
     extra = [d for d in da.dims if d not in _KEEP]
     if extra:
         raise ValueError(f"the superposition analysis sweeps only m, alpha, weight_decay and seed; {extra[0]} has "
