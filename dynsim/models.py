@@ -159,10 +159,11 @@ class MLP:
     def init(self, key, n_pad: int, width, std) -> tuple[jax.Array, ...]:
         """Initial weights at padded width ``n_pad``; units ``>= width`` are zero.
 
-        Unit ``i`` draws its input weights and its output weights from one key, ``fold_in(key, i)``; row ``i`` of
-        hidden layer ``l`` draws from ``fold_in(fold_in(fold_in(key, 2**31 - 1), l), i)``. Each draw is 1-D, and a 1-D draw's prefix
-        does not depend on its length, so nothing depends on ``n_pad``. Drawing a unit's input and output weights
-        together halves the random-number programs XLA compiles for a two-layer network.
+        Unit ``i`` draws its input weights and its output weights from one key, ``fold_in(key, i)``
+        (:meth:`unit_weights`); row ``i`` of hidden layer ``l`` draws from
+        ``fold_in(fold_in(fold_in(key, 2**31 - 1), l), i)``. Each draw is 1-D, and a 1-D draw's prefix does not
+        depend on its length, so nothing depends on ``n_pad``. Drawing a unit's input and output weights together
+        halves the random-number programs XLA compiles for a two-layer network.
 
         Args:
           key: a PRNG key.
@@ -175,11 +176,9 @@ class MLP:
         dtype = jnp.result_type(float)
         mask = width_mask(width, n_pad)
         units = jnp.arange(n_pad)
-        ends = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), (self.d_in + self.d_out,), dtype))(
-            units
-        )
-        w_in = std[0] * ends[:, : self.d_in] * mask[:, None]
-        w_out = std[-1] * ends[:, self.d_in :].T * mask[None, :]
+        w_in, w_out = jax.vmap(lambda i: self.unit_weights(key, i))(units)
+        w_in = std[0] * w_in * mask[:, None]
+        w_out = std[-1] * w_out.T * mask[None, :]
         hidden = []
         for layer in range(1, self.depth - 1):
             # Hidden layers live under a key no unit index can reach (unit keys use i >= 0).
@@ -189,6 +188,16 @@ class MLP:
             )
             hidden.append(std[layer] * rows * mask[:, None] * mask[None, :])
         return (w_in, *hidden, w_out)
+
+    def unit_weights(self, key, unit) -> tuple[jax.Array, jax.Array]:
+        """Hidden unit ``unit``'s input weights ``[d_in]`` and output weights ``[d_out]``, standard normal (before
+        the layers' init stds): one draw from ``fold_in(key, unit)``.
+
+        :meth:`init` and the packed layout (:func:`dynsim.packed.init_packed`) both draw through this, so a member
+        starts from the same weights in either layout.
+        """
+        ends = jax.random.normal(jax.random.fold_in(key, unit), (self.d_in + self.d_out,), jnp.result_type(float))
+        return ends[: self.d_in], ends[self.d_in :]
 
     def apply(self, params, x, mult, mask, *, return_preacts: bool = False):
         """Forward pass on ``x`` of shape ``[d_in, P]``; returns ``[d_out, P]``.

@@ -10,8 +10,8 @@ small widths compiles once instead of once per width bucket.
 Members stay independent: the objective is the sum of the members' losses over disjoint parameters, so each
 unit's gradient is its member's gradient; optimizer state is elementwise; per-member numbers (learning rates,
 parametrization factors, weight decay, momentum) are gathered per unit. Unit ``i`` of a member draws its weights
-from ``fold_in(key, i)`` exactly as :meth:`dynsim.models.MLP.init` does, so a member's trajectory equals its
-trajectory in the vmapped layout to round-off (a test checks this).
+with :meth:`dynsim.models.MLP.unit_weights`, as :meth:`dynsim.models.MLP.init` does, so a member's trajectory
+equals its trajectory in the vmapped layout to round-off (a test checks this).
 """
 
 from __future__ import annotations
@@ -217,13 +217,10 @@ def init_packed(prog, data, hyper, pack: Pack):
 
     TRACE_COUNT["init"] += 1
     lay = _layout(prog, hyper, pack)
-    d, k = prog.model.d_in, prog.model.d_out
-    dtype = jnp.result_type(float)
     keys = hyper.key[lay.slot]
-    ends = jax.vmap(lambda kd, i: jax.random.normal(jax.random.fold_in(jax.random.wrap_key_data(kd), i), (d + k,),
-                                                    dtype))(keys, pack.unit)
-    w_in = lay.std[lay.slot, 0][:, None] * ends[:, :d] * lay.valid[:, None]
-    w_out = (lay.std[lay.slot, 1][:, None] * ends[:, d:] * lay.valid[:, None]).T
+    w_in, w_out = jax.vmap(lambda kd, i: prog.model.unit_weights(jax.random.wrap_key_data(kd), i))(keys, pack.unit)
+    w_in = lay.std[lay.slot, 0][:, None] * w_in * lay.valid[:, None]
+    w_out = (lay.std[lay.slot, 1][:, None] * w_out * lay.valid[:, None]).T
     params = (w_in, w_out)
     x, y = prog.task.batch(data, 0, prog.batch_size)
     if prog.task.online:

@@ -98,6 +98,24 @@ def test_bad_run_is_one_line_exit_2(tmp_path, monkeypatch, capsys, files, argv, 
     assert not (tmp_path / "runs").exists()
 
 
+def test_missing_required_key_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
+    # an experiment's declared keys are checked for every experiment, those that supply their own execute too
+    from dynsim.experiments import _base
+
+    def execute(spec, out, progress):
+        raise AssertionError("execute ran on a spec without its required key")
+
+    probe = experiments.Experiment("probe", "needs analysis.size", {"experiment": "probe", "analysis": {}}, {},
+                                   analyse=None, execute=execute, required=("analysis.size",))
+    monkeypatch.setitem(_base._REGISTRY, "probe", probe)
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["run", "probe", "--out", "out", "--no-progress"]) == 2
+    captured = capsys.readouterr()
+    _assert_one_line_error(captured.err, ["spec key 'analysis.size' is required."])
+    assert captured.out == "" and not (tmp_path / "out").exists()
+    assert experiments.resolve_spec("probe", sets=["analysis.size=3"])[1]["analysis"] == {"size": 3}
+
+
 def test_show_of_a_directory_without_a_run(tmp_path, capsys):
     assert cli.main(["show", str(tmp_path)]) == 2
     _assert_one_line_error(capsys.readouterr().err, [str(tmp_path), "summary.json"])

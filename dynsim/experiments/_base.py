@@ -20,7 +20,8 @@ from ..superposition import SparseFeatures, Superposition
 from ..sweep import Sweep
 from ..tasks import TeacherStudent
 
-__all__ = ["Check", "Experiment", "register", "get", "names", "resolve_spec", "build", "task_variants", "run"]
+__all__ = ["Check", "Experiment", "register", "get", "names", "resolve_spec", "engine_required", "build",
+           "task_variants", "squeeze_axes", "run"]
 
 _TASKS = {"teacher_student": TeacherStudent, "sparse_features": SparseFeatures}
 
@@ -70,7 +71,10 @@ class Experiment:
       execute: ``(spec, out, progress) -> xarray.Dataset`` for an experiment whose results do not come from
         training through the engine (e.g. closed-form solutions); it writes the results store into ``out``.
         ``None`` (the default) trains the spec's model, task and sweep with :func:`dynsim.engine.run`, which then
-        needs ``task.d_in``, ``train.steps``, ``sweep.width`` and ``sweep.lr``.
+        needs the keys of :func:`engine_required`.
+      required: dotted spec keys (``"sweep.lr"``) the experiment needs, checked with every other key by
+        :func:`dynsim.spec.validate` before ``validate``; an experiment without ``execute`` needs
+        :func:`engine_required` as well, which is added to these.
     """
 
     name: str
@@ -80,6 +84,13 @@ class Experiment:
     analyse: Callable
     validate: Callable | None = None
     execute: Callable | None = None
+    required: tuple[str, ...] = ()
+
+
+def engine_required(spec: dict) -> tuple[str, ...]:
+    """The spec keys :func:`dynsim.engine.run` needs to train the spec's model, task and sweep."""
+    dim = "task.n_features" if spec.get("task", {}).get("kind") == "sparse_features" else "task.d_in"
+    return (dim, "train.steps", "sweep.width", "sweep.lr")
 
 
 _REGISTRY: dict[str, Experiment] = {}
@@ -126,8 +137,7 @@ def resolve_spec(name_or_path: str, *, quick: bool = False, sets=()) -> tuple[Ex
     spec = _spec.merge(spec, user)
     spec = _spec.apply_sets(spec, sets)
     spec["experiment"] = exp.name
-    dim = "task.n_features" if spec.get("task", {}).get("kind") == "sparse_features" else "task.d_in"
-    required = (dim, "train.steps", "sweep.width", "sweep.lr") if exp.execute is None else ()
+    required = exp.required + (engine_required(spec) if exp.execute is None else ())
     spec = _spec.validate(spec, required=required)
     if exp.validate is not None:
         exp.validate(spec)
@@ -190,6 +200,13 @@ def task_variants(spec: dict, task) -> list[tuple[dict, object]]:
         except ValueError as e:
             raise _spec.SpecError(str(e)) from None
     return out
+
+
+def squeeze_axes(obj, dims=None, *, keep=()):
+    """``obj`` (a DataArray or Dataset) without its length-1 axes among ``dims`` (default: all of them) and not in
+    ``keep``: the sweep axes an experiment holds at one value. Longer axes and names ``obj`` lacks are left alone."""
+    dims = list(obj.sizes) if dims is None else dims
+    return obj.squeeze([d for d in dims if d in obj.sizes and d not in keep and obj.sizes[d] == 1])
 
 
 def _run_variants(model, variants, sweep, out: pathlib.Path, progress, spec, opts, log) -> xr.Dataset:

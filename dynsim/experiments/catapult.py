@@ -67,7 +67,7 @@ from ..plot import plt, save, width_colors
 from ..sweep import Sweep
 from ..tasks import TeacherStudent
 from ..theory.stability import PHASES, uv_ntk_eigenvalue, uv_phases
-from ._base import Check, Experiment, build, register
+from ._base import Check, Experiment, build, register, squeeze_axes
 
 TOLERANCE = 0.15  # in lr * lambda0: the O(n^-1/2) finite-width blur of the boundaries (module docstring)
 PEAK_FACTOR = 2.0  # a loss that doubles before converging has catapulted; lazy GD on one sample never rises
@@ -239,14 +239,13 @@ def execute(spec, out, progress) -> xr.Dataset:
     return ds
 
 
-def _squeezed(da):
-    return da.squeeze([d for d in ("optimizer", "param", "init_scale", "weight_decay", "momentum") if d in da.dims])
+_FIXED = ("optimizer", "param", "init_scale", "weight_decay", "momentum")  # one value each (validate)
 
 
 def analyse(ds, spec, out):
-    loss = _squeezed(ds["loss"]).transpose("width", "lr", "seed", "step").values
-    sharp = _squeezed(ds["sharpness"]).transpose("width", "lr", "seed", "step").values
-    diverged = _squeezed(ds["diverged_at"]).transpose("width", "lr", "seed").values >= 0
+    loss = squeeze_axes(ds["loss"], _FIXED).transpose("width", "lr", "seed", "step").values
+    sharp = squeeze_axes(ds["sharpness"], _FIXED).transpose("width", "lr", "seed", "step").values
+    diverged = squeeze_axes(ds["diverged_at"], _FIXED).transpose("width", "lr", "seed").values >= 0
     lam0 = lambda0(ds, spec)
     x = ds["lr"].values[None, :, None] * lam0  # lr * lambda0
     phase = classify(loss, diverged)
@@ -277,7 +276,7 @@ def analyse(ds, spec, out):
 def mlp_part(ds) -> xr.Dataset:
     """The MLP sweep of a combined store, with its ``mlp_`` prefix removed and length-1 axes squeezed."""
     mlp = ds[[n for n in ds.data_vars if str(n).startswith("mlp_")]]
-    return _squeezed(mlp.rename({n: str(n)[4:] for n in set(mlp.variables) | set(mlp.dims)}))
+    return squeeze_axes(mlp.rename({n: str(n)[4:] for n in set(mlp.variables) | set(mlp.dims)}), _FIXED)
 
 
 def _mlp_arrays(mlp):
@@ -453,13 +452,10 @@ def validate(spec):
         raise SpecError("spec key 'train.batch_size' must be 0 (full batch) for catapult.")
     if "loss" not in train.get("observables", []) or "sharpness" not in train.get("observables", []):
         raise SpecError("spec key 'train.observables' must include 'loss' and 'sharpness' for catapult.")
-    for key in ("train.steps", "sweep.width", "sweep.lr"):  # the engine's keys (execute skips its check)
-        section, _, sub = key.partition(".")
-        if sub not in spec.get(section, {}):
-            raise SpecError(f"spec key {key!r} is required.")
     _validate_mlp(spec.get("analysis", {}))
 
 
 EXPERIMENT = register(Experiment("catapult", "uv model and ReLU MLPs under large learning rates: lazy / catapult / "
                                  "divergent phases against lr*lambda0 = 2 and 4 (Lewkowycz et al. 2020)", DEFAULTS,
-                                 QUICK, analyse, validate, execute))
+                                 QUICK, analyse, validate, execute,
+                                 required=("task.d_in", "train.steps", "sweep.width", "sweep.lr")))

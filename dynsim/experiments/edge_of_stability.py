@@ -53,7 +53,7 @@ from .. import fit as _fit
 from .. import param as _param
 from ..plot import plt, save
 from ..theory.stability import adam_threshold, momentum_threshold
-from ._base import Check, Experiment, register
+from ._base import Check, Experiment, register, squeeze_axes
 
 # Measured at full size (8 seeds) the per-seed late medians lie within 0.997-1.038 of the threshold for GD and
 # 0.995-1.017 for beta = 0.5 (quick size, 3 seeds: 1.013-1.043 and 0.984-1.014), while inside the window the
@@ -328,9 +328,7 @@ def _panel_title(ds, key, beta1):
     return ", ".join(parts)
 
 
-def _squeeze_rest(da):
-    return da.squeeze([d for d in ("optimizer", "param", "width", "init_scale", "weight_decay", "momentum")
-                       if d in da.dims and da.sizes[d] == 1])
+_REST = ("optimizer", "param", "width", "init_scale", "weight_decay", "momentum")  # squeezed where length 1
 
 
 def _plot_traces(ds, name, out, beta1):
@@ -343,8 +341,8 @@ def _plot_traces(ds, name, out, beta1):
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4.2), squeeze=False, sharey=(name == "loss"))
     for p, key in enumerate(keys):
         ax = axes[0, p]
-        sel = _squeeze_rest(ds[name].isel(key)).transpose("lr", "seed", "step").values
-        t = _squeeze_rest(thr.isel({d: i for d, i in key.items() if d in thr.dims}))
+        sel = squeeze_axes(ds[name].isel(key), _REST).transpose("lr", "seed", "step").values
+        t = squeeze_axes(thr.isel({d: i for d, i in key.items() if d in thr.dims}), _REST)
         top = 0.0
         for k, lr in enumerate(lrs):
             for s in range(sel.shape[1] - 1, -1, -1):  # seed 0 last, on top

@@ -34,7 +34,7 @@ import numpy as np
 from .. import fit as _fit
 from ..plot import plt, save, width_colors
 from ..theory import ntk_regime
-from ._base import Check, Experiment, build, register
+from ._base import Check, Experiment, build, register, squeeze_axes
 
 N_BOOT = 1000
 # Exponent tolerance: the fits run over 1-2 decades of width, where next-order terms (for ReLU the smooth O(1/n)
@@ -64,10 +64,12 @@ QUICK = {
 }
 
 
+_FIXED = ("optimizer", "lr", "init_scale", "weight_decay", "momentum")  # one value each (validate)
+
+
 def _final(ds, name):
     """``name`` at the last step as ``[param, seed, width]`` (other axes have length 1)."""
-    da = ds[name].isel(step=-1).squeeze([d for d in ("optimizer", "lr", "init_scale", "weight_decay", "momentum")])
-    return da.transpose("param", "seed", "width").values
+    return squeeze_axes(ds[name].isel(step=-1), _FIXED).transpose("param", "seed", "width").values
 
 
 def infinite_width_test_loss(spec, steps) -> np.ndarray:
@@ -155,7 +157,7 @@ def _plot_movement(widths, ds, params, fits, kernel_exponent, out):
 
 def _plot_loss(ds, params, theory_curve, out):
     steps, widths = ds["step"].values, ds["width"].values
-    test = ds["test_loss"].squeeze([d for d in ("optimizer", "lr", "init_scale", "weight_decay", "momentum")])
+    test = squeeze_axes(ds["test_loss"], _FIXED)
     fig, axes = plt.subplots(1, len(params) + 1, figsize=(4.2 * (len(params) + 1), 3.6))
     colors = width_colors(len(widths))
     for ax, par in zip(axes, params):
@@ -185,8 +187,7 @@ def _plot_eigs(ds, spec, out):
     x = np.asarray(data.x_test[:, :k]).T
     theory = np.sort(np.linalg.eigvalsh(np.asarray(
         ntk_regime.two_layer_kernels(x, x, model.act, sweep.init_scale[0]).ntk, np.float64)))[::-1]
-    eigs = ds["ntk_eigs"].isel(step=0).squeeze([d for d in ("optimizer", "lr", "init_scale", "weight_decay",
-                                                            "momentum")])
+    eigs = squeeze_axes(ds["ntk_eigs"].isel(step=0), _FIXED)
     fig, ax = plt.subplots(figsize=(5, 3.6))
     colors = width_colors(ds.sizes["width"])
     par = "ntk" if "ntk" in [str(p) for p in ds["param"].values] else str(ds["param"].values[0])

@@ -13,7 +13,7 @@ import numpy as np
 from .. import fit as _fit
 from ..plot import plt, save, width_colors
 from ..theory.parametrization import lr_exponent
-from ._base import Check, Experiment, register
+from ._base import Check, Experiment, register, squeeze_axes
 
 # Finite-width bend: for SP with SGD, lambda_max = A n + B gives a local slope -A n / (A n + B), which at the
 # widths swept here departs from -1 by up to about 0.3; under muP/NTK the leading 1/sqrt(n) corrections to the
@@ -41,8 +41,7 @@ QUICK = {
 
 def _final(ds, metric):
     """The final ``metric`` with the sweep's unused (length-1) axes dropped."""
-    final = ds[metric].isel(step=-1)
-    return final.squeeze([d for d in ("init_scale", "weight_decay", "momentum") if final.sizes[d] == 1])
+    return squeeze_axes(ds[metric].isel(step=-1), ("init_scale", "weight_decay", "momentum"))
 
 
 def optimal_lr(ds, metric: str = "loss", n_boot: int = N_BOOT, seed: int = 0):

@@ -37,7 +37,7 @@ import numpy as np
 
 from .. import fit as _fit
 from ..plot import plt, save, width_colors
-from ._base import Check, Experiment, register
+from ._base import Check, Experiment, register, squeeze_axes
 
 PREDICTED = {"sp": 1.0, "ntk": 0.0, "mup": 0.0}
 TOLERANCE = {"sp": 0.2, "ntk": 0.15, "mup": 0.15}  # module docstring: finite-width bend / seed fluctuations
@@ -64,8 +64,7 @@ QUICK = {
 
 def _series(ds, param):
     """Sharpness ``[seed, width, step]`` of one parametrization."""
-    da = ds["sharpness"].sel(param=param)
-    da = da.squeeze([d for d in ("optimizer", "lr", "init_scale", "weight_decay", "momentum") if d in da.dims])
+    da = squeeze_axes(ds["sharpness"].sel(param=param), ("optimizer", "lr", "init_scale", "weight_decay", "momentum"))
     return da.transpose("seed", "width", "step").values
 
 

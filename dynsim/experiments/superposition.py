@@ -43,7 +43,7 @@ from .. import fit as _fit
 from ..plot import plt, save
 from ..superposition import feature_probabilities
 from ..theory import superposition as _theory
-from ._base import Check, Experiment, register
+from ._base import Check, Experiment, register, squeeze_axes
 
 # Exponent band: the issue's +-0.2, for what the finite runs leave out: training stops before the rarest represented
 # features (weak) or the frame (strong) have converged, and n/m is finite (over m = 8..128 at n = 1000 the
@@ -80,8 +80,7 @@ _KEEP = ("m", "alpha", "weight_decay", "seed")
 
 def _final(ds, name):
     """``name`` at the last record, as ``[alpha, weight_decay, seed, m]`` (the engine's length-1 axes dropped)."""
-    da = ds[name].isel(step=-1)
-    da = da.squeeze([d for d in da.dims if d not in _KEEP and da.sizes[d] == 1])
+    da = squeeze_axes(ds[name].isel(step=-1), keep=_KEEP)
     extra = [d for d in da.dims if d not in _KEEP]
     if extra:
         raise ValueError(f"the superposition analysis sweeps only m, alpha, weight_decay and seed; {extra[0]} has "
@@ -276,8 +275,6 @@ def validate(spec):
     if spec.get("model", {}).get("kind") != "superposition" or spec.get("task", {}).get("kind") != "sparse_features":
         raise SpecError("spec keys 'model.kind' and 'task.kind' must be 'superposition' and 'sparse_features' for "
                         "the superposition experiment.")
-    if "alpha" not in spec.get("sweep", {}):
-        raise SpecError("spec key 'sweep.alpha' is required: the experiment compares exponents across alpha.")
     if len(spec["sweep"].get("width", [])) < 3:
         raise SpecError("spec key 'sweep.width' needs at least 3 hidden dimensions m to fit an exponent.")
     if "loss" not in spec.get("train", {}).get("observables", []):
@@ -286,4 +283,5 @@ def validate(spec):
 
 EXPERIMENT = register(Experiment("superposition", "loss vs hidden dimension m of superposition toy models, weak "
                                  "(gamma > 0) against m^-(alpha-1) and strong (gamma <= 0) against 1/m, with "
-                                 "squared overlaps against 1/m", DEFAULTS, QUICK, analyse, validate))
+                                 "squared overlaps against 1/m", DEFAULTS, QUICK, analyse, validate,
+                                 required=("sweep.alpha",)))  # the exponents are compared across alpha

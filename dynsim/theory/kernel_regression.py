@@ -30,6 +30,7 @@ __all__ = [
     "rf_excess_risk",
     "gd_loss_curve",
     "gradient_flow_loss_curve",
+    "gd_decay",
     "kernel_gd_predictions",
     "kernel_flow_predictions",
     "power_law_spectrum",
@@ -360,6 +361,37 @@ def _kernel_dynamics(k_train, k_test_train, y_train, f0_train, f0_test, decay):
     return f_train, f_test
 
 
+def gd_decay(e, lr, steps):
+    """Per-mode factors of full-batch gradient descent on a quadratic with curvatures ``e``, after ``t`` steps.
+
+    .. math::
+
+        \\text{remaining} = (1 - \\eta e)^t,\\qquad
+        \\text{integrated} = \\eta \\sum_{s < t} (1 - \\eta e)^s = \\frac{1 - (1 - \\eta e)^t}{e},
+
+    with the limit ``eta t`` of ``integrated`` at ``e = 0``. ``1 - (1 - eta e)^t`` is evaluated as
+    ``-expm1(t log1p(-eta e))`` where ``eta e < 1``, so modes with ``eta e`` far below one keep their digits
+    instead of cancelling against 1; where GD overshoots (``eta e >= 1``) it is computed directly. Exact algebra,
+    no regime beyond ``e >= 0``.
+
+    Args:
+        e: curvatures ``[K]`` (eigenvalues of ``Theta / P`` for :func:`kernel_gd_predictions`), non-negative.
+        lr: learning rate ``eta``.
+        steps: step counts ``t``, ``[T]``.
+
+    Returns:
+        ``(remaining [T, K], integrated [T, K])``.
+    """
+    e = np.asarray(e, dtype=float)
+    a = lr * e
+    t = np.asarray(steps, dtype=float)[:, None]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        remaining = (1 - a) ** t
+        decayed = np.where(a < 1, -np.expm1(t * np.log1p(-a)), 1 - remaining)
+        integrated = np.where(e > 0, decayed / np.where(e > 0, e, 1.0), lr * t)
+    return remaining, integrated
+
+
 def kernel_gd_predictions(k_train, k_test_train, y_train, lr, steps, f0_train=None, f0_test=None):
     """Outputs of a linearised model (kernel ``Theta``) after full-batch gradient descent on the engine's loss.
 
@@ -392,15 +424,7 @@ def kernel_gd_predictions(k_train, k_test_train, y_train, lr, steps, f0_train=No
     Returns:
         ``(f_train [T, P], f_test [T, Q])``.
     """
-    t = np.asarray(steps, dtype=float)[:, None]
-
-    def decay(e):
-        with np.errstate(divide="ignore", invalid="ignore"):
-            remaining = (1 - lr * e) ** t
-            integrated = np.where(e > 0, (1 - remaining) / np.where(e > 0, e, 1.0), lr * t)
-        return remaining, integrated
-
-    return _kernel_dynamics(k_train, k_test_train, y_train, f0_train, f0_test, decay)
+    return _kernel_dynamics(k_train, k_test_train, y_train, f0_train, f0_test, lambda e: gd_decay(e, lr, steps))
 
 
 def kernel_flow_predictions(k_train, k_test_train, y_train, times, f0_train=None, f0_test=None):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..models import _ACTS
+from . import kernel_regression as _kr
 from . import kernels as _kernels
 
 __all__ = ["two_layer_kernels", "gd_outputs", "gd_test_loss", "kernel_change_exponent", "output_change_exponent"]
@@ -60,15 +61,8 @@ def two_layer_kernels(x1, x2, act: str = "relu", init_scale: float = 1.0) -> _ke
 def _gd_filter(ntk_train, lr: float, steps, n_train: int):
     """``Theta^-1 (I - (I - lr Theta / P)^t)`` for each ``t`` in ``steps``: ``[T, P, P]`` (exact at ``lambda = 0``)."""
     lam, u = np.linalg.eigh(np.asarray(ntk_train, np.float64))
-    lam = np.clip(lam, 0.0, None)
-    a = lr * lam / n_train
-    t = np.asarray(steps, np.float64)[:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        # 1 - (1 - a)^t, as -expm1(t log1p(-a)) where 1 - a > 0 (no cancellation at small a) and directly where
-        # GD overshoots (1 < a < 2); divided by lambda, with its limit t lr / P at lambda = 0.
-        decayed = np.where(a < 1, -np.expm1(t * np.log1p(-a)), 1 - (1 - a) ** t)
-        gain = np.where(lam > 0, decayed / lam, t * lr / n_train)
-    return np.einsum("ik,tk,jk->tij", u, gain, u)
+    _, integrated = _kr.gd_decay(np.clip(lam, 0.0, None) / n_train, lr, steps)  # (1 - (1 - lr lam / P)^t) P / lam
+    return np.einsum("ik,tk,jk->tij", u, integrated / n_train, u)
 
 
 def gd_outputs(ntk_train, ntk_test_train, y_train, lr: float, steps, f0_train=None, f0_test=None):
@@ -81,7 +75,8 @@ def gd_outputs(ntk_train, ntk_test_train, y_train, lr: float, steps, f0_train=No
     gradient descent on ``0.5 mean((f - y)^2)`` over the ``P`` training points with the fixed kernel ``Theta``
     (Lee et al. 2019, eq. 9, discrete time). Exact for a linearized network with its empirical NTK; for a network
     in NTK parametrization it is the ``n -> inf`` limit with the analytic NTK. ``t -> inf`` gives kernel regression
-    (ridgeless, interpolating when ``Theta`` is invertible). Needs ``lr < 2 P / lambda_max(Theta)``.
+    (ridgeless, interpolating when ``Theta`` is invertible). Needs ``lr < 2 P / lambda_max(Theta)``. These are the
+    test outputs of :func:`dynsim.theory.kernel_regression.kernel_gd_predictions`, which computes them.
 
     Args:
       ntk_train: ``Theta(X, X)``, ``[P, P]``.
@@ -93,12 +88,7 @@ def gd_outputs(ntk_train, ntk_test_train, y_train, lr: float, steps, f0_train=No
     Returns:
       ``[len(steps), P_test]``.
     """
-    n_train = len(y_train)
-    f0_train = np.zeros(n_train) if f0_train is None else np.asarray(f0_train, np.float64)
-    f0_test = 0.0 if f0_test is None else np.asarray(f0_test, np.float64)
-    filt = _gd_filter(ntk_train, lr, steps, n_train)
-    return f0_test + np.einsum("pi,tij,j->tp", np.asarray(ntk_test_train, np.float64), filt,
-                               np.asarray(y_train, np.float64) - f0_train)
+    return _kr.kernel_gd_predictions(ntk_train, ntk_test_train, y_train, lr, steps, f0_train, f0_test)[1]
 
 
 def gd_test_loss(ntk_train, ntk_test_train, nngp_train, nngp_test_train, nngp_test_diag, y_train, y_test,

@@ -119,6 +119,15 @@ def test_gradient_flow_is_the_small_step_limit_of_gd():
     assert 1.9 < errors[0] / errors[1] < 2.1, errors
 
 
+def test_gd_decay_keeps_its_digits_for_slow_modes():
+    # (1 - (1 - lr e)^t) / e = lr t - lr^2 e t (t - 1) / 2 + ...: at lr e = 1e-13 the direct form loses all but
+    # three digits to cancellation against 1; the expm1/log1p form is exact to round-off.
+    e = np.array([1e-13, 0.0, 1.5])
+    remaining, integrated = kr.gd_decay(e, 1.0, [3])
+    np.testing.assert_allclose(integrated[0], [3 - 3e-13, 3.0, (1 - (-0.5) ** 3) / 1.5], rtol=1e-15)
+    np.testing.assert_allclose(remaining[0], (1 - e) ** 3, rtol=1e-15)
+
+
 def test_kernel_gd_predictions_are_gd_on_the_linear_model(x64):
     # A linear model f = phi . theta has tangent kernel Theta = Phi Phi^T exactly: GD on it must reproduce the
     # kernel formula on train and test points, to round-off.
