@@ -3,7 +3,8 @@
 A spec has five tables::
 
     experiment = "lr-transfer"      # which analysis runs on the results ("sweep": none beyond figures)
-    [model]  kind ("mlp", "uv", "random_features", "linearized", "superposition"), depth, act, importance_decay
+    [model]  kind ("mlp", "uv", "random_features", "linearized", "superposition"), depth, act, importance_decay,
+             lr_exponent
     [task]   kind ("teacher_student"): d_in, d_out, n_train, n_test, teacher, teacher_width, noise, input_alpha, seed
              kind ("sparse_features"): n_features, alpha, p_active, n_test, seed
     [train]  steps, record_every, batch_size, observables, diverge_factor, betas, group, chunk_members, layout,
@@ -89,7 +90,8 @@ SCHEMA: dict[str, dict[str, Callable]] = {
     "model": {"kind": _choice("mlp", "uv", "random_features", "linearized", "superposition"),
               "depth": lambda v: (_is_int(v) and v >= 2, "an integer >= 2"),
               "act": _choice("relu", "tanh", "erf", "linear"),
-              "importance_decay": lambda v: (_is_num(v) and 0 < v <= 1, "a number in (0, 1]")},
+              "importance_decay": lambda v: (_is_num(v) and 0 < v <= 1, "a number in (0, 1]"),
+              "lr_exponent": lambda v: (_is_num(v) and 0 <= v <= 1, "a number in [0, 1]")},
     "task": {"kind": _choice("teacher_student", "sparse_features"), "d_in": _pos_int, "n_train": _nonneg_int,
              "n_test": _pos_int, "teacher": _choice("linear", "mlp"), "teacher_width": _pos_int,
              "noise": _nonneg_num, "input_alpha": _nonneg_num, "seed": _nonneg_int, "d_out": _pos_int,

@@ -158,7 +158,19 @@ def test_weight_decay_acts_on_w_only_and_negative_decay_pulls_norms_to_one():
         np.testing.assert_allclose(u, -0.1 * 0.5 * p, rtol=1e-6)
 
 
+def test_lr_exponent_scales_w_and_not_b():
+    m = jnp.asarray([8.0, 128.0])
+    lr = jax.vmap(lambda w: Superposition(n_features=16, lr_exponent=0.25).scales(w, None, 1.0).lr)(m)
+    np.testing.assert_allclose(lr[:, 0], m**-0.25, rtol=1e-6)
+    np.testing.assert_array_equal(lr[:, 1], 1.0)
+    assert Superposition(n_features=16).scales(128.0, None, 1.0).lr.tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match="lr_exponent"):
+        Superposition(n_features=16, lr_exponent=-0.5)
+
+
 def test_spec_errors_are_one_sentence():
+    with pytest.raises(SpecError, match="lr_exponent"):
+        _base.resolve_spec("superposition", quick=True, sets=["model.lr_exponent=2"])
     with pytest.raises(SpecError, match="sweep.alpha"):
         _base.resolve_spec("lr-transfer", quick=True, sets=["sweep.alpha=[1.5]"])
     with pytest.raises(SpecError, match="batch_size"):
