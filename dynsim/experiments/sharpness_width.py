@@ -28,7 +28,9 @@ init falling to 0.03, while NTK's rises from 0.11 to 0.14 and SP's stays near 0.
 
 The learning rate must keep SP's widest member stable: SP's sharpness, about 67 at width 512 (quick size), grows to
 about 540 at width 4096, so the full size uses lr 0.003 (``2 / lr`` = 667) and more steps for muP's sharpening to
-show; the full size has not been run yet.
+show. Measured at full size (widths 64-4096, 4 seeds, 1500 steps; about 100 minutes on 2 CPU cores), width
+exponents at init / step 1500: SP 0.95 / 0.96, muP 0.10 / 0.01, NTK 0.01 / 0.02; muP's spread falls from 0.14 to
+0.016 while NTK's creeps up from 0.033 to 0.036 and SP's stays near 1.3; all seven checks agree.
 """
 
 from __future__ import annotations
