@@ -268,8 +268,8 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
         div = np.concatenate(div)
         twins = np.flatnonzero(copies & np.isin(source, stored))
         if twins.size:  # members that duplicate one of these get its records
-            at = np.searchsorted(stored, source[twins], sorter=np.argsort(stored))
-            at = np.argsort(stored)[at]
+            order = np.argsort(stored)
+            at = order[np.searchsorted(stored, source[twins], sorter=order)]  # each twin's source, in stored
             stored = np.concatenate([stored, twins])
             values = {n: np.concatenate([v, v[at]]) for n, v in values.items()}
             div = np.concatenate([div, div[at]])
