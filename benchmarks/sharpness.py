@@ -34,6 +34,8 @@ import argparse
 import json
 import time
 
+import numpy as np
+
 import dynsim
 from dynsim import experiments, obs, obs_sharpness
 from dynsim.engine import CompileClock
@@ -83,7 +85,7 @@ def main(argv=None) -> dict:
             cpus[name].append(cpu)
     best = {name: min(w) for name, w in walls.items()}
     best_cpu = {name: min(c) for name, c in cpus.items()}
-    trained = int(len(set(sweep.sources().tolist())))  # Adam members differing only in momentum train once
+    trained = len(np.unique(sweep.sources()))  # Adam members differing only in momentum train once
     out = {"members": sweep.size, "trained_members": trained, "steps": opts["steps"],
            "record_every": opts["record_every"],
            "observables": list(opts["observables"]), "wall_s": walls, "best_s": best, "cpu_s": cpus,

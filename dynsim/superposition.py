@@ -146,9 +146,8 @@ class Superposition:
         dtype = jnp.result_type(float)
         m = jnp.asarray(width, dtype)
         std = jnp.asarray(init_scale, dtype) / jnp.sqrt(m)
-        one = jnp.ones((), dtype)
-        return Scales(mult=jnp.ones((2,), dtype), std=jnp.stack([std, 0 * one]),
-                      lr=jnp.stack([m ** -jnp.asarray(self.lr_exponent, dtype), one]))
+        return Scales(mult=jnp.ones((2,), dtype), std=jnp.stack([std, jnp.zeros((), dtype)]),
+                      lr=jnp.stack([m ** -jnp.asarray(self.lr_exponent, dtype), jnp.ones((), dtype)]))
 
     def init(self, key, n_pad: int, width, std) -> tuple[jax.Array, jax.Array]:
         """``(W, b)`` at padded hidden dimension ``n_pad``; rows ``>= width`` are zero.
