@@ -17,9 +17,10 @@ Each configuration runs once to compile, then ``--repeat`` times alternately; th
 best wall times (compilation excluded: the compiled programs are reused). Other processes sharing the cores
 inflate wall times, so the best of several runs is the figure to quote, and the ratio of process CPU times is
 printed beside it (sharing inflates it much less). The goal of issue 5 is a ratio of at most
-1.5. Measured on 2 shared CPU cores: 2.3-2.5x, with a product costing 2.4-2.8 training steps and the fixed part
-0.7-1.4 (a product is about twice a gradient's matmul FLOPs), so 1.5x leaves room for one product per record
-(1.3-1.4x), which is no estimate of the sharpness but the previous record's eigenvector's Rayleigh quotient.
+1.5. Measured on 2 shared CPU cores with the experiment's forward-difference products (``train.hvp = "fd"``):
+1.8-1.9x, a product costing 1.4-1.6 training steps and the fixed part 0.8-1.2; with exact tangent products
+(``--set train.hvp=tangent``) 2.2x, 2.1-2.3 steps per product. 1.5x leaves room for two or three
+forward-difference products per record.
 
 Usage::
 

@@ -24,6 +24,7 @@ from . import io as _io
 from . import obs as _obs
 from . import packed as _packed
 from . import param as _param
+from .obs_sharpness import HVP_METHODS
 from .sweep import AXES, Bucket, Sweep, plan
 from .train import SCHEDULES, Hyper, Program, init_group, memory_estimate, run_segment
 
@@ -114,7 +115,7 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
         group: int | None = None, buckets=None, slab_bytes: float | None = None,
         diverge_factor: float = 1e4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         chunk_members: int = 256, layout: str = "auto", sample_chunk: int = 0, schedule: str = "constant",
-        warmup_steps: int = 0, spec: dict | None = None, log=None) -> xr.Dataset:
+        warmup_steps: int = 0, hvp: str = "tangent", spec: dict | None = None, log=None) -> xr.Dataset:
     """Train every member of ``sweep`` and return its records.
 
     Args:
@@ -147,6 +148,10 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
       schedule: learning-rate schedule, ``"constant"`` or ``"cosine"`` (decaying to 0 at ``steps``); it multiplies
         every member's learning rate (see :func:`dynsim.train.lr_schedule`).
       warmup_steps: steps of linear warmup from 0 before the schedule.
+      hvp: how the Hessian-vector products of observables such as ``sharpness`` are computed: ``"tangent"``
+        (forward-over-reverse, exact) or ``"fd"`` (a forward difference of gradients: about half the cost, with a
+        relative error near ``sqrt(eps)``; smooth activations only). See
+        :func:`dynsim.obs_sharpness.hessian_matvec`.
       spec: the full experiment spec, stored in the results' attributes.
       log: optional callable receiving one-line progress messages.
     Returns:
@@ -174,6 +179,11 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
         raise InputError(f"schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}.")
     if not 0 <= warmup_steps < steps:
         raise InputError(f"warmup_steps ({warmup_steps}) must lie in [0, steps) = [0, {steps}).")
+    if hvp not in HVP_METHODS:
+        raise InputError(f"hvp must be one of {', '.join(HVP_METHODS)}, got {hvp!r}.")
+    if hvp == "fd" and not getattr(model, "smooth", False):
+        raise InputError("hvp 'fd' needs a smooth model (tanh, erf or linear activations): a difference of "
+                         "gradients jumps where a ReLU unit switches; use hvp 'tangent'.")
     observables = tuple(observables)
     obs_defs = [_obs.get(n) for n in observables]
     if layout == "auto" and (group is not None or buckets is not None):
@@ -195,7 +205,7 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
                        weight_decay=any(v != 0 for v in sweep.weight_decay),
                        momentum=any(v != 0 for v in sweep.momentum), layout=layout,
                        sample_chunk=sample_chunk if layout == "vmap" else 0, schedule=schedule,
-                       warmup_steps=warmup_steps, decay_steps=steps if schedule == "cosine" else 0)
+                       warmup_steps=warmup_steps, decay_steps=steps if schedule == "cosine" else 0, hvp=hvp)
 
     probe = make_prog(Bucket(sweep.optimizer[0], 1, np.zeros(1, int), 1))
     variables = {o.name: {"dims": list(o.dims), "shape": list(o.shape(probe)), "description": o.doc}
@@ -206,6 +216,8 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
                 "eps": eps, "x64": bool(jax.config.jax_enable_x64)}
     if schedule != "constant" or warmup_steps:  # absent from the key of constant runs, which stay resumable
         identity.update(schedule=schedule, warmup_steps=warmup_steps)
+    if hvp != "tangent":  # likewise absent from the key of runs made before it existed
+        identity.update(hvp=hvp)
     meta = {"axes": list(AXES), "coords": sweep.to_dict(), "steps": record_steps.tolist(), "variables": variables,
             "key": _spec_key(identity), "spec": json.dumps(spec if spec is not None else identity, default=str),
             **versions()}

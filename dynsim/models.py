@@ -97,6 +97,11 @@ class MLP:
             raise ValueError("model frozen lists every layer; at least one layer must be trained.")
 
     @property
+    def smooth(self) -> bool:
+        """Whether the loss is smooth in the weights (no ReLU), as finite-difference Hessian products need."""
+        return self.act != "relu"
+
+    @property
     def roles(self) -> tuple[int, ...]:
         """Role index of each layer: 0 input, 1 hidden, 2 output (rows of a parametrization table)."""
         return (0,) + (1,) * (self.depth - 2) + (2,)
@@ -266,6 +271,7 @@ class Linearized:
         if not isinstance(self.base, MLP):
             raise ValueError(f"Linearized needs an MLP to linearize, got {self.base!r}.")
 
+    smooth = True  # linear in its trained weights, whatever the activation
     d_in = property(lambda self: self.base.d_in)
     d_out = property(lambda self: self.base.d_out)
     depth = property(lambda self: self.base.depth)

@@ -38,15 +38,17 @@ Caveats:
   products=16))``.
 - Memory: a record holds ``2 * PRODUCTS`` parameter-sized vectors per member (the Krylov basis and its image),
   plus one carried between records.
-- Cost: on the ``edge-of-stability`` sweep (MLP of depth 3, width 64, 128 samples) one product costs 2.4-2.8
-  training steps and the rest of a record (the linearisation's primal pass, the Ritz step) 0.7-1.4 on 2 CPU
-  cores, so recording every 10 steps costs 2.3-2.5x plain training with 5 products (``python -m
-  benchmarks.sharpness --breakdown``) and 1.3-1.4x with one product, the bare Rayleigh quotient of the previous
-  eigenvector. The 1.5x of a plain run that issue 5 asks for leaves room for one product per record at this
-  interval. The products run near their arithmetic: XLA's cost analysis of this MLP counts 2.0 training steps of
-  FLOPs per tangent product (per weight matrix two matmuls in the tangent forward pass and four in the tangent
-  backward pass, against the step's one and two) and 0.7 for the primal pass, so even at the FLOP count 1.5x
-  would allow two products (a 90th-percentile error of 7%).
+- Cost: on the ``edge-of-stability`` quick sweep (MLP of depth 3, width 64, 128 samples, 18 members, 2 CPU
+  cores; ``python -m benchmarks.sharpness --breakdown``) recording every 10 steps with 5 products costs 2.2x plain
+  training with tangent products (2.3 training steps per product, 0.8 for the rest of a record) and 1.9x with
+  forward-difference products (``hvp="fd"``, :func:`hessian_matvec`: 1.6 steps per product, of which about 1 is
+  the gradient and the rest the product's and the Gram-Schmidt passes over the vectors, which this small network
+  makes as dear as its matmuls). One product per record costs 1.3x and 1.24x: the bare Rayleigh quotient of the
+  previous eigenvector. So the 1.5x of a plain run that issue 5 asks for leaves room for two or three
+  forward-difference products per record at this interval, with 90th / 99th-percentile errors of 7% / 48% and
+  2% / 23% (first caveat). The tangent products run near their arithmetic: XLA's cost analysis of this MLP counts
+  2.0 training steps of FLOPs per product (per weight matrix two matmuls in the tangent forward pass and four in
+  the tangent backward pass, against the step's one and two) and 0.7 for the primal pass.
 - ``sharpness`` and ``sharpness_err`` read one iteration (:class:`dynsim.obs.Shared`): recording both costs what
   recording one does.
 
@@ -87,9 +89,10 @@ from jax.flatten_util import ravel_pytree
 
 from . import obs as _obs
 
-__all__ = ["PRODUCTS", "WARMUP", "training_loss_fn", "hessian_matvec", "top_eigenpair", "start_vector",
+__all__ = ["PRODUCTS", "WARMUP", "HVP_METHODS", "training_loss_fn", "hessian_matvec", "top_eigenpair", "start_vector",
            "sharpness", "step_preconditioner", "preconditioned_sharpness", "sharpness_observable"]
 
+HVP_METHODS = ("tangent", "fd")  # how a Hessian-vector product is computed (see hessian_matvec)
 PRODUCTS = 5  # Hessian-vector products per record: a 5-dimensional Krylov space of the previous eigenvector.
 WARMUP = 32  # products (Krylov dimension) from the random start vector, once, before the first record.
 _START_SEED = 20210226  # fixed: every member starts from the same direction (masked to its width).
@@ -102,20 +105,6 @@ def training_loss_fn(ctx):
     x, y = (data.x_test, data.y_test) if ctx.prog.task.online else (data.x_train, data.y_train)
     model = ctx.prog.model
     return lambda params: model.loss(model.apply(params, x, ctx.scales.mult, ctx.mask), y)
-
-
-def _orthonormalise(v, basis):
-    """Project the orthonormal rows of ``basis`` (zero rows allowed) out of ``v`` (twice) and normalise.
-
-    Returns ``(q, ok)``; ``ok`` is False, and ``q`` zero, where nothing finite is left above round-off: a norm
-    below ``100 eps`` of ``|v|`` is a direction inside the span that round-off alone pushed out of it.
-    """
-    scale = jnp.linalg.norm(v)
-    for _ in range(2):  # "twice is enough" (Kahan): one pass loses orthogonality when v is nearly in the span.
-        v = v - (basis @ v) @ basis
-    norm = jnp.linalg.norm(v)
-    ok = jnp.isfinite(norm) & (norm > 100 * jnp.finfo(v.dtype).eps * scale)
-    return v * jnp.where(ok, 1.0 / jnp.where(ok, norm, 1.0), 0.0), ok
 
 
 def top_eigenpair(matvec, x, products: int):
@@ -136,6 +125,12 @@ def top_eigenpair(matvec, x, products: int):
     Rayleigh quotient, so it converges to the *algebraically* largest eigenvalue, not the one of largest magnitude
     (power iteration's), at a rate set by the square root of the relative gap (Kaniel-Paige-Saad bound).
 
+    The projected matrix is read off the orthonormalisation's own coefficients (:func:`_krylov`) and the Ritz value
+    off its eigenvalues, so a record makes no pass over its vectors beyond the Gram-Schmidt ones and the Ritz
+    vector (``Ay`` is formed only where the residual is used). On the ``edge-of-stability`` quick sweep this took a
+    5-product record from 15 to 12 training steps (``python -m benchmarks.sharpness``). Unrolling the loop saved 4%
+    more and cost 0.6 s of compilation, so it stays a loop.
+
     Where ``K_m`` is invariant (``x`` spans an eigenspace, or ``m`` exceeds the dimension) the further directions
     are zero and take no part. Where the arithmetic stops being finite ``x`` itself is returned, so the warm start
     stays a finite unit vector.
@@ -150,35 +145,63 @@ def top_eigenpair(matvec, x, products: int):
     """
     if products < 1:
         raise ValueError(f"top_eigenpair needs products >= 1, got {products}.")
+    return _ritz_pair(x, *_krylov(matvec, x, products))
+
+
+def _krylov(matvec, x, products: int):
+    """Lanczos with full reorthogonalisation in ``lax.fori_loop``: ``(basis, image, gram, valid)``, rows are
+    directions.
+
+    The basis is a fixed ``[products, dim]`` array whose rows not yet reached are zero. ``gram[i, j] = q_i . A q_j``
+    comes from the projection coefficients of the two classical Gram-Schmidt passes ("twice is enough", Kahan; one
+    pass loses orthogonality when ``A q_j`` is nearly inside the span, as it is from a good warm start):
+    ``A q_j = sum_(i <= j) (c1_i + c2_i) q_i + beta_j q_(j+1)`` gives the upper triangle and the lower one is its
+    mirror, so no pass over the basis and its image is needed after the loop. A direction whose ``beta`` is not
+    finite or below ``100 eps |A q_j|`` (round-off alone pushed it out of the span) is dropped: zero, not valid.
+    """
+    eps = jnp.finfo(x.dtype).eps
     basis = jnp.zeros((products, x.size), x.dtype).at[0].set(x)
     image = jnp.zeros_like(basis)
+    gram = jnp.zeros((products, products), x.dtype)
     valid = jnp.zeros((products,), bool).at[0].set(True)
 
     def extend(j, carry):
-        basis, image, valid = carry
-        image = image.at[j].set(matvec(basis[j]))
-        q, ok = _orthonormalise(image[j], basis)  # rows above j are still zero
-        nxt = jnp.minimum(j + 1, products - 1)  # the last product extends nothing: its q is dropped
-        keep = j + 1 < products
-        basis = basis.at[nxt].set(jnp.where(keep, q, basis[nxt]))
-        valid = valid.at[nxt].set(jnp.where(keep, ok & valid[j], valid[nxt]))
-        return basis, image, valid
+        basis, image, gram, valid = carry
+        a = matvec(basis[j])
+        c1 = basis @ a
+        r = a - c1 @ basis
+        c2 = basis @ r
+        r = r - c2 @ basis
+        beta = jnp.sqrt(r @ r)
+        keep = j + 1 < products  # the last product extends nothing
+        nxt = jnp.minimum(j + 1, products - 1)
+        ok = keep & valid[j] & jnp.isfinite(beta) & (beta > 100 * eps * jnp.sqrt(a @ a))
+        q = r * jnp.where(ok, 1.0 / jnp.where(ok, beta, 1.0), 0.0)
+        column = jnp.where(keep, c1 + c2, c1).at[nxt].add(jnp.where(ok, beta, 0.0))
+        return (basis.at[nxt].set(jnp.where(keep, q, basis[nxt])), image.at[j].set(a), gram.at[:, j].set(column),
+                valid.at[nxt].set(jnp.where(keep, ok, valid[nxt])))
 
-    basis, image, valid = jax.lax.fori_loop(0, products, extend, (basis, image, valid))
-    lam0 = x @ image[0]
-    gram = basis @ image.T
-    gram = 0.5 * (gram + gram.T)
+    basis, image, gram, valid = jax.lax.fori_loop(0, products, extend, (basis, image, gram, valid))
+    return basis, image, jnp.triu(gram) + jnp.triu(gram, 1).T, valid
+
+
+def _ritz_pair(x, basis, image, gram, valid):
+    """The top Ritz pair of the projected matrix ``gram`` (see :func:`top_eigenpair`) as ``(lam, residual, y)``."""
+    lam0 = gram[0, 0]
     # A dropped direction (a zero row) gets a diagonal entry below x.Ax and no coupling, so the top Ritz vector,
     # whose value is at least x.Ax (x is in the span), has no component along it.
     floor = lam0 - 1.0 - jnp.abs(lam0)
     pair = valid[:, None] & valid[None, :]
     gram = jnp.where(pair, gram, 0.0) + jnp.diag(jnp.where(valid, 0.0, floor))
-    c = jnp.linalg.eigh(jnp.where(jnp.isfinite(gram), gram, 0.0))[1][:, -1]
+    theta, vecs = jnp.linalg.eigh(jnp.where(jnp.isfinite(gram), gram, 0.0))
+    c = vecs[:, -1]
+    # The Ritz value is the projected matrix's top eigenvalue, y.Ay for the Ritz vector y up to round-off; Ay is
+    # formed only for the residual, so a program that does not record the residual never builds it.
     y, ay = c @ basis, c @ image
-    inv = 1.0 / jnp.linalg.norm(y)
+    inv = 1.0 / jnp.sqrt(y @ y)
     y, ay = inv * y, inv * ay
-    lam = y @ ay
-    good = jnp.isfinite(lam) & jnp.isfinite(inv)
+    lam = theta[-1]
+    good = jnp.isfinite(lam) & jnp.isfinite(inv) & jnp.all(jnp.isfinite(gram))
     y = jnp.where(good, y, x)
     lam = jnp.where(good, lam, lam0)
     ay = jnp.where(good, ay, image[0])
@@ -207,13 +230,58 @@ def sharpness(ctx, params, x, products: int = PRODUCTS):
     return top_eigenpair(hessian_matvec(ctx, params), x, products)
 
 
-def hessian_matvec(ctx, params, root=None):
+def hessian_matvec(ctx, params, root=None, method: str | None = None):
     """``v -> H v`` on flat vectors (``v -> root * H (root * v)`` with a flat ``root``).
 
-    The gradient is linearised once (``jax.linearize``): its primal passes run once for all the products of a
-    record, and each product runs only the tangent (linear) part.
+    ``method`` (default: the program's ``hvp`` setting, ``"tangent"`` where it has none) picks the product:
+
+    - ``"tangent"``: the gradient is linearised once (``jax.linearize``, forward-over-reverse): its primal passes
+      run once for all the products of a record, and each product runs only the tangent (linear) part, about
+      twice a gradient's matmul FLOPs. Exact up to round-off.
+    - ``"fd"``: a forward difference of gradients, ``(g(w + h u) - g(w)) / h`` with ``u = root * v`` and
+      ``h |u| = sqrt(eps)`` of the dtype (Dennis & Schnabel, *Numerical Methods for Unconstrained Optimization*,
+      section 5.4; the Jacobian-free Newton-Krylov product of Knoll & Keyes 2004). One gradient per product, with
+      ``g(w)`` shared by the record: on the ``edge-of-stability`` quick sweep a product costs about 1.5 training
+      steps against 2.7 (``python -m benchmarks.sharpness``). Its truncation error is ``h/2`` times a third
+      derivative and its round-off ``eps / h`` times the gradient's terms; in float32 (``h |u| = 3.5e-4``) it
+      measured 1.6e-4 relative on the Rayleigh quotient of the top eigenvector at the edge of stability (a tanh
+      MLP of width 64), well inside a few-product Krylov space's own error, and a quotient can exceed
+      ``lambda_max`` by about that much. The round-off also makes results depend on summation order at that level
+      (a padded member agrees with its unpadded self to about 1e-4 in float32, not 1e-7). Only for smooth
+      models: a ReLU unit whose pre-activation crosses zero within ``h`` adds a jump of order ``1 / h``.
     """
-    return _flat_matvec(jax.linearize(jax.grad(training_loss_fn(ctx)), params)[1], params, root)
+    return _hessian(ctx, params, method)[1](root)
+
+
+def _hessian(ctx, params, method: str | None = None):
+    """``(grads, make)``: the training gradient at ``params`` (a tree) and ``make(root)``, the flat product of
+    :func:`hessian_matvec` with the method of the program (``method`` overrides it)."""
+    method = method or getattr(ctx.prog, "hvp", "tangent")
+    grad = jax.grad(training_loss_fn(ctx))
+    if method == "tangent":
+        grads, linear = jax.linearize(grad, params)
+        return grads, lambda root=None: _flat_matvec(linear, params, root)
+    if method == "fd":
+        grads = grad(params)
+        return grads, lambda root=None: _fd_matvec(grad, params, grads, root)
+    raise ValueError(f"hvp must be one of {', '.join(HVP_METHODS)}, got {method!r}.")
+
+
+def _fd_matvec(grad, params, grads, root=None):
+    """``v -> root * (g(w + h u) - g(w)) / h`` with ``u = root * v``, ``h |u| = sqrt(eps)`` (``hessian_matvec``)."""
+    w, unravel = ravel_pytree(params)
+    g0 = ravel_pytree(grads)[0]
+    size = jnp.sqrt(jnp.finfo(w.dtype).eps)
+
+    def matvec(v):
+        u = v if root is None else root * v
+        norm = jnp.sqrt(u @ u)
+        some = norm > 0  # a dropped (zero) Krylov direction maps to zero
+        h = size / jnp.where(some, norm, 1.0)
+        hv = jnp.where(some, (ravel_pytree(grad(unravel(w + h * u)))[0] - g0) / h, 0.0)
+        return hv if root is None else root * hv
+
+    return matvec
 
 
 def _flat_matvec(hessian, params, root=None):
@@ -267,9 +335,9 @@ def preconditioned_sharpness(ctx, params, x, products: int = PRODUCTS):
 
 
 def _preconditioned_matvec(ctx, params):
-    """``v -> D^1/2 H D^1/2 v``; Adam's ``D`` takes the gradient from the linearisation's primal output."""
-    grads, hessian = jax.linearize(jax.grad(training_loss_fn(ctx)), params)
-    return _flat_matvec(hessian, params, jnp.sqrt(step_preconditioner(ctx, params, grads)))
+    """``v -> D^1/2 H D^1/2 v``; Adam's ``D`` takes the gradient the products already compute."""
+    grads, make = _hessian(ctx, params)
+    return make(jnp.sqrt(step_preconditioner(ctx, params, grads)))
 
 
 def sharpness_observable(name: str = "sharpness", *, products: int = PRODUCTS, warmup: int = WARMUP,

@@ -8,7 +8,7 @@ A spec has five tables::
     [task]   kind ("teacher_student"): d_in, d_out, n_train, n_test, teacher, teacher_width, noise, input_alpha, seed
              kind ("sparse_features"): n_features, alpha, p_active, n_test, seed
     [train]  steps, record_every, batch_size, observables, diverge_factor, betas, group, chunk_members, layout,
-             schedule, warmup_steps
+             schedule, warmup_steps, hvp
     [sweep]  width, lr, seed, param, optimizer, init_scale, weight_decay, momentum; alpha (a task axis: one
              engine run per value, see :data:`TASK_AXES`)
     [analysis]  experiment-specific settings
@@ -101,7 +101,7 @@ SCHEMA: dict[str, dict[str, Callable]] = {
               "observables": _observables, "diverge_factor": lambda v: (_is_num(v) and v > 1, "a number > 1"),
               "betas": _betas, "eps": _pos_num, "group": _pos_int, "chunk_members": _pos_int,
               "layout": _choice("auto", "vmap", "packed"), "schedule": _choice("constant", "cosine"),
-              "warmup_steps": _nonneg_int},
+              "warmup_steps": _nonneg_int, "hvp": _choice("tangent", "fd")},
     "sweep": {},  # checked by _sweep_axis
     "analysis": {},  # free-form, checked by the experiment
 }

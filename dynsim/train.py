@@ -61,6 +61,8 @@ class Program:
       warmup_steps: steps of linear warmup from 0 to the member's learning rate.
       decay_steps: total steps of the run, over which ``"cosine"`` decays to 0 (0 for ``"constant"``, so that runs
         of different lengths share the program).
+      hvp: how Hessian-vector products of observables are computed, ``"tangent"`` or ``"fd"`` (see
+        :func:`dynsim.obs_sharpness.hessian_matvec`).
     """
 
     model: MLP
@@ -81,6 +83,7 @@ class Program:
     schedule: str = "constant"
     warmup_steps: int = 0
     decay_steps: int = 0
+    hvp: str = "tangent"
 
     @property
     def steps_per_segment(self) -> int:

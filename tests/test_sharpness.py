@@ -1,5 +1,7 @@
 """Sharpness observable: agreement with the explicit Hessian, padding invariance, the edge of stability."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -303,3 +305,56 @@ def test_padded_adam_member_has_unpadded_preconditioned_sharpness(x64, monkeypat
         np.testing.assert_allclose(padded[name].values, alone[name].values, rtol=1e-10, atol=1e-13)
     assert (crowd["diverged_at"].sel(lr=1e3) >= 0).all()
     assert np.isfinite(crowd["preconditioned_sharpness"].sel(lr=LR)).all()
+
+
+def _fd(ctx):
+    """The member's context with forward-difference Hessian products (``hvp="fd"``)."""
+    return ctx._replace(prog=dataclasses.replace(ctx.prog, hvp="fd"))
+
+
+@pytest.mark.parametrize("optimizer,steps", [("sgd", 0), ("adam", 3)])
+def test_forward_difference_products_match_the_explicit_matrix(x64, optimizer, steps):
+    # As the tangent tests above, with (g(w + h u) - g(w)) / h, h |u| = sqrt(eps) = 1.5e-8 in float64.
+    model = MLP(d_in=3, depth=3, act="tanh")
+    ctx, params = _member(model, 6, 10, "mup", optimizer=optimizer)  # width 6 padded to 10
+    opt = train.make_optimizer(ctx.prog, ctx.hyper, ctx.scales.lr)
+    state = opt.init(params)
+    grad = jax.grad(obs_sharpness.training_loss_fn(ctx))
+    for _ in range(steps):
+        updates, state = opt.update(grad(params), state, params)
+        params = optax.apply_updates(params, updates)
+    ctx = _fd(ctx._replace(opt_state=state))
+    if optimizer == "sgd":
+        eig = _hessian_spectrum(ctx, 6)(params)
+        estimate = obs_sharpness.sharpness
+    else:
+        eig = _hessian_spectrum(ctx, 6)(params, _adam_preconditioner(ctx, opt, state, 6)(params))
+        estimate = obs_sharpness.preconditioned_sharpness
+    lam, _, vec = jax.jit(lambda p, v: estimate(ctx, p, v, 40))(params, obs_sharpness.start_vector(ctx))
+    # Each product errs by about sqrt(eps) relative: truncation h/2 times a third derivative, round-off eps/h times
+    # the gradient's terms (both O(1) here). 1e-6 is 60x that; a tangent product would meet 1e-9.
+    np.testing.assert_allclose(float(lam), eig[-1], rtol=1e-6)
+    w_in, *hidden, w_out = jax.tree.map(np.asarray, ravel_pytree(params)[1](vec))
+    assert np.all(w_in[6:] == 0) and np.all(w_out[:, 6:] == 0)
+
+
+def test_padded_member_has_unpadded_sharpness_with_forward_differences(x64, monkeypatch):
+    model = MLP(d_in=3, depth=3, act="tanh")
+    names = ("loss", "sharpness", "sharpness_32")
+    alone = _run(model, ds.Sweep(width=[6], lr=[LR]), monkeypatch, names, group=1, hvp="fd").squeeze()
+    crowd = _run(model, ds.Sweep(width=[6, 10], lr=[LR]), monkeypatch, names, buckets=[[6, 10]], group=2, hvp="fd")
+    padded = crowd.sel(width=6, lr=LR).squeeze()
+    # A difference quotient turns summation-order round-off (1e-16) into 1e-16 / h = 7e-9 relative per product.
+    np.testing.assert_allclose(padded["sharpness"].values, alone["sharpness"].values, rtol=1e-6)
+    # And it tracks the exact products' converged value to its own accuracy (sqrt(eps), as above).
+    exact = _run(model, ds.Sweep(width=[6], lr=[LR]), monkeypatch, names, group=1).squeeze()
+    np.testing.assert_allclose(alone["sharpness_32"].values, exact["sharpness_32"].values, rtol=1e-6)
+    # The setting reached the products: they differ from the tangent ones (which repeat to 1e-14) at h's level.
+    assert np.abs(alone["sharpness_32"].values / exact["sharpness_32"].values - 1).max() > 1e-12
+
+
+def test_forward_difference_products_need_a_smooth_model(monkeypatch):
+    with pytest.raises(ds.engine.InputError, match="hvp 'fd' needs a smooth model"):
+        _run(MLP(d_in=3, depth=2, act="relu"), ds.Sweep(width=[6], lr=[LR]), monkeypatch, hvp="fd")
+    with pytest.raises(ds.engine.InputError, match="hvp must be one of tangent, fd"):
+        _run(MLP(d_in=3, depth=2, act="tanh"), ds.Sweep(width=[6], lr=[LR]), monkeypatch, hvp="exact")

@@ -179,6 +179,7 @@ BAD_SPECS = [
     ("negative-noise", {"task": {"noise": -0.1}}, ["'task.noise'"]),
     ("d-in-zero", {"task": {"d_in": 0}}, ["'task.d_in'"]),
     ("bad-observable", {"train": {"observables": ["loss", "accuracy"]}}, ["'train.observables'", "'accuracy'"]),
+    ("bad-hvp", {"train": {"hvp": "exact"}}, ["'train.hvp'", "'exact'", "fd"]),
     ("no-observables", {"train": {"observables": []}}, ["'train.observables'"]),
     ("betas-one", {"train": {"betas": [0.9]}}, ["'train.betas'"]),
     ("diverge-factor-one", {"train": {"diverge_factor": 1}}, ["'train.diverge_factor'"]),

@@ -179,7 +179,8 @@ def build(spec: dict):
             "diverge_factor": train.pop("diverge_factor", 1e4), "betas": tuple(train.pop("betas", (0.9, 0.999))),
             "eps": train.pop("eps", 1e-8), "group": train.pop("group", None),
             "chunk_members": train.pop("chunk_members", 256), "layout": train.pop("layout", "auto"),
-            "schedule": train.pop("schedule", "constant"), "warmup_steps": train.pop("warmup_steps", 0)}
+            "schedule": train.pop("schedule", "constant"), "warmup_steps": train.pop("warmup_steps", 0),
+            "hvp": train.pop("hvp", "tangent")}
     return model, task, sweep, opts
 
 
