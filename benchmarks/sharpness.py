@@ -88,12 +88,12 @@ def main(argv=None) -> dict:
     best_cpu = {name: min(c) for name, c in cpus.items()}
     trained = len(np.unique(sweep.sources()))  # Adam members differing only in momentum train once
     out = {"members": sweep.size, "trained_members": trained, "steps": opts["steps"],
-           "record_every": opts["record_every"],
+           "record_every": opts["record_every"], "hvp": opts["hvp"],
            "observables": list(opts["observables"]), "wall_s": walls, "best_s": best, "cpu_s": cpus,
            "best_cpu_s": best_cpu, "compile_s": compile_s, "ratio": best["sharpness"] / best["plain"],
            "ratio_cpu": best_cpu["sharpness"] / best_cpu["plain"], "goal": GOAL}
     print(f"edge-of-stability quick sweep: {sweep.size} members ({trained} trained), {opts['steps']} steps, "
-          f"recording {', '.join(opts['observables'])} every {opts['record_every']} steps")
+          f"recording {', '.join(opts['observables'])} every {opts['record_every']} steps ({opts['hvp']} products)")
     for name in configs:
         print(f"  {name:>11}: best {best[name]:.3f} s of {', '.join(f'{w:.3f}' for w in walls[name])} "
               f"(CPU {best_cpu[name]:.3f} s; compile {compile_s[name]:.2f} s, not included)")

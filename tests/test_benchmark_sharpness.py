@@ -20,6 +20,7 @@ def test_sharpness_benchmark_smoke(tmp_path, monkeypatch):
     saved = json.loads(path.read_text())
     assert saved["members"] == 2  # one lr, one seed, one momentum, GD and Adam
     assert "preconditioned_sharpness" in saved["observables"]
+    assert saved["hvp"] == "fd"  # the experiment's own products: forward differences of the tanh network's gradient
     for name in ("plain", "sharpness"):
         assert saved["best_s"][name] > 0 and saved["compile_s"][name] > 0
     # Recording Hessian-vector products cannot be free: a ratio at or below 1 would mean nothing was recorded.
