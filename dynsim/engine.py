@@ -149,8 +149,8 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
         every member's learning rate (see :func:`dynsim.train.lr_schedule`).
       warmup_steps: steps of linear warmup from 0 before the schedule.
       hvp: how the Hessian-vector products of observables such as ``sharpness`` are computed: ``"tangent"``
-        (forward-over-reverse, exact) or ``"fd"`` (a forward difference of gradients: about half the cost, with a
-        relative error near ``sqrt(eps)``; smooth activations only). See
+        (forward-over-reverse, exact) or ``"fd"`` (a forward difference of gradients: about 70% of the cost per
+        product, with a relative error near ``sqrt(eps)``; smooth activations only). See
         :func:`dynsim.obs_sharpness.hessian_matvec`.
       spec: the full experiment spec, stored in the results' attributes.
       log: optional callable receiving one-line progress messages.
