@@ -148,7 +148,8 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
       schedule: learning-rate schedule, ``"constant"`` or ``"cosine"`` (decaying to 0 at ``steps``); it multiplies
         every member's learning rate (see :func:`dynsim.train.lr_schedule`).
       warmup_steps: steps of linear warmup from 0 before the schedule.
-      hvp: how the Hessian-vector products of observables such as ``sharpness`` are computed: ``"tangent"``
+      hvp: how the Hessian-vector products of the sharpness observables (``sharpness``,
+        ``preconditioned_sharpness`` and their ``_err``) are computed: ``"tangent"``
         (forward-over-reverse, exact) or ``"fd"`` (a forward difference of gradients: about 70% of the cost per
         product, with a relative error near ``sqrt(eps)``; smooth activations only). See
         :func:`dynsim.obs_sharpness.hessian_matvec`.

@@ -8,8 +8,9 @@ objective, ``0.5 * mean((f - y)^2)``; the test set for an online task) with resp
 rate (``c = 0``, as in every SGD table of :mod:`dynsim.param`) it is the quantity that equilibrates at ``2 / lr``
 at the edge of stability (:func:`dynsim.theory.stability.gd_threshold`).
 
-Method: Hessian-vector products (the gradient linearised once per record with ``jax.linearize``, forward-over-
-reverse; each product then runs only the tangent part, about twice a gradient's matmul FLOPs) build a Krylov space
+Method: Hessian-vector products (by default the gradient linearised once per record with ``jax.linearize``,
+forward-over-reverse, each product then running only the tangent part, about twice a gradient's matmul FLOPs; with
+the program's ``hvp = "fd"`` a forward difference of gradients, see :func:`hessian_matvec`) build a Krylov space
 of a static dimension inside ``lax.fori_loop``, and Rayleigh-Ritz on it gives the estimate (:func:`top_eigenpair`).
 The program is compiled once, so the dimension cannot depend on convergence; instead the eigenvector is carried
 between records in the observable's ``extra`` state. The first record starts from a fixed random unit vector (zero
@@ -29,7 +30,8 @@ Rayleigh quotient, needs ``2 k`` products for an iterate in the ``(k + 1)``-dime
 
 Caveats:
 
-- The estimate is a Rayleigh quotient, so it never exceeds ``lambda_max`` (up to round-off); a near-degenerate top
+- The estimate is a Rayleigh quotient, so it never exceeds ``lambda_max`` (up to round-off; with forward-difference
+  products by up to their own error, 1e-4 typically and 0.4% at most on that sweep); a near-degenerate top
   pair converges more slowly and is underestimated until it does, and so is a top eigenvector that turns fast
   between records (at a catapult). Error against a 40-product reference on the ``edge-of-stability`` quick sweep
   (24 members, 100 records each), 90th / 99th percentile / largest: 6.9e-2 / 0.48 / 0.99 with 2 products,
@@ -44,9 +46,9 @@ Caveats:
   forward-difference products (``hvp="fd"``, :func:`hessian_matvec`: 1.6 steps per product, of which about 1 is
   the gradient and the rest the product's and the Gram-Schmidt passes over the vectors, which this small network
   makes as dear as its matmuls). One product per record costs 1.3x and 1.24x: the bare Rayleigh quotient of the
-  previous eigenvector. So the 1.5x of a plain run that issue 5 asks for leaves room for two or three
-  forward-difference products per record at this interval, with 90th / 99th-percentile errors of 7% / 48% and
-  2% / 23% (first caveat). The tangent products run near their arithmetic: XLA's cost analysis of this MLP counts
+  previous eigenvector. Forward-difference records of 2 / 3 / 4 products cost 1.44x / 1.58x / 1.71x, so the 1.5x
+  of a plain run that issue 5 asks for leaves room for two products per record at this interval, with 90th /
+  99th-percentile errors of 7% / 48% (first caveat). The tangent products run near their arithmetic: XLA's cost analysis of this MLP counts
   2.0 training steps of FLOPs per product (per weight matrix two matmuls in the tangent forward pass and four in
   the tangent backward pass, against the step's one and two) and 0.7 for the primal pass.
 - ``sharpness`` and ``sharpness_err`` read one iteration (:class:`dynsim.obs.Shared`): recording both costs what
@@ -71,13 +73,16 @@ step 0 too. For Adam with one learning rate per layer (``c_l = 0``) this is ``P^
 at the edge of stability", which equilibrates at :func:`dynsim.theory.stability.adam_threshold`; for SGD with
 ``c_l = 0`` it is the plain sharpness, compared with ``momentum_threshold``. ``D H`` is similar to the symmetric
 ``D^1/2 H D^1/2``, which is what the Krylov space is built on (same products, same warm start; Adam's gradient
-is the linearisation's primal output). The weight-decay term of the objective is not included (as for
+is the one the products already compute: the linearisation's primal output, or the difference quotients' base
+point). The weight-decay term of the objective is not included (as for
 ``sharpness``). The optimizer state is read from ``ctx.opt_state`` (the first ``optax.ScaleByAdamState`` in it);
 ``adamw`` is treated as Adam (its decay is decoupled, so the gradient is the loss gradient alone).
 
 Padding: the Hessian's rows and columns for padded weights are exactly zero (the mask cuts those units out of the
 function), and the start vector is drawn with :meth:`dynsim.models.MLP.init`, whose true-width part does not depend
-on the padded width, so a padded member iterates on the same numbers as an unpadded one.
+on the padded width, so a padded member iterates on the same numbers as an unpadded one (up to summation order,
+which forward-difference products amplify to about ``eps / sqrt(eps)``: 1e-8 relative in float64, 1e-4 in
+float32).
 """
 
 from __future__ import annotations
@@ -114,9 +119,9 @@ def top_eigenpair(matvec, x, products: int):
     reorthogonalisation (Paige 1971; Golub & Van Loan, *Matrix Computations*, section 10.1): ``q_0 = x`` and
     ``q_(j+1)`` is ``A q_j`` orthonormalised against ``q_0 .. q_j``. Every ``A q_j`` is kept, so the projected
     matrix ``T = Q A Q^T`` comes from the products themselves rather than from the three-term recurrence, and the
-    returned Ritz pair ``(lam, y)`` (the top eigenpair of ``T``) has ``lam = y.Ay`` and residual ``|Ay - lam y|``
-    computed from ``Ay = c @ (A Q)``: a Rayleigh quotient of ``A`` up to round-off, hence at most ``lambda_max``,
-    and some eigenvalue of ``A`` lies within the residual of it.
+    returned Ritz pair ``(lam, y)`` (the top eigenpair of ``T``) has ``lam = y.Ay`` up to round-off, a Rayleigh
+    quotient of ``A``, hence at most ``lambda_max``; its residual ``|Ay - lam y|`` is computed from
+    ``Ay = c @ (A Q)``, and some eigenvalue of ``A`` lies within it of ``lam``.
 
     ``K_m`` is the best space ``m`` products can reach from ``x`` (every polynomial of degree ``< m`` in ``A``
     applied to ``x``), so its Ritz value is at least that of any method spending ``m`` products on ``x``:
@@ -177,7 +182,9 @@ def _krylov(matvec, x, products: int):
         nxt = jnp.minimum(j + 1, products - 1)
         ok = keep & valid[j] & jnp.isfinite(beta) & (beta > 100 * eps * jnp.sqrt(a @ a))
         q = r * jnp.where(ok, 1.0 / jnp.where(ok, beta, 1.0), 0.0)
-        column = jnp.where(keep, c1 + c2, c1).at[nxt].add(jnp.where(ok, beta, 0.0))
+        # Entries past j are zero (basis rows not reached yet); the subdiagonal q_(j+1).Aq_j = beta_j comes from
+        # mirroring q_j.Aq_(j+1) of the next column, as the whole lower triangle does.
+        column = jnp.where(keep, c1 + c2, c1)
         return (basis.at[nxt].set(jnp.where(keep, q, basis[nxt])), image.at[j].set(a), gram.at[:, j].set(column),
                 valid.at[nxt].set(jnp.where(keep, ok, valid[nxt])))
 
@@ -239,14 +246,17 @@ def hessian_matvec(ctx, params, root=None, method: str | None = None):
       run once for all the products of a record, and each product runs only the tangent (linear) part, about
       twice a gradient's matmul FLOPs. Exact up to round-off.
     - ``"fd"``: a forward difference of gradients, ``(g(w + h u) - g(w)) / h`` with ``u = root * v`` and
-      ``h |u| = sqrt(eps)`` of the dtype (Dennis & Schnabel, *Numerical Methods for Unconstrained Optimization*,
-      section 5.4; the Jacobian-free Newton-Krylov product of Knoll & Keyes 2004). One gradient per product, with
-      ``g(w)`` shared by the record: on the ``edge-of-stability`` quick sweep a product costs about 1.5 training
-      steps against 2.7 (``python -m benchmarks.sharpness``). Its truncation error is ``h/2`` times a third
+      ``h |u| = sqrt(eps)`` of the dtype, the step that balances truncation against round-off (Dennis & Schnabel,
+      *Numerical Methods for Unconstrained Optimization*, section 5.4; the Jacobian-free Newton-Krylov product of
+      Knoll & Keyes 2004), taken as an absolute length: a step scaled by ``|w|`` as they suggest for badly scaled
+      variables erred 10x more on the Rayleigh quotient below (``|w| = 11``). One gradient per product, with
+      ``g(w)`` shared by the record: on the ``edge-of-stability`` quick sweep a product costs about 1.6 training
+      steps against 2.3 (``python -m benchmarks.sharpness``). Its truncation error is ``h/2`` times a third
       derivative and its round-off ``eps / h`` times the gradient's terms; in float32 (``h |u| = 3.5e-4``) it
       measured 1.6e-4 relative on the Rayleigh quotient of the top eigenvector at the edge of stability (a tanh
-      MLP of width 64), well inside a few-product Krylov space's own error, and a quotient can exceed
-      ``lambda_max`` by about that much. The round-off also makes results depend on summation order at that level
+      MLP of width 64). On that sweep's recorded sharpness the median error is 1.1e-4 and the 90th percentile
+      2.7e-3 (1.5e-3 with tangent products), and a value can exceed ``lambda_max`` (by 0.4% at most there). A
+      weight above about ``1 / sqrt(eps)`` (100 in float32) loses the step to its own round-off. The round-off also makes results depend on summation order at that level
       (a padded member agrees with its unpadded self to about 1e-4 in float32, not 1e-7). Only for smooth
       models: a ReLU unit whose pre-activation crosses zero within ``h`` adds a jump of order ``1 / h``.
     """
@@ -276,9 +286,9 @@ def _fd_matvec(grad, params, grads, root=None):
     def matvec(v):
         u = v if root is None else root * v
         norm = jnp.sqrt(u @ u)
-        some = norm > 0  # a dropped (zero) Krylov direction maps to zero
-        h = size / jnp.where(some, norm, 1.0)
-        hv = jnp.where(some, (ravel_pytree(grad(unravel(w + h * u)))[0] - g0) / h, 0.0)
+        zero = norm == 0  # a dropped (zero) Krylov direction maps to zero; a NaN one stays NaN
+        h = size / jnp.where(zero, 1.0, norm)
+        hv = jnp.where(zero, 0.0, (ravel_pytree(grad(unravel(w + h * u)))[0] - g0) / h)
         return hv if root is None else root * hv
 
     return matvec

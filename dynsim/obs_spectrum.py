@@ -3,7 +3,8 @@ quadrature), each with an estimate of its own error.
 
 All act on the Hessian ``H`` of the member's full-training-set loss (:func:`dynsim.obs_sharpness.training_loss_fn`)
 with respect to its trained parameters, through Hessian-vector products
-(:func:`dynsim.obs_sharpness.hessian_matvec`); ``dim`` below is the member's number of (unpadded) parameters. They
+(:func:`dynsim.obs_sharpness.hessian_matvec`, always the exact tangent products: the residual bounds below hold
+for exact products only, so the program's ``hvp = "fd"`` setting does not apply here); ``dim`` below is the member's number of (unpadded) parameters. They
 are computed inside the compiled program at record points, vmapped over members, and are stateless: every record
 starts from the same vectors, so a record costs what it costs at step 0.
 
@@ -124,7 +125,7 @@ def hessian_topk(ctx, params, k: int = TOPK, steps: int = LANCZOS_STEPS):
     """Top ``k`` Hessian eigenvalues (largest first) and their residual bounds, from ``steps`` Lanczos steps."""
     if not 1 <= k <= steps:
         raise ValueError(f"hessian_topk needs 1 <= k <= steps, got k={k}, steps={steps}.")
-    alpha, beta, _ = lanczos(hessian_matvec(ctx, params), start_vector(ctx), steps)
+    alpha, beta, _ = lanczos(hessian_matvec(ctx, params, method="tangent"), start_vector(ctx), steps)
     theta, _, last, genuine = ritz(alpha, beta)
     err = jnp.abs(beta[-1] * last)
     top = slice(steps - 1, steps - 1 - k, -1)
@@ -133,7 +134,7 @@ def hessian_topk(ctx, params, k: int = TOPK, steps: int = LANCZOS_STEPS):
 
 def hessian_trace(ctx, params, count: int = PROBES):
     """Hutchinson's trace estimate ``mean_p z_p^T H z_p`` and its standard error over the ``count`` probes."""
-    matvec = hessian_matvec(ctx, params)
+    matvec = hessian_matvec(ctx, params, method="tangent")
     samples = jax.lax.map(lambda z: z @ matvec(z), probes(ctx, count))
     return jnp.mean(samples), jnp.std(samples, ddof=1) / np.sqrt(count)
 
@@ -144,7 +145,7 @@ def hessian_density(ctx, params, count: int = PROBES, steps: int = LANCZOS_STEPS
     The products of one probe run in turn (``lax.map``): vmapping them over probes would add a batch dimension to
     every matmul of the member-vmapped program, which XLA:CPU runs slower than the calls in turn.
     """
-    matvec = hessian_matvec(ctx, params)
+    matvec = hessian_matvec(ctx, params, method="tangent")
 
     def one(z):
         theta, first, _, genuine = ritz(*lanczos(matvec, z, steps)[:2])

@@ -31,6 +31,7 @@ import numpy as np
 
 from . import obs as _obs
 from . import param as _param
+from .obs_sharpness import HVP_METHODS
 from .sweep import OPTIMIZERS
 
 __all__ = ["SpecError", "load", "apply_sets", "validate", "parse_set"]
@@ -101,7 +102,7 @@ SCHEMA: dict[str, dict[str, Callable]] = {
               "observables": _observables, "diverge_factor": lambda v: (_is_num(v) and v > 1, "a number > 1"),
               "betas": _betas, "eps": _pos_num, "group": _pos_int, "chunk_members": _pos_int,
               "layout": _choice("auto", "vmap", "packed"), "schedule": _choice("constant", "cosine"),
-              "warmup_steps": _nonneg_int, "hvp": _choice("tangent", "fd")},
+              "warmup_steps": _nonneg_int, "hvp": _choice(*HVP_METHODS)},
     "sweep": {},  # checked by _sweep_axis
     "analysis": {},  # free-form, checked by the experiment
 }

@@ -61,7 +61,7 @@ class Program:
       warmup_steps: steps of linear warmup from 0 to the member's learning rate.
       decay_steps: total steps of the run, over which ``"cosine"`` decays to 0 (0 for ``"constant"``, so that runs
         of different lengths share the program).
-      hvp: how Hessian-vector products of observables are computed, ``"tangent"`` or ``"fd"`` (see
+      hvp: how the sharpness observables' Hessian-vector products are computed, ``"tangent"`` or ``"fd"`` (see
         :func:`dynsim.obs_sharpness.hessian_matvec`).
     """
 

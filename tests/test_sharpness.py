@@ -323,7 +323,8 @@ def test_forward_difference_products_match_the_explicit_matrix(x64, optimizer, s
     for _ in range(steps):
         updates, state = opt.update(grad(params), state, params)
         params = optax.apply_updates(params, updates)
-    ctx = _fd(ctx._replace(opt_state=state))
+    exact_ctx = ctx._replace(opt_state=state)
+    ctx = _fd(exact_ctx)
     if optimizer == "sgd":
         eig = _hessian_spectrum(ctx, 6)(params)
         estimate = obs_sharpness.sharpness
@@ -334,8 +335,12 @@ def test_forward_difference_products_match_the_explicit_matrix(x64, optimizer, s
     # Each product errs by about sqrt(eps) relative: truncation h/2 times a third derivative, round-off eps/h times
     # the gradient's terms (both O(1) here). 1e-6 is 60x that; a tangent product would meet 1e-9.
     np.testing.assert_allclose(float(lam), eig[-1], rtol=1e-6)
+    # The setting reached the products: the exact ones give a value that differs at h's level, not round-off's.
+    exact = jax.jit(lambda p, v: estimate(exact_ctx, p, v, 40))(params, obs_sharpness.start_vector(ctx))[0]
+    assert abs(float(lam) / float(exact) - 1) > 1e-12
     w_in, *hidden, w_out = jax.tree.map(np.asarray, ravel_pytree(params)[1](vec))
     assert np.all(w_in[6:] == 0) and np.all(w_out[:, 6:] == 0)
+    assert all(np.all(h[6:] == 0) and np.all(h[:, 6:] == 0) for h in hidden)
 
 
 def test_padded_member_has_unpadded_sharpness_with_forward_differences(x64, monkeypatch):
