@@ -34,7 +34,8 @@ steps. ``alpha = 1.5`` converges slowest: at the quick size with two seeds, 700 
 give strong exponents 1.55 / 1.44 / 0.95 (1) and weak ones 0.87 / 0.70 / 0.40 (0.5), so both of its checks agree
 only at 16 times the quick steps, and it is left out of the quick sweep. The full size (``n = 4096``, ``m`` up
 to 1024, four ``alpha``, three seeds, 6000 steps of batch 512, ``W``'s rate ``0.02 (8/m)^1/4`` as Liu et al.'s large
-runs, about 6e15 FLOPs, every check) is meant for an accelerator; a constant 0.02 fails from ``m = 256`` up. Its ``alpha = 1.5`` may need more steps than that, as at the quick size.
+runs, about 6e15 FLOPs, every check) is meant for an accelerator; a constant 0.02 fails from ``m = 256`` up. Its
+``alpha = 1.5`` may need more steps than that, as at the quick size.
 """
 
 from __future__ import annotations
