@@ -145,18 +145,26 @@ def test_sharpness_matches_explicit_hessian(x64, depth, param):
     assert all(np.all(h[6:] == 0) and np.all(h[:, 6:] == 0) for h in hidden)
 
 
-@pytest.mark.parametrize("optimizer,steps", [("sgd", 0), ("adam", 0), ("adam", 3)])
-def test_preconditioned_sharpness_matches_explicit_matrix(x64, optimizer, steps):
-    # muP with Adam has unequal per-layer lr multipliers (c = 1/2, 1, 1/2), so D is not a multiple of Adam's P^-1.
+def _trained_member(optimizer, steps):
+    """A depth-3 tanh muP member of width 6 padded to 10 after ``steps`` full-batch steps of ``optimizer``.
+
+    Returns ``(ctx, params, opt, state)``, with the optimizer state in ``ctx.opt_state``.
+    """
     model = MLP(d_in=3, depth=3, act="tanh")
-    ctx, params = _member(model, 6, 10, "mup", optimizer=optimizer)  # width 6 padded to 10
+    ctx, params = _member(model, 6, 10, "mup", optimizer=optimizer)
     opt = train.make_optimizer(ctx.prog, ctx.hyper, ctx.scales.lr)
     state = opt.init(params)
     grad = jax.grad(obs_sharpness.training_loss_fn(ctx))
     for _ in range(steps):
         updates, state = opt.update(grad(params), state, params)
         params = optax.apply_updates(params, updates)
-    ctx = ctx._replace(opt_state=state)
+    return ctx._replace(opt_state=state), params, opt, state
+
+
+@pytest.mark.parametrize("optimizer,steps", [("sgd", 0), ("adam", 0), ("adam", 3)])
+def test_preconditioned_sharpness_matches_explicit_matrix(x64, optimizer, steps):
+    # muP with Adam has unequal per-layer lr multipliers (c = 1/2, 1, 1/2), so D is not a multiple of Adam's P^-1.
+    ctx, params, opt, state = _trained_member(optimizer, steps)
     if optimizer == "sgd":
         ref = lambda p: ravel_pytree(_true_width(tuple(jnp.full(w.shape, ctx.scales.lr[i]) for i, w in
                                                        enumerate(p)), 6))[0]
@@ -315,15 +323,7 @@ def _fd(ctx):
 @pytest.mark.parametrize("optimizer,steps", [("sgd", 0), ("adam", 3)])
 def test_forward_difference_products_match_the_explicit_matrix(x64, optimizer, steps):
     # As the tangent tests above, with (g(w + h u) - g(w)) / h, h |u| = sqrt(eps) = 1.5e-8 in float64.
-    model = MLP(d_in=3, depth=3, act="tanh")
-    ctx, params = _member(model, 6, 10, "mup", optimizer=optimizer)  # width 6 padded to 10
-    opt = train.make_optimizer(ctx.prog, ctx.hyper, ctx.scales.lr)
-    state = opt.init(params)
-    grad = jax.grad(obs_sharpness.training_loss_fn(ctx))
-    for _ in range(steps):
-        updates, state = opt.update(grad(params), state, params)
-        params = optax.apply_updates(params, updates)
-    exact_ctx = ctx._replace(opt_state=state)
+    exact_ctx, params, opt, state = _trained_member(optimizer, steps)
     ctx = _fd(exact_ctx)
     if optimizer == "sgd":
         eig = _hessian_spectrum(ctx, 6)(params)
