@@ -21,6 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .models import MLP
+
 __all__ = ["Context", "Shared", "Observable", "register", "get", "names", "record", "init_extras", "coord_check"]
 
 
@@ -70,6 +72,8 @@ class Observable:
       init_extra: ``(ctx, params) -> extra`` or None (taken from ``shared`` where it is set).
       shared: the computation this observable reads its value from, as ``values[part]``.
       part: which of ``shared``'s values this observable is.
+      applies: ``(model) -> bool``, whether the observable can be recorded for a model (None: any model).
+      applies_to: the models it applies to, in words, for the error raised when ``applies`` is false.
     """
 
     name: str
@@ -80,6 +84,8 @@ class Observable:
     init_extra: Callable | None = None
     shared: Shared | None = None
     part: str | None = None
+    applies: Callable | None = None
+    applies_to: str = ""
 
     def __post_init__(self):
         if (self.shared is None) == (self.compute is None):
@@ -103,10 +109,17 @@ class Observable:
 
 
 _REGISTRY: dict[str, Observable] = {}
+_BUILTIN: frozenset[str] = frozenset()  # the names dynsim defines, set once its observables are registered
 
 
 def register(observable: Observable) -> Observable:
-    """Add an observable to the registry (replacing one of the same name)."""
+    """Add an observable to the registry, replacing a user-defined one of the same name.
+
+    A replaced observable takes effect in every later run: compiled programs are keyed by the observables'
+    definitions, not only their names. dynsim's own observables cannot be replaced.
+    """
+    if observable.name in _BUILTIN and _REGISTRY[observable.name] is not observable:
+        raise ValueError(f"observable {observable.name!r} is defined by dynsim; register yours under another name.")
     keys = {o.shared.key for o in _REGISTRY.values() if o.shared is not None}
     if observable.name in keys or (observable.shared is not None and observable.shared.key in _REGISTRY):
         raise ValueError(f"observable {observable.name!r}: a shared computation's key equals an observable's name.")
@@ -115,6 +128,7 @@ def register(observable: Observable) -> Observable:
 
 
 def get(name: str) -> Observable:
+    """The registered observable called ``name``; a ``ValueError`` naming the choices if there is none."""
     try:
         return _REGISTRY[name]
     except KeyError:
@@ -122,27 +136,33 @@ def get(name: str) -> Observable:
 
 
 def names() -> tuple[str, ...]:
+    """Names of the registered observables, sorted."""
     return tuple(sorted(_REGISTRY))
 
 
+def _definition(o) -> Observable:
+    return o if isinstance(o, Observable) else get(o)
+
+
 def init_extras(names, ctx: Context, params) -> dict:
-    """The carried states of the observables ``names`` at init, one per shared computation."""
+    """The carried states of the observables ``names`` (names or :class:`Observable` objects) at init, one per shared
+    computation."""
     extra = {}
-    for name in names:
-        o = get(name)
+    for o in map(_definition, names):
         if o.init_extra is not None and o.state_key not in extra:
             extra[o.state_key] = o.init_extra(ctx, params)
     return extra
 
 
 def record(names, ctx: Context, params, extra: dict) -> tuple[dict, dict]:
-    """Values of the observables ``names`` at ``params`` and their new carried states.
+    """Values of the observables ``names`` (names or :class:`Observable` objects) at ``params`` and their new carried
+    states.
 
     Each shared computation runs once, however many of its observables are among ``names``.
     """
     values, extra, shared = {}, dict(extra), {}
-    for name in names:
-        o = get(name)
+    for o in map(_definition, names):
+        name = o.name
         if o.shared is None:
             values[name], new = o.compute(ctx, params, extra.get(name))
         else:
@@ -189,7 +209,8 @@ register(Observable("loss", _train_loss, "training loss 0.5*mean((f-y)^2) on the
 register(Observable("test_loss", _test_loss, "test loss 0.5*mean((f-y)^2) on the held-out set"))
 register(Observable("output_rms", _output_rms, "root mean square of the network output on the test inputs"))
 register(Observable("preact_rms", _preact_rms, "RMS of each hidden layer's pre-activations on the test inputs",
-                    dims=("layer",), shape=lambda prog: (prog.model.depth - 1,)))
+                    dims=("layer",), shape=lambda prog: (prog.model.depth - 1,),
+                    applies=lambda model: isinstance(model, MLP), applies_to="MLPs"))
 
 
 def coord_check(model, parametrization, widths, *, lr: float, steps: int = 3, optimizer: str = "sgd",
@@ -226,3 +247,5 @@ from . import obs_sharpness as _obs_sharpness  # noqa: E402,F401  (registers sha
 from . import obs_superposition as _obs_superposition  # noqa: E402,F401  (superposition geometry)
 from . import obs_ntk as _obs_ntk  # noqa: E402,F401  (registers empirical-NTK observables)
 from . import obs_spectrum as _obs_spectrum  # noqa: E402,F401  (registers Hessian spectrum observables)
+
+_BUILTIN = frozenset(_REGISTRY)

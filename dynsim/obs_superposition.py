@@ -61,12 +61,20 @@ def _dims_per_feature(ctx: Context, params, extra):
     return ctx.hyper.width.astype(params[0].dtype) / jnp.sum(params[0] ** 2), None
 
 
+def _is_superposition(model) -> bool:
+    return hasattr(model, "n_features")
+
+
 register(Observable("represented_fraction", _represented_fraction,
-                    f"fraction of features whose direction has norm above {REPRESENTED_NORM} (superposition model)"))
+                    f"fraction of features whose direction has norm above {REPRESENTED_NORM} (superposition model)",
+                    applies=_is_superposition, applies_to="the superposition model"))
 register(Observable("mean_sq_overlap", _overlap, "mean squared cosine between the directions of represented features, "
-                    "over pairs i != j (superposition model)"))
+                    "over pairs i != j (superposition model)",
+                    applies=_is_superposition, applies_to="the superposition model"))
 register(Observable("feature_loss", _feature_loss, "per-feature loss 0.5*mean((x'_i - x_i)^2) on the evaluation "
                     "set, unweighted (superposition model)", dims=("feature",),
-                    shape=lambda prog: (prog.model.n_features,)))
+                    shape=lambda prog: (prog.model.n_features,),
+                    applies=_is_superposition, applies_to="the superposition model"))
 register(Observable("dims_per_feature", _dims_per_feature, "hidden dimensions per feature m / |W|_F^2 (Elhage et "
-                    "al. 2022; superposition model)"))
+                    "al. 2022; superposition model)",
+                    applies=_is_superposition, applies_to="the superposition model"))

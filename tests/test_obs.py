@@ -1,5 +1,6 @@
 """The observable registry: shared computations run once per record and carry one state."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -58,3 +59,35 @@ def test_sharpness_and_its_error_read_one_iteration():
     both = ds.run(model, task, sweep, observables=("sharpness", "sharpness_err"), **kw)
     np.testing.assert_array_equal(alone["sharpness"].values, both["sharpness"].values)
     assert np.all(both["sharpness_err"].values >= 0)
+
+
+def test_an_observable_registered_anew_takes_effect_in_the_next_run(monkeypatch):
+    """Compiled programs are keyed by the observables' definitions: a notebook's edited observable is not served
+    from the program compiled for its earlier version."""
+    monkeypatch.setattr(obs, "_REGISTRY", dict(obs._REGISTRY))
+    model, task = ds.models.MLP(d_in=3, depth=2), ds.tasks.TeacherStudent(d_in=3, n_train=8, n_test=8)
+    sweep = ds.Sweep(width=[4], lr=[0.1])
+    kw = dict(steps=2, record_every=1, progress=False, observables=("test_norm",))
+    sq = lambda ctx, p, e: (sum(jnp.sum(w**2) for w in jax.tree.leaves(p)), None)
+    obs.register(obs.Observable("test_norm", sq, "squared norm"))
+    squared = ds.run(model, task, sweep, **kw)["test_norm"].values
+    obs.register(obs.Observable("test_norm", lambda ctx, p, e: (jnp.sqrt(sq(ctx, p, e)[0]), None), "norm"))
+    norm = ds.run(model, task, sweep, **kw)["test_norm"].values
+    np.testing.assert_allclose(norm**2, squared, rtol=1e-6)  # float32 round-off of a square root
+    assert not np.allclose(norm, squared)
+
+
+def test_observables_of_dynsim_cannot_be_replaced():
+    with pytest.raises(ValueError, match="defined by dynsim"):
+        obs.register(obs.Observable("loss", lambda ctx, p, e: (0.0, None), "not the loss"))
+    assert obs.register(obs.get("loss")) is obs.get("loss")  # registering the same object again is harmless
+
+
+def test_observables_refuse_models_they_do_not_apply_to():
+    sweep = ds.Sweep(width=[4], lr=[0.1])
+    mlp, task = ds.models.MLP(d_in=3, depth=2), ds.tasks.TeacherStudent(d_in=3, n_train=8, n_test=8)
+    with pytest.raises(ds.InputError, match="'represented_fraction' applies to the superposition model, not to MLP"):
+        ds.run(mlp, task, sweep, steps=2, record_every=1, observables=["represented_fraction"])
+    linear = ds.models.Linearized(base=ds.models.MLP(d_in=3, depth=2))
+    with pytest.raises(ds.InputError, match="'preact_rms' applies to MLPs, not to Linearized"):
+        ds.run(linear, task, sweep, steps=2, record_every=1, observables=["preact_rms"])
