@@ -11,8 +11,9 @@ from . import superposition as superposition
 from . import random_features as random_features
 from . import tasks as tasks
 from . import theory as theory
+from .engine import InputError as InputError
 from .engine import run as run
 from .sweep import Sweep as Sweep
 
 __all__ = ["fit", "io", "models", "obs", "param", "random_features", "superposition", "tasks", "theory", "run", "Sweep",
-           "__version__"]
+           "InputError", "__version__"]

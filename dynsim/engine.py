@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import numbers
 import os
 import sys
 import time
@@ -88,6 +89,23 @@ def chunks(bucket: Bucket, max_members: int) -> list[list[np.ndarray]]:
     return out
 
 
+def _check_objects(model, task, sweep) -> Sweep:
+    """The sweep (a ``Sweep``, or a dict of its axes), after checking that model and task are what they claim."""
+    if not (hasattr(model, "init") and hasattr(model, "apply") and hasattr(model, "d_in")):
+        raise InputError(f"model must be a model spec such as dynsim.models.MLP(...), got {type(model).__name__}.")
+    if not (hasattr(task, "make") and hasattr(task, "batch") and hasattr(task, "validate_batch_size")):
+        raise InputError(f"task must be a task spec such as dynsim.tasks.TeacherStudent(...), got "
+                         f"{type(task).__name__}.")
+    if isinstance(sweep, dict):
+        try:
+            return Sweep(**sweep)
+        except (TypeError, ValueError) as e:
+            raise InputError(str(e)) from None
+    if not isinstance(sweep, Sweep):
+        raise InputError(f"sweep must be a dynsim.Sweep or a dict of its axes, got {type(sweep).__name__}.")
+    return sweep
+
+
 def _segment_records(total_intervals: int, record_every: int, target_steps: int = 500) -> int:
     """Records per segment: the largest divisor of the interval count with at most ``target_steps`` steps."""
     best = 1
@@ -102,15 +120,21 @@ def _spec_key(payload: dict) -> str:
 
 
 def _progress(total: int, enabled: bool | None, desc: str):
-    from tqdm.auto import tqdm
+    import importlib.util
+
+    notebook = "ipykernel" in sys.modules
+    if notebook and importlib.util.find_spec("ipywidgets") is not None:
+        from tqdm.auto import tqdm  # a widget in Jupyter
+    else:
+        from tqdm import tqdm  # text; tqdm.auto would warn in a kernel without ipywidgets
 
     if enabled is None:
-        enabled = sys.stderr.isatty() or bool(os.environ.get("DYNSIM_PROGRESS"))
+        enabled = sys.stderr.isatty() or notebook or bool(os.environ.get("DYNSIM_PROGRESS"))
     return tqdm(total=total, disable=not enabled, desc=desc, unit="member-step", unit_scale=True,
                 dynamic_ncols=True, leave=False)
 
 
-def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_size: int = 0,
+def run(model, task, sweep: Sweep | dict, *, steps: int, record_every: int = 10, batch_size: int = 0,
         observables: Sequence[str] = ("loss", "test_loss"), out=None, progress: bool | None = None,
         group: int | None = None, buckets=None, slab_bytes: float | None = None,
         diverge_factor: float = 1e4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
@@ -123,14 +147,15 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
       task: task spec, e.g. ``dynsim.tasks.TeacherStudent(d_in=32, n_train=256)``. A task whose settings only
         shape the arrays of ``task.make()`` may define ``task.program_task()``, the task the compiled programs are
         keyed by, so that runs differing only in those settings share programs.
-      sweep: the axes to sweep.
+      sweep: the axes to sweep: a :class:`~dynsim.sweep.Sweep`, or a dict of its arguments.
       steps: training steps (a multiple of ``record_every``).
       record_every: steps between records; records are taken at steps ``0, k, 2k, ..., steps``.
       batch_size: samples per step; 0 is full batch.
-      observables: names from :func:`dynsim.obs.names`.
+      observables: names from :func:`dynsim.obs.names` (a repeated name is recorded once). They replace the
+        default ``("loss", "test_loss")``: list those too to keep them.
       out: a results directory. Each finished chunk is written there at once; a run started again with the same
         directory resumes, skipping what is stored. ``None`` keeps everything in memory.
-      progress: show a progress bar (default: when stderr is a terminal).
+      progress: show a progress bar (default: when stderr is a terminal or in a Jupyter kernel).
       group: force the number of members per vectorised step (default: chosen per backend and bucket).
       buckets: force the width buckets, e.g. ``[[64, 128], [256]]``.
       slab_bytes: activation footprint per group targeted by the CPU group-size rule.
@@ -167,7 +192,19 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
                      ds.Sweep(width=[64, 256], lr=[0.1, 0.3], seed=[0, 1]), steps=100)
         res["loss"].isel(step=-1).mean("seed")
     """
-    if steps <= 0 or record_every <= 0 or steps % record_every:
+    sweep = _check_objects(model, task, sweep)
+    for name, value, low in (("steps", steps, 1), ("record_every", record_every, 1), ("batch_size", batch_size, 0),
+                             ("chunk_members", chunk_members, 1), ("sample_chunk", sample_chunk, 0),
+                             ("warmup_steps", warmup_steps, 0), ("group", group, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
+                                  or value < low):
+            raise InputError(f"{name} must be an integer >= {low}, got {value!r}.")
+    if not diverge_factor > 1:
+        raise InputError(f"diverge_factor must exceed 1 (a loss ratio to the initial loss), got {diverge_factor!r}.")
+    if (len(betas) != 2 or not all(isinstance(b, numbers.Real) and 0 <= b < 1 for b in betas)
+            or not (isinstance(eps, numbers.Real) and eps > 0)):
+        raise InputError(f"betas must be two numbers in [0, 1) and eps positive, got betas={betas!r}, eps={eps!r}.")
+    if steps % record_every:
         raise InputError(f"steps ({steps}) must be a positive multiple of record_every ({record_every}).")
     try:
         task.validate_batch_size(batch_size)
@@ -185,8 +222,19 @@ def run(model, task, sweep: Sweep, *, steps: int, record_every: int = 10, batch_
     if hvp == "fd" and not getattr(model, "smooth", False):
         raise InputError("hvp 'fd' needs a smooth model (tanh, erf or linear activations): a difference of "
                          "gradients jumps where a ReLU unit switches; use hvp 'tangent'.")
-    observables = tuple(observables)
-    obs_defs = [_obs.get(n) for n in observables]
+    observables = tuple(dict.fromkeys((observables,) if isinstance(observables, str) else observables))
+    obs_defs = []
+    for name in observables:
+        try:
+            o = _obs.get(name)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        if o.applies is not None and not o.applies(model):
+            raise InputError(f"observable {name!r} applies to {o.applies_to}, not to {type(model).__name__}.")
+        obs_defs.append(o)
+    if not getattr(model, "parametrized", True) and len(sweep.param) > 1:
+        raise InputError(f"{type(model).__name__} does not use a parametrization, so sweeping param over "
+                         f"{list(sweep.param)} would train identical copies; give one value.")
     if layout == "auto" and (group is not None or buckets is not None):
         layout = "vmap"  # group sizes and width buckets are settings of the vmapped layout
     layout = _choose_layout(layout, model, observables, sweep, batch_size or task.n_train)

@@ -29,7 +29,11 @@ _ENGINE = "h5netcdf"
 
 
 class MetaMismatch(ValueError):
-    """The directory holds results of a different computation."""
+    """The directory ``path`` holds results of a different computation."""
+
+    def __init__(self, path):
+        super().__init__(f"{path} holds results of a different spec; choose another output directory.")
+        self.path = path
 
 
 def _atomic_write_text(path: pathlib.Path, text: str) -> None:
@@ -64,7 +68,7 @@ class Store:
         if meta_path.exists():
             old = json.loads(meta_path.read_text())
             if old.get("key") != self.meta.get("key"):
-                raise MetaMismatch(f"{self.path} holds results of a different spec; choose another --out directory.")
+                raise MetaMismatch(self.path)
             self.meta = old
         else:
             _atomic_write_text(meta_path, json.dumps(self.meta, indent=1))

@@ -68,7 +68,8 @@ class Superposition:
     importance_decay: float = 1.0
     lr_exponent: float = 0.0
 
-    width_name = "m"  # the hidden dimension is the engine's width axis; results call it m
+    width_name = "m"  # the hidden dimension is the engine's width axis; experiments' results call it m
+    parametrized = False  # the abc exponents are not used: a sweep over param would train identical copies
 
     def __post_init__(self):
         if not (isinstance(self.n_features, int) and self.n_features >= 2):

@@ -31,7 +31,9 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 def _tuple(name, values, kind):
     if isinstance(values, (str, int, float, np.integer, np.floating)):
         values = (values,)
-    values = tuple(np.asarray(values).tolist()) if not isinstance(values, (tuple, list)) else tuple(values)
+    if not isinstance(values, (tuple, list)):  # an array: keep its scalars' dtype for the conversion below
+        array = np.asarray(values)
+        values = tuple(array) if array.ndim == 1 else tuple(array.tolist())
     if not values:
         raise ValueError(f"sweep axis {name!r} is empty; give it at least one value.")
     out = []
@@ -39,15 +41,20 @@ def _tuple(name, values, kind):
         if kind is str:
             if not isinstance(v, str):
                 raise ValueError(f"sweep axis {name!r} takes names, got {v!r}.")
-            out.append(v)
+            out.append(str(v))
         elif kind is int:
             if isinstance(v, bool) or not float(v).is_integer():
                 raise ValueError(f"sweep axis {name!r} takes integers, got {v!r}.")
             out.append(int(v))
         else:
-            if isinstance(v, (bool, str)):
+            if isinstance(v, (bool, str, np.bool_)):
                 raise ValueError(f"sweep axis {name!r} takes numbers, got {v!r}.")
-            out.append(float(v))
+            if isinstance(v, np.floating) and v.dtype.itemsize < 8:
+                # the shortest decimal that rounds to the value (0.01 from jnp.logspace's float32, not
+                # 0.009999999776), so that coordinates can be selected by the numbers a user typed
+                out.append(float(str(v)))
+            else:
+                out.append(float(v))
     if len(set(out)) != len(out):
         raise ValueError(f"sweep axis {name!r} has repeated values {out!r}.")
     return tuple(out)
@@ -61,7 +68,7 @@ class Sweep:
       width: hidden widths (static: bucketed and padded).
       lr: base learning rates.
       seed: initialisation seeds.
-      param: parametrization names (see :mod:`dynsim.param`).
+      param: parametrization names (see :mod:`dynsim.param`); default ``("mup",)``.
       optimizer: ``"sgd"`` (with the ``momentum`` axis as heavy-ball coefficient), ``"adam"`` or ``"adamw"``
         (static: one program per optimizer).
       init_scale: multiplier of every layer's init std.
@@ -104,8 +111,8 @@ class Sweep:
             if o not in OPTIMIZERS:
                 raise ValueError(f"unknown optimizer {o!r}; choose one of {', '.join(OPTIMIZERS)}.")
         for s in self.seed:
-            if s < 0:
-                raise ValueError(f"sweep seed must be non-negative, got {s}.")
+            if not 0 <= s < 2**32:  # a PRNG key holds 32 bits of its seed: larger seeds would repeat smaller ones
+                raise ValueError(f"sweep seed must lie in [0, 2**32), got {s}.")
 
     @property
     def shape(self) -> tuple[int, ...]:

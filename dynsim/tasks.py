@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -88,8 +89,14 @@ class TeacherStudent:
             raise ValueError(f"task n_train must be a non-negative integer (0 = online), got {self.n_train!r}.")
         if self.teacher not in ("linear", "mlp"):
             raise ValueError(f"task teacher must be 'linear' or 'mlp', got {self.teacher!r}.")
-        if not self.noise >= 0:
+        for name in ("noise", "input_alpha"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ValueError(f"task {name} must be a finite number, got {value!r}.")
+        if self.noise < 0:
             raise ValueError(f"task noise must be >= 0, got {self.noise!r}.")
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):
+            raise ValueError(f"task seed must be an integer in [0, 2**32), got {self.seed!r}.")
 
     @property
     def online(self) -> bool:
@@ -154,3 +161,6 @@ class TeacherStudent:
             raise ValueError("an online task (n_train = 0) needs train.batch_size > 0.")
         if batch_size < 0:
             raise ValueError(f"train.batch_size must be >= 0 (0 = full batch), got {batch_size!r}.")
+        if not self.online and batch_size > self.n_train:
+            raise ValueError(f"train.batch_size ({batch_size}) exceeds the training set (n_train = {self.n_train}); "
+                             "use 0 for full batch.")

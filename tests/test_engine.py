@@ -107,6 +107,55 @@ def test_sweep_validation_messages():
         _run(ds.Sweep(width=[8], lr=[0.1]), steps=25, record_every=10)
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(group=-2), "group must be an integer >= 1"),
+    (dict(steps=20.0), "steps must be an integer"),
+    (dict(batch_size=32.0), "batch_size must be an integer"),
+    (dict(batch_size=128), "batch_size \\(128\\) exceeds the training set"),
+    (dict(diverge_factor=-1), "diverge_factor must exceed 1"),
+    (dict(betas=(0.9,)), "betas must be two numbers"),
+    (dict(observables=["loss", "nope"]), "unknown observable 'nope'"),
+    (dict(sweep={"width": [8], "lr": []}), "'lr' is empty"),
+    (dict(sweep=[8]), "sweep must be a dynsim.Sweep"),
+    (dict(model=TASK), "model must be a model spec"),
+    (dict(task=MODEL), "task must be a task spec"),
+])
+def test_bad_arguments_fail_before_training_with_one_sentence(kwargs, match):
+    args = dict(model=MODEL, task=TASK, sweep=ds.Sweep(width=[8], lr=[0.1]), steps=20, record_every=10,
+                progress=False)
+    args.update(kwargs)
+    with pytest.raises(ds.InputError, match=match) as info:
+        ds.run(args.pop("model"), args.pop("task"), args.pop("sweep"), **args)
+    assert str(info.value).count(". ") == 0 and str(info.value).endswith(".")  # one sentence
+
+
+def test_convenient_arguments_are_accepted():
+    """A dict sweep, a bare observable name and repeated names mean what they say."""
+    kw = dict(steps=10, record_every=10, progress=False)
+    res = ds.run(MODEL, TASK, {"width": [8], "lr": [0.1]}, observables="loss", **kw)
+    assert list(res.data_vars) == ["loss", "diverged_at"]
+    again = ds.run(MODEL, TASK, ds.Sweep(width=[8], lr=[0.1]), observables=["loss", "loss"], **kw)
+    np.testing.assert_array_equal(again["loss"].values, res["loss"].values)
+
+
+def test_sweep_coordinates_are_the_numbers_typed():
+    """float32 arrays (``jnp.logspace``) become the shortest decimals that round to them, so ``sel`` finds them."""
+    import jax.numpy as jnp
+
+    sweep = ds.Sweep(width=np.array([8, 16]), lr=jnp.logspace(-2, 0, 3), param=np.array(["sp", "mup"]))
+    assert sweep.lr == (0.01, 0.1, 1.0) and sweep.width == (8, 16) and sweep.param == ("sp", "mup")
+    with pytest.raises(ValueError, match="2\\*\\*32"):
+        ds.Sweep(width=[8], lr=[0.1], seed=[2**32])  # its key would equal seed 0's
+
+
+def test_superposition_refuses_a_param_sweep():
+    model = ds.superposition.Superposition(n_features=8)
+    task = ds.superposition.SparseFeatures(n_features=8)
+    with pytest.raises(ds.InputError, match="does not use a parametrization"):
+        ds.run(model, task, ds.Sweep(width=[4], lr=[0.1], param=["sp", "mup"], optimizer=["adamw"]), steps=10,
+               record_every=10, batch_size=16)
+
+
 def test_minibatch_and_online_run():
     online = TeacherStudent(d_in=8, n_train=0, n_test=64)
     res = ds.run(MODEL, online, ds.Sweep(width=[16], lr=[0.1]), steps=40, record_every=20, batch_size=16,

@@ -21,7 +21,7 @@ from ..sweep import Sweep
 from ..tasks import TeacherStudent
 
 __all__ = ["Check", "Experiment", "register", "get", "names", "resolve_spec", "engine_required", "build",
-           "task_variants", "squeeze_axes", "run"]
+           "task_variants", "squeeze_axes", "spec_error", "run"]
 
 _TASKS = {"teacher_student": TeacherStudent, "sparse_features": SparseFeatures}
 
@@ -260,11 +260,16 @@ def run(name_or_path: str, *, out=None, quick: bool = False, sets=(), progress: 
             ds = _run_variants(model, variants, sweep, out, progress, spec, opts, log)
         else:
             ds = _engine.run(model, task, sweep, out=out, progress=progress, spec=spec, **opts)
-    except _io.MetaMismatch as e:
-        raise _spec.SpecError(str(e)) from None
-    except _engine.InputError as e:  # inputs the engine rejects
-        raise _spec.SpecError(str(e)) from None
+    except (_io.MetaMismatch, _engine.InputError) as e:  # inputs the engine rejects
+        raise spec_error(e) from None
     return _finish(exp, spec, ds, out, t0, time.perf_counter() - t0)
+
+
+def spec_error(e: Exception) -> _spec.SpecError:
+    """The command line's one-sentence error for an input the engine or the store rejects."""
+    if isinstance(e, _io.MetaMismatch):
+        return _spec.SpecError(f"{e.path} holds results of a different spec; choose another --out directory.")
+    return _spec.SpecError(str(e))
 
 
 def _finish(exp: Experiment, spec: dict, ds, out: pathlib.Path, t0: float, t_train: float):

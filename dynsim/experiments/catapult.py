@@ -67,7 +67,7 @@ from ..plot import plt, save, width_colors
 from ..sweep import Sweep
 from ..tasks import TeacherStudent
 from ..theory.stability import PHASES, uv_ntk_eigenvalue, uv_phases
-from ._base import Check, Experiment, build, register, squeeze_axes
+from ._base import Check, Experiment, build, register, spec_error, squeeze_axes
 
 TOLERANCE = 0.15  # in lr * lambda0: the O(n^-1/2) finite-width blur of the boundaries (module docstring)
 PEAK_FACTOR = 2.0  # a loss that doubles before converging has catapulted; lazy GD on one sample never rises
@@ -227,7 +227,7 @@ def execute(spec, out, progress) -> xr.Dataset:
         uv = _engine.run(model, task, sweep, out=out / "uv", progress=progress, spec=spec, **opts)
         mlp = run_mlp(spec, out / "mlp", progress)
     except (_io.MetaMismatch, _engine.InputError) as e:
-        raise _spec.SpecError(str(e)) from None
+        raise spec_error(e) from None
     timing = {}
     for part in (uv, mlp):
         for k, v in json.loads(part.attrs.get("timing", "{}")).items():
