@@ -169,9 +169,16 @@ def _width_fluctuation(lam, coefs, x, y, w, n, p, ridge):
     return jax.jvp(risk, (a0,), (a - a0,))[1]
 
 
-@contextlib.contextmanager
 def _float64():
-    """Run the enclosed JAX code in float64 and restore the previous setting (``jax_enable_x64``) afterwards."""
+    """A context in which JAX computes in float64: ``jax.enable_x64`` (thread-local; JAX >= 0.8), else the global
+    ``jax_enable_x64`` flag, restored afterwards."""
+    if callable(getattr(jax, "enable_x64", None)):
+        return jax.enable_x64(True)
+    return _global_float64()
+
+
+@contextlib.contextmanager
+def _global_float64():
     previous = jax.config.jax_enable_x64
     jax.config.update("jax_enable_x64", True)
     try:
