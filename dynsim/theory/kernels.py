@@ -136,8 +136,10 @@ def relu_nngp_ntk(x1, x2, depth: int, w_std=1.0, b_std=0.0) -> Kernels:
         \\Sigma' = \\frac{\\sqrt{q_1 q_2}}{2\\pi}\\big(\\sin\\theta + (\\pi - \\theta)\\cos\\theta\\big),\\qquad
         \\dot\\Sigma = \\frac{\\pi - \\theta}{2\\pi},\\qquad \\cos\\theta = \\frac{\\Sigma(x, x')}{\\sqrt{q_1 q_2}}.
 
-    For ``depth = 1``, ``w_std = 1``, ``b_std = 0`` and unit-norm-per-dimension inputs this is the familiar
-    :math:`\\Theta = \\kappa_1(\\cos\\theta_0) + \\cos\\theta_0\\,\\kappa_0(\\cos\\theta_0)` of Arora et al. (2019).
+    For ``depth = 1``, ``w_std = 1``, ``b_std = 0`` and unit-norm-per-dimension inputs this is
+    :math:`\\Theta/2` with :math:`\\Theta = \\kappa_1(\\cos\\theta_0) + \\cos\\theta_0\\,\\kappa_0(\\cos\\theta_0)`
+    the two-layer NTK of Arora et al. (2019), whose ReLU carries the factor :math:`\\sqrt 2` (:math:`c_\\sigma = 2`)
+    that ``w_std`` here does not (it scales every layer alike); a test checks the factor.
 
     Args:
         x1: inputs ``[n1, d]``.

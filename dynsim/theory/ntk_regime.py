@@ -145,7 +145,10 @@ def kernel_change_exponent(param: str, act: str = "relu") -> float:
       the ``O(n^1/2)`` flips add up like a random walk: ``n^1/4 / n = n^-3/4``, which dominates the smooth
       ``1/n``. Measured: ``0.757 [0.721, 0.790]`` over widths 64-4096 (``dynsim run kernel-regime``), 0.68 over
       1024-16384 (4 seeds). For erf the local slope rises from 0.5 at ``n = 64`` to 1.07 between 4096 and 16384
-      (4 seeds): the ``1/n`` law holds, but only at large widths.
+      (4 seeds): the ``1/n`` law holds, but only at large widths. The ReLU exponent is this heuristic, not a
+      published derivation, and it is approximate: a ``1/n`` correction would bring the local slope down to 3/4
+      from above, so the 0.68 at the largest widths is not explained by it (the ``kernel-regime`` check's band of
+      +-0.15 covers both measurements).
     - ``"mup"`` and ``"mean_field"``: ``e = 0``. Features move by ``Theta(1)`` per step at every width (Yang & Hu
       2021, Tensor Programs IV), and so does the kernel: there is no kernel limit.
 
@@ -168,9 +171,12 @@ def output_change_exponent(param: str) -> float:
 
     In all three the network learns at ``O(1)`` speed at every width: in NTK parametrization the kernel is ``O(1)``
     and ``f_t - f_0 = Theta(x, X) Theta^-1 (I - e^{-eta Theta t / P}) (Y - f_0)`` stays ``O(1)`` while the kernel
-    freezes;
-    under muP the function update is ``Theta(1)`` by construction (Yang & Hu 2021). So a lazy network is one whose
-    outputs move by ``O(1)`` while its kernel moves by ``O(n^-1/2)``.
+    freezes (Jacot et al. 2018; Lee et al. 2019); under muP the function update is ``Theta(1)`` by construction
+    (Yang & Hu 2021). So a lazy network is one whose outputs move by ``O(1)`` while its kernel moves by a vanishing
+    amount, ``n^-e`` with ``e`` from :func:`kernel_change_exponent`.
+
+    Regime: two-layer networks at a fixed learning rate below the stability edge and a fixed training time as
+    ``n`` grows (larger rates catapult, see :mod:`dynsim.theory.stability`).
     """
     if param not in ("ntk", "mup", "mean_field"):
         raise ValueError(f"output_change_exponent covers ntk, mup and mean_field, got {param!r}.")

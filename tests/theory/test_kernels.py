@@ -88,16 +88,30 @@ def test_relu_depth_one_closed_form(x64):
     ntk = W_STD**2 * sigma1 * (jnp.pi - theta) / (2 * jnp.pi) + nngp
     got = kernels.relu_nngp_ntk(x, x, 1, W_STD, B_STD)
     # arccos loses ~sqrt(eps) ~ 1e-8 in theta at the near-parallel pair; the kernel changes at second order there.
+    # The NNGP depends on theta only through sin and cos, smooth in the angle: round-off, 1e-12 with margin.
     np.testing.assert_allclose(got.nngp, nngp, rtol=1e-12)
-    np.testing.assert_allclose(got.ntk, ntk, rtol=1e-7)
-    # Diagonal: theta = 0, so Sigma' = q / 2 and the derivative kernel is 1 / 2.
+    np.testing.assert_allclose(got.ntk, ntk, rtol=1e-7)  # (pi - theta) is first order in the ~1e-8 angle error
+    # Diagonal: theta = 0, so Sigma' = q / 2 and the derivative kernel is 1 / 2; a few float64 operations.
     np.testing.assert_allclose(jnp.diag(got.nngp), W_STD**2 * (W_STD**2 * q + B_STD**2) / 2 + B_STD**2, rtol=1e-14)
+
+
+def test_relu_depth_one_is_half_of_aroras_two_layer_ntk(x64):
+    # Arora et al. (2019) scale the ReLU by sqrt(2); with w_std = 1 on every layer the kernel here is half of theirs.
+    x = _inputs()
+    x = x / jnp.sqrt(jnp.sum(x**2, axis=1, keepdims=True) / x.shape[1])  # unit norm per dimension: q = 1
+    u = jnp.clip(x @ x.T / x.shape[1], -1, 1)
+    theta = jnp.arccos(u)
+    kappa1 = (jnp.sin(theta) + (jnp.pi - theta) * u) / jnp.pi
+    kappa0 = (jnp.pi - theta) / jnp.pi
+    # arccos loses ~sqrt(eps) ~ 1e-8 in theta at the near-parallel pair, as in the closed-form test above.
+    np.testing.assert_allclose(kernels.relu_nngp_ntk(x, x, 1).ntk, (kappa1 + u * kappa0) / 2, rtol=1e-7)
 
 
 def test_linear_network_ntk_counts_one_term_per_layer(x64):
     x = _inputs()
     for depth in range(4):
         nngp, ntk = kernels.linear_nngp_ntk(x, x, depth, W_STD, 0.0)
+        # exact algebra evaluated in float64: round-off of O(depth) operations, ~10 eps each
         np.testing.assert_allclose(nngp, W_STD ** (2 * depth + 2) * x @ x.T / x.shape[1], rtol=1e-13)
         np.testing.assert_allclose(ntk, (depth + 1) * nngp, rtol=1e-13)
 
