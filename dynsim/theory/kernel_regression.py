@@ -141,7 +141,10 @@ def excess_risk(eigenvalues, target_coefs, n_train, ridge, noise_var=0.0):
 
 
 def learning_curve(eigenvalues, target_coefs, n_trains, ridge, noise_var=0.0):
-    """:func:`excess_risk` along a list of sample sizes ``n_trains``; returns an array of the same length."""
+    """:func:`excess_risk` along a list of sample sizes ``n_trains``; returns an array of the same length.
+
+    Formula, references and regime are those of :func:`excess_risk`, evaluated at each ``P``.
+    """
     return excess_risk(eigenvalues, target_coefs, np.asarray(n_trains, dtype=float), ridge, noise_var)
 
 
@@ -154,7 +157,7 @@ def rf_effective_ridge(eigenvalues, n_features, n_train, ridge, proj_var=None):
 
         N \\kappa_2 \\Big(1 - \\frac{d}{N}\\Big)\\Big(1 - \\frac{d}{P}\\Big) = \\text{ridge},
 
-    symmetric in ``N <-> P``; for ``ridge = 0`` it is the root of :math:`d = \\min(N, P)` (``0`` when that exceeds
+    symmetric in ``N <-> P`` only at ``ridge = 0`` (the prefactor ``N`` breaks it otherwise), where it is the root of :math:`d = \\min(N, P)` (``0`` when that exceeds
     the number of latent features). See :func:`rf_excess_risk` for the model and references.
     """
     lam = _positive(eigenvalues)
@@ -248,8 +251,10 @@ def gd_loss_curve(eigenvalues, coefs, lr, steps, floor=0.0):
     eigenbasis and ``floor`` is the least-squares residual :math:`L_\\infty`. Each mode contracts by
     :math:`1 - \\eta\\lambda_k` per step, so the formula is exact for any ``lr``, including divergence above
     ``2 / lambda_max``. With the *population* covariance it is the population loss of GD on infinite data.
-    Reference: any treatment of GD on least squares; neural-tangents' ``predict.gradient_descent_mse`` (Lee et al.
-    2019) evaluates the same expression for linearised networks.
+    Reference: the spectral analysis of GD on least squares (e.g. Nocedal & Wright, "Numerical Optimization", 2006,
+    §3.3 on steepest descent for quadratics); neural-tangents' ``predict.gradient_descent_mse`` (Lee et al. 2019,
+    "Wide neural networks of any depth evolve as linear models", Eq. 9) evaluates the same expression for
+    linearised networks. Regime: exact for a quadratic loss; for a network, its linearisation (lazy training).
 
     Returns:
         ``[steps + 1]`` losses.
@@ -262,7 +267,8 @@ def gd_loss_curve(eigenvalues, coefs, lr, steps, floor=0.0):
 def gradient_flow_loss_curve(eigenvalues, coefs, times, floor=0.0):
     """Gradient flow :math:`\\dot\\theta = -\\nabla L`: ``L(t) = floor + 0.5 sum_k lambda_k c_k^2 exp(-2 lambda_k t)``.
 
-    The ``lr -> 0`` limit of :func:`gd_loss_curve` at ``t = lr * steps``, same conventions. Returns ``[len(times)]``.
+    The ``lr -> 0`` limit of :func:`gd_loss_curve` at ``t = lr * steps``, same conventions, references and regime
+    (Lee et al. 2019, Eq. 9 in continuous time). Returns ``[len(times)]``.
     """
     lam = np.asarray(eigenvalues, dtype=float)
     t = np.asarray(times, dtype=float)[..., None]
@@ -270,7 +276,12 @@ def gradient_flow_loss_curve(eigenvalues, coefs, times, floor=0.0):
 
 
 def power_law_spectrum(n_latent: int, alpha: float, beta: float):
-    """Eigenvalues ``j^(-2 alpha)`` and target coefficients ``j^(-beta)``, ``j = 1 .. n_latent``."""
+    """Eigenvalues ``j^(-2 alpha)`` and target coefficients ``j^(-beta)``, ``j = 1 .. n_latent``.
+
+    The power-law data model of Bahri et al. (2024), "Explaining neural scaling laws" (their ``lambda_j ~ j^-(1+a)``
+    with ``1 + a = 2 alpha`` here) and of Maloney, Roberts & Sully (2022). It is a definition, not a law; the laws
+    that use it (:func:`resolution_limited_exponent`) hold for ``alpha > 1/2`` and ``2 alpha + 2 beta > 1``.
+    """
     j = np.arange(1, n_latent + 1, dtype=float)
     return j ** (-2.0 * alpha), j ** (-beta)
 
@@ -291,9 +302,11 @@ def resolution_limited_exponent(alpha, beta, resource="n_train"):
 
         a_P = \\min(2\\alpha + 2\\beta - 1,\\ 4\\alpha),\\qquad a_N = \\min(2\\alpha + 2\\beta - 1,\\ 2\\alpha),
 
-    equal (the ``N <-> P`` duality of the exponent) when ``beta < 1/2``; for smoother targets the learned modes'
-    sum converges and the exponent saturates, at ``4 alpha`` in ``P`` and ``2 alpha`` in ``N``, with a logarithmic
-    correction at the boundary (``beta = 1/2`` in ``N``). Bahri et al. (2024), "Explaining neural scaling laws"
+    equal (the ``N <-> P`` duality of the exponent) when ``beta <= 1/2``. Where the learned modes' residual sum
+    converges it no longer decays with the cut-off's position and the exponent saturates: in ``N`` at ``2 alpha``
+    once ``beta > 1/2``, in ``P`` at ``4 alpha`` only once ``beta > alpha + 1/2`` (between the two the exponents
+    differ, ``2 alpha`` in ``N`` and ``2 alpha + 2 beta - 1`` in ``P``), with a logarithmic correction at each
+    boundary. Bahri et al. (2024), "Explaining neural scaling laws"
     (PNAS), resolution-limited regime; Maloney, Roberts & Sully (2022); Spigler, Geiger & Wyart (2020) and Bordelon
     et al. (2020) for kernel regression.
 
@@ -329,6 +342,10 @@ def variance_limited_coefficient(eigenvalues, target_coefs, fixed, ridge, noise_
     extrapolation from ``n = 1e6 * fixed`` and twice that (error ``O(1e-6)`` relative). For ``ridge = 0``,
     ``vary="n_train"`` and ``N`` below the latent dimension it equals ``N (sigma^2 + E_inf)``: the classical
     ``N / P`` variance of least squares with the unexplained part of the target as noise.
+
+    Reference: the ``1/n`` expansion of the deterministic equivalent, Bahri et al. (2024), variance-limited regime;
+    Atanasov, Zavatone-Veth & Pehlevan (2024), "Scaling and renormalization in high-dimensional regression".
+    Regime: that of :func:`rf_excess_risk`, with the varied count far above the fixed one and away from ``N = P``.
 
     Returns:
         ``(E_inf, C)``.

@@ -31,6 +31,10 @@ def lr_exponent(param: str, optimizer: str = "sgd") -> float:
     At finite width the ``Theta(1)`` first-layer terms bend these curves: for SP with SGD,
     ``lambda_max ≈ A n + B`` gives a local slope of ``-A n / (A n + B)``, which approaches -1 from above.
 
+    Regime: widths large against the input dimension and depth, a fixed number of training steps and a fixed
+    dataset as ``n`` grows, and an optimum set by stability or by the features' speed (not by a budget of steps
+    too short to train at any rate).
+
     Args:
       param: ``"sp"``, ``"ntk"``, ``"mup"`` or ``"mean_field"``.
       optimizer: ``"sgd"``, ``"adam"`` or ``"adamw"``.

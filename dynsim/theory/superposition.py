@@ -84,7 +84,10 @@ def weak_exponent(alpha):
 
         \\sum_{i > m} i^{-\\alpha} \\simeq \\frac{m^{1-\\alpha}}{\\alpha - 1}\\qquad (m \\ll n,\\ \\alpha > 1).
 
-    Liu et al. (2025), Eq. for the weak regime. Regime: ``alpha > 1`` and ``m << n``; for ``alpha <= 1`` the tail
+    Liu, Liu & Gore (2025), "Superposition yields robust neural scaling", weak-superposition analysis: the ``m``
+    most frequent features are represented without interference and the loss is the frequency mass of the rest,
+    each unrepresented feature costing half the variance of ``x_i``, ``(4/3 p_i - p_i^2) / 2`` (the bias outputs its
+    mean; :func:`weak_loss`). Regime: ``alpha > 1`` and ``m << n``; for ``alpha <= 1`` the tail
     is not a power law of ``m`` (NaN is returned).
     """
     alpha = np.asarray(alpha, dtype=float)
@@ -172,7 +175,10 @@ def random_overlap(m):
 
         \\mathbb E[(u \\cdot v)^2] = \\sum_{k,l} \\mathbb E[u_k u_l]\\,\\mathbb E[v_k v_l] = \\sum_k \\frac{1}{m^2} = \\frac1m,
 
-    since ``E[u u^T] = I/m``. Exact for every ``m >= 1``; its variance is ``2(m - 1) / (m^2 (m + 2))``.
+    since ``E[u u^T] = I/m``. Exact for every ``m >= 1``; its variance is ``2(m - 1) / (m^2 (m + 2))`` (the
+    squared overlap is ``Beta(1/2, (m - 1)/2)``-distributed; Vershynin 2018, "High-Dimensional Probability", §3.3).
+    Regime: independent, isotropic directions, such as an untrained model's; trained ones sit near
+    :func:`welch_bound` instead.
     """
     return 1.0 / np.asarray(m, dtype=float)
 

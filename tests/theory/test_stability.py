@@ -95,7 +95,8 @@ def test_uv_model_lazy_catapult_and_divergent_phases(seed):
     assert div[lazy] == -1 and loss[lazy, -1] < 1e-6 * loss[lazy, 0]
     assert loss[lazy, 1:].max() < loss[lazy, 0]
     np.testing.assert_allclose(sharp[lazy], lam0, rtol=0.01)
-    # Catapult: the loss first grows by |1 - lr lambda| = 2 per step to O(n) (measured peaks ~500 at n = 2048),
+    # Catapult: the residual first grows by |1 - lr lambda| = 2 per step (the loss by 4) to O(n) (measured loss
+    # peaks ~500 at n = 2048),
     # the sharpness falls below 2/lr, then training converges in the flatter region.
     assert div[cat] == -1
     assert loss[cat].max() > 100 * max(loss[cat, 0], 1.0)
