@@ -119,7 +119,8 @@ def grid_dataset(meta: dict, parts) -> xr.Dataset:
     shape = tuple(len(meta["coords"][a]) for a in axes)
     size = int(np.prod(shape))
     steps = np.asarray(meta["steps"], np.int64)
-    arrays = {name: np.full((size, len(steps), *v["shape"]), np.nan) for name, v in meta["variables"].items()}
+    dtype = np.float64 if meta.get("x64", True) else np.float32  # the precision the members were trained in
+    arrays = {name: np.full((size, len(steps), *v["shape"]), np.nan, dtype) for name, v in meta["variables"].items()}
     diverged = np.full(size, -2, np.int64)  # -2: not computed yet; -1: did not diverge
     for members, variables, diverged_at in parts:
         diverged[members] = diverged_at

@@ -80,6 +80,8 @@ BAD_RUNS = [
     ("set-uv-vector-output", {}, ["sweep", "--set", "model.kind=uv", "--set", "task.d_out=2"], ["'task.d_out'"]),
     ("set-over-file", {"s.toml": TINY}, ["s.toml", "--set", "lr=[0.1,0.1]"], ["'sweep.lr'"]),
     ("out-is-a-file", {"taken": "x"}, ["sweep", "--out", "taken"], ["--out", "'taken'"]),
+    ("quick-hidden-by-file", {"s.toml": TINY}, ["s.toml", "--quick"], ["--quick", "train.steps", "[quick]"]),
+    ("quick-not-a-table", {"s.toml": "quick = 3\n"}, ["s.toml", "--quick"], ["'quick'", "table"]),
 ]
 
 
@@ -96,6 +98,16 @@ def test_bad_run_is_one_line_exit_2(tmp_path, monkeypatch, capsys, files, argv, 
     assert captured.out == ""
     assert not (tmp_path / "out").exists()  # nothing was started
     assert not (tmp_path / "runs").exists()
+
+
+def test_quick_table_of_a_spec_file_shrinks_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.toml").write_text(TINY + "\n[quick.train]\nsteps = 5\n\n[quick.sweep]\nwidth = [4]\n")
+    assert cli.main(["run", "s.toml", "--quick", "--out", "q", "--no-progress"]) == 0
+    assert cli.main(["run", "s.toml", "--out", "full", "--no-progress"]) == 0
+    quick, full = xr.load_dataset(tmp_path / "q" / "results.nc"), xr.load_dataset(tmp_path / "full" / "results.nc")
+    assert quick.sizes["width"] == 1 and quick["step"].values.tolist() == [0, 5]
+    assert full.sizes["width"] == 2 and full["step"].values.tolist() == [0, 5, 10]
 
 
 def test_missing_required_key_is_one_line_exit_2(tmp_path, monkeypatch, capsys):

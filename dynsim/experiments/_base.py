@@ -116,13 +116,18 @@ def get(name: str) -> Experiment:
 def resolve_spec(name_or_path: str, *, quick: bool = False, sets=()) -> tuple[Experiment, dict]:
     """The experiment and its validated spec from a name or a TOML file, ``--quick`` and ``--set`` overrides.
 
-    Layers, later ones winning: the experiment's defaults, its quick size (``--quick``), the spec file, ``--set``.
-    Validation runs once, on the result.
+    Layers, later ones winning: the experiment's defaults, its quick size (``--quick``), the spec file, the spec
+    file's own ``[quick]`` table (``--quick``), ``--set``. Validation runs once, on the result. ``--quick`` with a
+    file that overrides the experiment's quick size and has no ``[quick]`` table is refused rather than run at full
+    size.
     """
     path = pathlib.Path(name_or_path)
-    user = {}
+    user, user_quick = {}, None
     if name_or_path.endswith(".toml") or path.is_file():
         user = _spec.load(path)
+        user_quick = user.pop("quick", None)
+        if user_quick is not None and not isinstance(user_quick, dict):
+            raise _spec.SpecError("spec key 'quick' must be a table of the overrides --quick applies.")
         name = user.get("experiment", "sweep")
         if not isinstance(name, str):
             raise _spec.SpecError(f"spec key 'experiment' must be an experiment name, got {name!r}.")
@@ -135,6 +140,13 @@ def resolve_spec(name_or_path: str, *, quick: bool = False, sets=()) -> tuple[Ex
                                   "put it in the spec file.")
     spec = _spec.merge(exp.defaults, exp.quick) if quick else _spec.merge(exp.defaults, {})
     spec = _spec.merge(spec, user)
+    if quick and user_quick is None:
+        hidden = sorted(k for k in _leaf_keys(exp.quick) if k in _leaf_keys(user))
+        if hidden:
+            raise _spec.SpecError(f"--quick cannot shrink this spec file, which sets {', '.join(hidden)} itself; "
+                                  "add a [quick] table with smaller values to the file.")
+    if quick and user_quick:
+        spec = _spec.merge(spec, user_quick)
     spec = _spec.apply_sets(spec, sets)
     spec["experiment"] = exp.name
     required = exp.required + (engine_required(spec) if exp.execute is None else ())
@@ -142,6 +154,18 @@ def resolve_spec(name_or_path: str, *, quick: bool = False, sets=()) -> tuple[Ex
     if exp.validate is not None:
         exp.validate(spec)
     return exp, spec
+
+
+def _leaf_keys(spec: dict, prefix: str = "") -> set[str]:
+    """Dotted names of a spec's values (a sweep axis counts as one value)."""
+    keys = set()
+    for k, v in spec.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict) and prefix != "sweep.":
+            keys |= _leaf_keys(v, name + ".")
+        else:
+            keys.add(name)
+    return keys
 
 
 def build(spec: dict):
