@@ -95,12 +95,16 @@ def _print_checks(summary: dict) -> None:
 def _show(path: pathlib.Path) -> int:
     f = path / "summary.json"
     if not f.exists():
-        if (path / "meta.json").exists():
+        # an unfinished run: one store, or one per part (task variants such as superposition's alpha, catapult's
+        # uv and mlp halves), each in a subdirectory
+        parts = [path] if (path / "meta.json").exists() else sorted(p.parent for p in path.glob("*/meta.json"))
+        if parts:
             from . import io
 
-            ds = io.load(path)
-            done = int((ds["diverged_at"] > -2).sum())
-            print(f"{path}: unfinished run, {done}/{ds['diverged_at'].size} members stored; rerun to resume.")
+            stored = [io.load(part)["diverged_at"] for part in parts]
+            done, size = sum(int((d > -2).sum()) for d in stored), sum(d.size for d in stored)
+            where = "" if parts == [path] else f" in the {len(parts)} parts started ({', '.join(p.name for p in parts)})"
+            print(f"{path}: unfinished run, {done}/{size} members stored{where}; rerun to resume.")
             return 0
         return _error(f"{path} holds no dynsim run (no summary.json).")
     summary = json.loads(f.read_text())

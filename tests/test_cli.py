@@ -128,6 +128,24 @@ def test_missing_required_key_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     assert experiments.resolve_spec("probe", sets=["analysis.size=3"])[1]["analysis"] == {"size": 3}
 
 
+def test_show_of_an_unfinished_run_in_one_store_or_in_parts(tmp_path, capsys):
+    import dynsim as ds
+
+    part = tmp_path / "run" / "alpha=1"
+    ds.run(ds.models.MLP(d_in=4), ds.tasks.TeacherStudent(d_in=4, n_train=8, n_test=8),
+           ds.Sweep(width=[4], lr=[0.1, 0.2]), steps=2, record_every=1, out=part, chunk_members=1, group=1,
+           progress=False)
+    (part / "results.nc").unlink()  # written last, by a run that finishes
+    chunks = sorted((part / "chunks").glob("*.nc"))
+    assert len(chunks) == 2
+    chunks[1].unlink()  # as if killed before the second chunk was written
+    assert cli.main(["show", str(part)]) == 0
+    assert capsys.readouterr().out.strip() == f"{part}: unfinished run, 1/2 members stored; rerun to resume."
+    assert cli.main(["show", str(tmp_path / "run")]) == 0
+    assert capsys.readouterr().out.strip() == (f"{tmp_path / 'run'}: unfinished run, 1/2 members stored in the 1 "
+                                               "parts started (alpha=1); rerun to resume.")
+
+
 def test_show_of_a_directory_without_a_run(tmp_path, capsys):
     assert cli.main(["show", str(tmp_path)]) == 2
     _assert_one_line_error(capsys.readouterr().err, [str(tmp_path), "summary.json"])
