@@ -32,7 +32,7 @@ def test_threshold_is_in_units_of_the_base_lr_with_weight_decay_and_adam():
     thr = eos.threshold(_coords(lr=[0.1], momentum=[0.0], weight_decay=[0.5])).squeeze()
     assert float(thr) == pytest.approx(20.0 - 0.5)
     thr = eos.threshold(_coords(param=["mean_field"], width=[8], lr=[0.1], momentum=[0.0], weight_decay=[0.5]))
-    assert float(thr.squeeze()) == pytest.approx(20.0 - 0.5 * 8)
+    assert float(thr.squeeze()) == pytest.approx(20.0 - 0.5 * 8)  # 2 / lr - wd n (c = -1): round-off (default rel 1e-6)
     # Adam: (2 + 2 beta1) / ((1 - beta1) lr), whatever the momentum axis says.
     thr = eos.threshold(_coords(optimizer=["sgd", "adam"], lr=[0.1]), beta1=0.9).squeeze()
     np.testing.assert_allclose(thr.sel(optimizer="adam").values, [380.0, 380.0])
@@ -74,7 +74,7 @@ def test_edge_of_stability_quick(tmp_path):
     for m in ("GD", "Adam"):
         for lr in lrs:
             c = checks[f"sharpness / threshold, {m}, lr={lr:g}"]
-            assert c["agrees"] and abs(c["measured"] - 1) < 0.1, c
+            assert c["agrees"] and abs(c["measured"] - 1) < 0.1, c  # 0.1 = eos.TOLERANCE (saw-tooth, overshoot, lag)
     # Every member trained (no divergence) and the sharpness is near the threshold, not stuck low or far above.
     for c in checks.values():
         assert 0.8 < c["measured"] < 1.2, c

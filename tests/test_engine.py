@@ -35,6 +35,7 @@ def test_member_alone_equals_member_padded_in_bucket(optimizer, lr):
     # required bound. Outputs are compared relative to their RMS.
     for name in ("loss", "test_loss"):
         np.testing.assert_allclose(c[name].values, a[name].values, rtol=1e-5)
+    # Outputs: the same 1e-5 bound, relative to their RMS.
     scale = np.sqrt(np.mean(a["outputs"].values ** 2))
     np.testing.assert_allclose(c["outputs"].values, a["outputs"].values, atol=1e-5 * scale)
     assert float(a["loss"][-1]) < 0.5 * float(a["loss"][0])  # it trained
@@ -72,6 +73,7 @@ def test_diverging_member_leaves_neighbours_unchanged():
     assert 0 <= div < 5
     assert np.isnan(b["loss"].sel(lr=1e3).isel(step=-1)).all()
     assert (b["diverged_at"].sel(lr=[0.05, 0.1]) == -1).all()
+    # Same width, same per-member float32 arithmetic, only the group size differs: a few ulps (eps 1.2e-7).
     np.testing.assert_allclose(b["loss"].sel(lr=[0.05, 0.1]).values, a["loss"].values, rtol=1e-6)
 
 
@@ -198,6 +200,7 @@ def test_member_axis_is_sharded_over_devices_without_changing_results(tmp_path):
     assert out["devices"] == 2 and out["shards"] == 2
     single = ds.run(MLP(d_in=8, depth=3), TASK, ds.Sweep(width=[16, 24], lr=[0.05, 0.1, 1e4], seed=[0, 1, 2]),
                     steps=40, record_every=20, progress=False)
+    # Each member runs the same float32 arithmetic on one or two devices: a few ulps (eps 1.2e-7).
     np.testing.assert_allclose(out["loss"], np.nan_to_num(single["loss"].values, nan=-1.0), rtol=1e-6)
 
 

@@ -119,7 +119,7 @@ def test_power_law_ignores_nan_and_drops_bad_points():
     y1 = 3.0 * X**-0.7
     y1[[0, 4]] = [NAN, 0.0]
     res1 = fit.power_law(X, y1, n_boot=100)
-    assert res1.exponent == pytest.approx(0.7, abs=1e-10)
+    assert res1.exponent == pytest.approx(0.7, abs=1e-10)  # exact data: float64 rounding only
 
 
 def test_power_law_bootstrap_skips_failed_refits():
@@ -186,7 +186,7 @@ def test_power_law_offset_noiseless():
     assert res.exponent == pytest.approx(0.5, abs=1e-6)
     assert res.offset == pytest.approx(0.1, abs=1e-6)
     assert res.prefactor == pytest.approx(2.0, rel=1e-6)
-    np.testing.assert_allclose(res.predict(X), truth, rtol=1e-6)
+    np.testing.assert_allclose(res.predict(X), truth, rtol=1e-6)  # Brent's bound above, on the fitted curve
 
     # Without a true offset the search must find y_inf ~ 0 (the lower bound), not a spurious interior optimum.
     res0 = fit.power_law(X, 2.0 * X**-0.5, offset=True, n_boot=0)
@@ -305,6 +305,7 @@ def test_slope_on_bootstrap_rows():
     # Exact linear rows: only floating-point rounding separates the fit from the construction; 1e-10 is generous.
     assert res.slope == pytest.approx(-1.0 + deltas.mean(), abs=1e-10)
     assert res.intercept == pytest.approx(intercepts.mean(), abs=1e-10)
+    # Percentiles of exactly linear rows: float64 rounding only, as above.
     assert res.slope_ci == pytest.approx(tuple(np.percentile(-1.0 + deltas, [5.0, 95.0])), abs=1e-10)
     assert res.intercept_ci == pytest.approx(tuple(np.percentile(intercepts, [5.0, 95.0])), abs=1e-10)
     assert res.n_boot == 500 and res.level == 0.9

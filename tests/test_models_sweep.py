@@ -26,7 +26,7 @@ def test_init_does_not_depend_on_padding():
 @pytest.mark.parametrize("name", ["sp", "ntk", "mup", "mean_field"])
 def test_init_and_forward_scales_follow_the_table(name):
     # Empirical std of each layer's weights at true width n = 2048 matches init_scale * gain * n^-b (d^-1/2 for
-    # the input layer); 2048*d entries give a relative standard error below 1%, so 3% is > 3 sigma.
+    # the input layer), within 4 relative standard errors of a std estimated from N draws, 1/sqrt(2N).
     n, d = 2048, 8
     model = MLP(d_in=d, depth=3)
     p = param.get(name)
@@ -34,8 +34,9 @@ def test_init_and_forward_scales_follow_the_table(name):
     ws = model.init(jax.random.key(0), n, n, sc.std)
     a, b, c = p.a, p.b, p.c
     expected = [1.5 / np.sqrt(d) * n ** -b[0], 1.5 * np.sqrt(2) * n ** -b[1], 1.5 * np.sqrt(2) * n ** -b[2]]
-    for w, e in zip(ws, expected):
-        assert abs(float(jnp.std(w)) / e - 1) < 0.03
+    for w, e in zip(ws, expected):  # 4 s.e.: 2.2% input, 0.14% hidden, 6.2% readout (N = 2048)
+        assert abs(float(jnp.std(w)) / e - 1) < 4 / np.sqrt(2 * w.size), (w.shape, float(jnp.std(w)) / e)
+    # float32 rounding of n^-a and n^-c, one or two roundings (eps 1.2e-7).
     np.testing.assert_allclose(np.asarray(sc.mult), [n ** -a[0], n ** -a[1], n ** -a[2]], rtol=1e-6)
     np.testing.assert_allclose(np.asarray(sc.lr), [n ** -c[0], n ** -c[1], n ** -c[2]], rtol=1e-6)
 
@@ -62,6 +63,7 @@ def test_uv_model_is_v_dot_u_x_over_sqrt_n():
     u, v = model.init(jax.random.key(1), n, n, sc.std)
     x = jnp.asarray([[0.3, -1.2]])
     expected = (v @ (u @ x)) / np.sqrt(n)
+    # float32, the same products; n^-1/2 against / sqrt(n) differ by an ulp or two (eps 1.2e-7).
     np.testing.assert_allclose(model.apply((u, v), x, sc.mult, jnp.ones(n)), expected, rtol=1e-6)
 
 

@@ -46,6 +46,7 @@ def test_ntk_observables_do_not_depend_on_padding():
     # float32 round-off over 40 steps (tests/test_engine.py); eigenvalues relative to the largest.
     top = float(alone["ntk_eigs"].max())
     np.testing.assert_allclose(crowd["ntk_eigs"].values, alone["ntk_eigs"].values, atol=1e-5 * top)
+    # K's round-off (1e-5 of its norm, as above) on O(1) distances: rtol 1e-4; atol: distances start at 0.
     for name in ("ntk_distance", "output_distance"):
         np.testing.assert_allclose(crowd[name].values, alone[name].values, rtol=1e-4, atol=1e-6)
 

@@ -142,7 +142,7 @@ def test_linearized_tracks_the_network_at_large_width():
     lin = ds.run(Linearized(base=base), TASK, sweep, **kw)["outputs"].squeeze()
     moved = np.linalg.norm(lin.isel(step=-1) - lin.isel(step=0), axis=-1)
     gap = np.linalg.norm(full.isel(step=-1) - lin.isel(step=-1), axis=-1) / moved
-    assert gap[1] < 0.05 and gap[1] < gap[0] / 3, gap
+    assert gap[1] < 0.05 and gap[1] < gap[0] / 3, gap  # 0.05 ~ 2.3 n^-1/2 at n = 2048 (measured 0.017)
 
 
 def test_spec_kinds_build_the_models():

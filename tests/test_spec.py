@@ -23,8 +23,8 @@ def test_logspace_expands_to_floats():
     lr = out["sweep"]["lr"]
     assert isinstance(lr, list) and len(lr) == 16
     assert all(type(v) is float for v in lr)
-    np.testing.assert_allclose(lr, np.logspace(-4, 1, 16), rtol=1e-12)
-    assert lr[0] == pytest.approx(1e-4) and lr[-1] == pytest.approx(10.0)
+    np.testing.assert_allclose(lr, np.logspace(-4, 1, 16), rtol=1e-12)  # the same np.logspace in float64: round-off
+    assert lr[0] == pytest.approx(1e-4) and lr[-1] == pytest.approx(10.0)  # float64 10^x: round-off (default rel 1e-6)
 
 
 def test_geomspace_on_width_gives_ints():

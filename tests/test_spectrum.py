@@ -52,7 +52,7 @@ def test_lanczos_topk_matches_eigvalsh(member):
     assert np.all(np.diff(top) <= 0) and np.all(err >= 0)
     for theta, r in zip(top, err):
         assert np.min(np.abs(eig - theta)) <= r * (1 + 1e-9) + 1e-12
-    np.testing.assert_allclose(top[:2], eig[:2], rtol=1e-8)
+    np.testing.assert_allclose(top[:2], eig[:2], rtol=1e-8)  # converged: error <= r^2 / gap, r <= 1e-12, gaps ~1
 
 
 def test_hutchinson_trace_within_its_standard_error(member):
@@ -79,6 +79,7 @@ def test_slq_density_moments(member):
     np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-12)
     np.testing.assert_allclose(dim * (weights * nodes).sum(axis=1), np.einsum("pi,ij,pj->p", z, hess, z),
                                rtol=1e-9, atol=1e-12)
+    # Degree 2 <= 2m - 1: exact as well, float64 round-off.
     np.testing.assert_allclose(dim * (weights * nodes**2).sum(axis=1), np.sum((z @ hess) ** 2, axis=1), rtol=1e-9)
     # So the density's mean is Hutchinson's trace over dim from the same probes, and within its error of the exact
     # trace / dim: 3 standard errors, as for the trace.

@@ -74,6 +74,7 @@ def test_infinite_data_random_features_decay_with_the_width_exponent(alpha, beta
 def test_variance_limited_coefficient_is_least_squares_variance():
     lam, coefs = kr.power_law_spectrum(2000, 0.75, 0.5)
     e_inf, coef = kr.variance_limited_coefficient(lam, coefs, 64, 0.0, 0.2, vary="n_train")
+    # Richardson at P = 1e6 N: error O((N / P)^2) ~ 1e-12 (measured 5e-12); 1e-9 leaves room for round-off.
     np.testing.assert_allclose(e_inf, kr.rf_excess_risk(lam, coefs, 64, 1e15, 0.0, 0.0), rtol=1e-9)
     # OLS on N features, the unexplained target acting as noise: E - E_inf = (sigma^2 + E_inf) N / (P - N).
     np.testing.assert_allclose(coef, 64 * (0.2 + e_inf), rtol=1e-5)  # Richardson error O(N / P) = O(1e-6)
@@ -125,7 +126,7 @@ def test_gd_decay_keeps_its_digits_for_slow_modes():
     e = np.array([1e-13, 0.0, 1.5])
     remaining, integrated = kr.gd_decay(e, 1.0, [3])
     np.testing.assert_allclose(integrated[0], [3 - 3e-13, 3.0, (1 - (-0.5) ** 3) / 1.5], rtol=1e-15)
-    np.testing.assert_allclose(remaining[0], (1 - e) ** 3, rtol=1e-15)
+    np.testing.assert_allclose(remaining[0], (1 - e) ** 3, rtol=1e-15)  # same expression (1 - lr e)^t: a few ulps
 
 
 def test_kernel_gd_predictions_are_gd_on_the_linear_model(x64):

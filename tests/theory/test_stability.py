@@ -10,9 +10,9 @@ from dynsim.theory import stability
 
 
 def test_threshold_values_and_broadcasting():
-    assert stability.gd_threshold(0.1) == pytest.approx(20.0)
-    assert stability.momentum_threshold(0.1, 0.0) == pytest.approx(stability.gd_threshold(0.1))
-    assert stability.momentum_threshold(0.1, 0.9) == pytest.approx(38.0)
+    assert stability.gd_threshold(0.1) == pytest.approx(20.0)  # 2 / 0.1: float64 round-off (default rel 1e-6)
+    assert stability.momentum_threshold(0.1, 0.0) == pytest.approx(stability.gd_threshold(0.1))  # beta = 0: round-off
+    assert stability.momentum_threshold(0.1, 0.9) == pytest.approx(38.0)  # (2 + 1.8) / 0.1: round-off only
     assert stability.adam_threshold(0.01, 0.9) == pytest.approx(3800.0)  # Cohen et al. (2022): 38 / lr
     lr, beta = np.array([0.1, 0.2, 0.4]), np.array([0.0, 0.5])
     assert stability.momentum_threshold(lr[:, None], beta[None, :]).shape == (3, 2)

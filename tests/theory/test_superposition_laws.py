@@ -49,6 +49,7 @@ def test_unrepresented_tail_loss_has_the_derived_prefactor():
     x = task.make().x_test
     measured = float(model.loss(model.apply((w, b), x, None, jnp.ones(m)), x))
     predicted = float(theory.weak_loss(m, probs))
+    # One tail sum in two summation orders (cumsum, np.sum): float64 round-off of ~200 terms.
     assert predicted == pytest.approx(theory.unrepresented_loss(probs, np.arange(n) < m), rel=1e-12)
     # Monte Carlo error: the loss is a mean over 200k samples of sum_i (x_i - p_i)^2 / 2n, whose relative standard
     # error is sqrt(Var / N) / mean ~ 1/sqrt(N * sum_tail p_i) ~ 0.6% here; 4% is several sigma.
@@ -62,7 +63,7 @@ def test_weak_loss_exponent_tends_to_alpha_minus_one(alpha):
     probs = feature_probabilities(1_000_000, alpha, 1.0)
     m = np.geomspace(100, 1000, 6).astype(int)
     fitted = ds.fit.power_law(m, theory.weak_loss(m, probs), n_boot=0).exponent
-    assert fitted == pytest.approx(theory.weak_exponent(alpha), abs=0.02)
+    assert fitted == pytest.approx(theory.weak_exponent(alpha), abs=0.02)  # the O(1/m) and (m/n)^(alpha-1) bound above
     assert np.isnan(theory.weak_exponent(0.8))  # no power law without a decaying tail
 
 
@@ -116,6 +117,7 @@ def test_weak_superposition_loss_follows_the_unrepresented_tail():
     m, loss = _final_loss(2.5, 1.0)
     predicted = ds.fit.power_law(m, theory.weak_loss(m.astype(int), feature_probabilities(1000, 2.5, 1.3)),
                                  n_boot=0).exponent
+    # EXPONENT_BAND: unconverged training and finite n/m (see its definition).
     assert ds.fit.power_law(m, loss, n_boot=0).exponent == pytest.approx(predicted, abs=EXPONENT_BAND)
 
 
