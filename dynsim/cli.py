@@ -86,8 +86,9 @@ def _print_checks(summary: dict) -> None:
     for c in summary["checks"]:
         fmt = lambda v: "n/a" if v is None else f"{v:.3g}"
         mark = "ok " if c["agrees"] else "NO "
+        how = "" if not c["agrees"] or c.get("in_ci", True) else " (outside the CI, within the tolerance)"
         print(f"  [{mark}] {c['name']}: {fmt(c['measured'])} [{fmt(c['ci'][0])}, {fmt(c['ci'][1])}] "
-              f"vs {fmt(c['predicted'])} ± {fmt(c['tolerance'])}")
+              f"vs {fmt(c['predicted'])} ± {fmt(c['tolerance'])}{how}")
     for k, v in summary.get("regimes", {}).items():
         print(f"  regime {k}: {v}")
 

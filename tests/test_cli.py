@@ -242,3 +242,18 @@ def test_layout_key(tmp_path, capsys):
                      str(tmp_path / "p"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "packed layout" in err[0] and not (tmp_path / "p").exists()
+
+
+def test_checks_tell_agreement_in_the_ci_from_agreement_within_the_tolerance(capsys):
+    from dynsim.experiments._base import Check, verdict
+
+    inside = Check("a", 1.0, (0.9, 1.1), 1.0, 0.2, True).to_dict()
+    band = Check("b", 1.3, (1.25, 1.35), 1.0, 0.3, True).to_dict()
+    off = Check("c", 2.0, (1.9, 2.1), 1.0, 0.3, False).to_dict()
+    assert [c["in_ci"] for c in (inside, band, off)] == [True, False, False]
+    assert [verdict(c) for c in (inside, band, off)] == ["yes, in CI", "yes, within tolerance", "no"]
+    cli._print_checks({"checks": [inside, band, off]})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("  [ok ] a") and lines[0].endswith("± 0.2")
+    assert lines[1].startswith("  [ok ] b") and lines[1].endswith("(outside the CI, within the tolerance)")
+    assert lines[2].startswith("  [NO ] c") and lines[2].endswith("± 0.3")

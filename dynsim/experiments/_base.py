@@ -38,6 +38,9 @@ class Check:
       tolerance: allowed distance between the interval and the prediction, with ``reason``.
       agrees: whether ``predicted`` lies in ``[lo - tolerance, hi + tolerance]``.
       reason: why the tolerance is what it is.
+
+    ``to_dict`` adds ``in_ci``: whether the prediction lies inside the interval itself, so that an agreement the
+    tolerance alone grants is told apart from one the measurement's own uncertainty covers.
     """
 
     name: str
@@ -52,7 +55,7 @@ class Check:
         clean = lambda v: None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v)
         return {"name": self.name, "measured": clean(self.measured), "ci": [clean(self.ci[0]), clean(self.ci[1])],
                 "predicted": clean(self.predicted), "tolerance": clean(self.tolerance), "agrees": bool(self.agrees),
-                "reason": self.reason}
+                "in_ci": bool(self.ci[0] <= self.predicted <= self.ci[1]), "reason": self.reason}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,12 +327,23 @@ def _fmt(v):
     return "n/a" if v is None else f"{v:.3g}"
 
 
+def verdict(check: dict) -> str:
+    """``"yes, in CI"``, ``"yes, within tolerance"`` (the CI excludes the prediction) or ``"no"``."""
+    if not check["agrees"]:
+        return "no"
+    return "yes, in CI" if check.get("in_ci", True) else "yes, within tolerance"
+
+
 def _report(exp: Experiment, summary: dict, body: str) -> str:
-    lines = [f"# {exp.name}", "", exp.doc, "", "## Checks", "",
-             "| check | measured | CI | predicted | tolerance | agrees |", "|---|---|---|---|---|---|"]
+    lines = [f"# {exp.name}", "", exp.doc, ""]
+    if summary["checks"]:
+        lines += ["## Checks", "", "Agreement is within the CI, or within the stated tolerance (a model-error band: "
+                  "finite size, finite training) when the CI alone excludes the prediction.", "",
+                  "| check | measured | CI | predicted | tolerance | agrees |", "|---|---|---|---|---|---|"]
     for c in summary["checks"]:
+        agrees = verdict(c) if c["agrees"] else "**no**"
         lines.append(f"| {c['name']} | {_fmt(c['measured'])} | [{_fmt(c['ci'][0])}, {_fmt(c['ci'][1])}] | "
-                     f"{_fmt(c['predicted'])} | {_fmt(c['tolerance'])} | {'yes' if c['agrees'] else '**no**'} |")
+                     f"{_fmt(c['predicted'])} | {_fmt(c['tolerance'])} | {agrees} |")
     if summary["regimes"]:
         lines += ["", "## Regimes", ""] + [f"- {k}: {v}" for k, v in summary["regimes"].items()]
     lines += ["", body, "", "## Figures", ""] + [f"![{f}]({f})" for f in summary["figures"]]
