@@ -63,7 +63,7 @@ from .. import io as _io
 from .. import param as _param
 from .. import spec as _spec
 from ..models import MLP, width_mask
-from ..plot import plt, save, width_colors
+from ..plot import log_ticks, plt, save, width_colors
 from ..sweep import Sweep
 from ..tasks import TeacherStudent
 from ..theory.stability import PHASES, uv_ntk_eigenvalue, uv_phases
@@ -348,6 +348,7 @@ def _scatter_phases(ax, x, phase, widths):
         for p, (m, label) in markers.items():
             sel = phase[i] == p
             ax.scatter(x[i][sel], np.full(sel.sum(), n), marker=m, color=f"C{p}", s=18, label=label if i == 0 else None)
+    log_ticks(ax, widths, axis="y")
 
 
 def _plot_phases(x, phase, loss, sharp, ds, out):
@@ -359,15 +360,15 @@ def _plot_phases(x, phase, loss, sharp, ds, out):
     for i, n in enumerate(widths):
         with np.errstate(invalid="ignore", divide="ignore"):
             peak = np.nanmax(loss[i], axis=-1) / loss[i][..., 0]
-        axes[1].scatter(x[i].ravel(), peak.ravel(), s=8, color=colors[i], label=f"n={n}")
+        axes[1].scatter(x[i].ravel(), peak.ravel(), s=8, color=colors[i], label=f"width {n}")
         final = lrs[:, None] * sharp[i][..., -1]
-        axes[2].scatter(x[i].ravel(), final.ravel(), s=8, color=colors[i], label=f"n={n}")
+        axes[2].scatter(x[i].ravel(), final.ravel(), s=8, color=colors[i], label=f"width {n}")
     for ax in axes:
         for b in (2, 4):
             ax.axvline(b, color="k", ls="--", lw=1)
         ax.set(xlabel="lr * lambda0 (NTK eigenvalue at init)")
-    axes[0].set(yscale="log", ylabel="width", title="phase of every member; dashed: theory boundaries 2 and 4")
-    axes[0].legend(fontsize=7)
+    axes[0].set(ylabel="width", title="phase of every member; dashed: theory boundaries 2 and 4")
+    axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     axes[1].set(yscale="log", ylabel="peak loss / initial loss", title="catapult: the loss rises by O(n)")
     axes[1].legend(fontsize=7)
     grid = np.linspace(0, 4, 50)
@@ -390,14 +391,14 @@ def _plot_mlp(mlp, out):
     _scatter_phases(axes[0], x, phase, widths)
     for i, n in enumerate(widths):
         ok = phase[i] < 2
-        axes[1].scatter(x[i][ok], peak[i][ok], s=8, color=colors[i], label=f"n={n}")
-        axes[2].scatter(x[i][ok], final[i][ok], s=8, color=colors[i], label=f"n={n}")
+        axes[1].scatter(x[i][ok], peak[i][ok], s=8, color=colors[i], label=f"width {n}")
+        axes[2].scatter(x[i][ok], final[i][ok], s=8, color=colors[i], label=f"width {n}")
     for ax in axes:
         ax.axvline(2, color="k", ls="--", lw=1)
         ax.axvline(LITERATURE_RELU_MAX, color="0.5", ls=":", lw=1)
         ax.set(xlabel="lr * lambda0 (top eigenvalue of NTK / P at init)")
-    axes[0].set(yscale="log", ylabel="width", title="ReLU MLP phases; dashed: 2, dotted: 12 (deep ReLU, literature)")
-    axes[0].legend(fontsize=7)
+    axes[0].set(ylabel="width", title="ReLU MLP phases; dashed: 2, dotted: 12 (deep ReLU, literature)")
+    axes[0].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     axes[1].set(yscale="log", ylabel="peak loss / initial loss", title="peak loss (converged members)")
     axes[1].legend(fontsize=7)
     axes[2].set(yscale="log", ylabel="final loss / initial loss", title="final loss (converged members)")

@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import fit as _fit
-from ..plot import plt, save, width_colors
+from ..plot import log_ticks, plt, save, width_colors
 from ..theory import ntk_regime
 from ._base import Check, Experiment, build, register, squeeze_axes
 
@@ -148,7 +148,8 @@ def _plot_movement(widths, ds, params, fits, kernel_exponent, out):
             w0 = np.exp(np.mean(np.log(widths)))
             ax.plot(widths, line.predict(w0) * (widths / w0) ** (-theory(par)), "--", color=color, lw=1,
                     alpha=0.7, label=f"{par} theory: e = {theory(par):g}")
-        ax.set(xscale="log", yscale="log", xlabel="width", ylabel=label)
+        ax.set(yscale="log", xlabel="width", ylabel=label)
+        log_ticks(ax, widths)
         ax.legend(fontsize=7)
     axes[0].set_title("kernel movement")
     axes[1].set_title("output movement")
@@ -163,7 +164,7 @@ def _plot_loss(ds, params, theory_curve, out):
     for ax, par in zip(axes, params):
         for k, w in enumerate(widths):
             ax.plot(steps, test.sel(param=par, width=w).mean("seed").values, "o-", ms=3, color=colors[k],
-                    label=f"n={w}")
+                    label=f"width {w}")
         ax.plot(steps, theory_curve, "k--", lw=1.2, label="analytic NTK, n = inf")
         ax.set(yscale="log", xlabel="step", ylabel="test loss (seed mean)", title=par)
         ax.legend(fontsize=7)
@@ -174,7 +175,8 @@ def _plot_loss(ds, params, theory_curve, out):
                     yerr=final.sel(param=par).std("seed", ddof=1).values / np.sqrt(final.sizes["seed"]),
                     fmt="o", capsize=3, label=par)
     ax.axhline(theory_curve[-1], color="k", ls="--", lw=1.2, label="analytic NTK, n = inf")
-    ax.set(xscale="log", xlabel="width", ylabel=f"test loss at step {int(steps[-1])}", title="final test loss")
+    ax.set(xlabel="width", ylabel=f"test loss at step {int(steps[-1])}", title="final test loss")
+    log_ticks(ax, widths)
     ax.legend(fontsize=7)
     return save(fig, out / "test_loss.png")
 
@@ -193,7 +195,7 @@ def _plot_eigs(ds, spec, out):
     par = "ntk" if "ntk" in [str(p) for p in ds["param"].values] else str(ds["param"].values[0])
     for c, w in zip(colors, ds["width"].values):
         ax.plot(np.arange(1, k + 1), eigs.sel(param=par, width=w).mean("seed").values, "o", ms=3, color=c,
-                label=f"n={w}")
+                label=f"width {w}")
     ax.plot(np.arange(1, k + 1), theory, "k--", lw=1.2, label="analytic NTK")
     ax.set(xscale="log", yscale="log", xlabel="index", ylabel="NTK eigenvalue at init",
            title=f"empirical NTK spectrum ({par})")

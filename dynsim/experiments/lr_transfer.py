@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import fit as _fit
-from ..plot import plt, save, width_colors
+from ..plot import log_ticks, plt, save, width_colors
 from ..theory.parametrization import lr_exponent
 from ._base import Check, Experiment, register, squeeze_axes
 
@@ -105,13 +105,13 @@ def _plot_curves(ds, metric, point, out):
             ax = axes[i, j]
             for k, w in enumerate(widths):
                 curve = final.sel(optimizer=opt, param=par, width=w).transpose("lr").values
-                ax.plot(ds["lr"].values, curve, "o-", ms=3, color=colors[k], label=f"n={w}")
+                ax.plot(ds["lr"].values, curve, "o-", ms=3, color=colors[k], label=f"width {w}")
                 if np.isfinite(point[i, j, k]):
                     ax.axvline(point[i, j, k], color=colors[k], lw=0.6, ls=":")
             ax.set(xscale="log", yscale="log", title=f"{par} / {opt}", xlabel="learning rate",
                    ylabel=f"final {metric}")
             ax.set_ylim(top=min(ax.get_ylim()[1], 10.0))
-    axes[0, -1].legend(fontsize=7)
+    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return save(fig, out / "loss_vs_lr.png")
 
 
@@ -135,10 +135,9 @@ def _plot_optimum(widths, point, boot, fits, opts, params, out):
                 w0, y0 = widths[ok][0], y[ok][0]
                 ax.plot(widths, y0 * (widths / w0) ** lr_exponent(par, opt), "--", color=color, lw=1, alpha=0.7,
                         label=f"{par} theory: {lr_exponent(par, opt):.0f}")
-        ax.set(xscale="log", yscale="log", xlabel="width", ylabel="optimal learning rate", title=opt)
-        ax.set_xticks(widths, [str(int(w)) for w in widths])
-        ax.xaxis.set_minor_formatter(plt.NullFormatter())
-        ax.legend(fontsize=7)
+        ax.set(yscale="log", xlabel="width", ylabel="optimal learning rate", title=opt)
+        log_ticks(ax, widths)
+        ax.legend(fontsize=7, loc="lower left")
     return save(fig, out / "lr_star_vs_width.png")
 
 

@@ -159,7 +159,7 @@ def _plot(ds, rows, out):
         ax = axes[0, j]
         mean = np.nanmean(_series(ds, r["param"]), axis=0)
         for i, n in enumerate(widths):
-            ax.plot(steps, mean[i], color=colors[i], label=f"n={n}")
+            ax.plot(steps, mean[i], color=colors[i], label=f"width {n}")
         ax.set(yscale="log", xlabel="step", ylabel="sharpness (mean over seeds)",
                title=f"{r['param']}: n^{r['init'][0]:.2f} at init, n^{r['late'][0]:.2f} late")
         ax.legend(fontsize=7)

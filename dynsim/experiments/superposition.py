@@ -43,7 +43,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import fit as _fit
-from ..plot import plt, save
+from ..plot import log_ticks, plt, save
 from ..superposition import feature_probabilities
 from ..theory import superposition as _theory
 from ._base import Check, Experiment, register, squeeze_axes
@@ -237,8 +237,8 @@ def _plot_loss(rows, m, n, p_active, out):
                 ax.plot(m, anchor / m, ":", color=color, lw=1, label="theory: 1/m")
         ax.plot(m, _theory.weak_loss(m.astype(int), feature_probabilities(n, alpha, p_active)), "--", color="C0",
                 lw=1, label="theory: unrepresented tail")
-        ax.set(xscale="log", yscale="log", xlabel="hidden dimension m", ylabel="final loss", title=f"alpha={alpha:g}")
-        ax.set_xticks(m, [str(int(v)) for v in m])
+        ax.set(yscale="log", xlabel="hidden dimension m", ylabel="final loss", title=f"alpha={alpha:g}")
+        log_ticks(ax, m)
         ax.xaxis.set_minor_formatter(plt.NullFormatter())
         ax.legend(fontsize=6)
     return save(fig, out / "loss_vs_m.png")

@@ -24,7 +24,7 @@ def analyse(ds, spec, out):
     fig, ax = plt.subplots(figsize=(5, 3.6))
     colors = width_colors(ds.sizes["width"])
     for k, w in enumerate(ds["width"].values):
-        ax.plot(ds["step"].values, curves.sel(width=w).values, color=colors[k], label=f"n={w}")
+        ax.plot(ds["step"].values, curves.sel(width=w).values, color=colors[k], label=f"width {w}")
     ax.set(yscale="log", xlabel="step", ylabel="training loss (mean over other axes)")
     ax.legend(fontsize=7)
     final = ds["loss"].isel(step=-1)
