@@ -348,6 +348,7 @@ def _report(exp: Experiment, summary: dict, body: str) -> str:
         lines += ["", "## Regimes", ""] + [f"- {k}: {v}" for k, v in summary["regimes"].items()]
     lines += ["", body, "", "## Figures", ""] + [f"![{f}]({f})" for f in summary["figures"]]
     t = summary["timing"]
-    lines += ["", "## Timing", "", ", ".join(f"{k}: {v:.3g}" if isinstance(v, float) else f"{k}: {v}"
-                                              for k, v in t.items())]
+    names = {"members": "members trained (copies and stored members excluded)"}
+    lines += ["", "## Timing", "", ", ".join(f"{names.get(k, k)}: {v:.3g}" if isinstance(v, float)
+                                              else f"{names.get(k, k)}: {v}" for k, v in t.items())]
     return "\n".join(lines) + "\n"

@@ -80,7 +80,9 @@ def analyse(ds, spec, out):
             else:
                 measured, ci = float("nan"), (float("nan"), float("nan"))
             agrees = _fit.agrees(ci, predicted, TOLERANCE)
-            reason = ("finite-width corrections to the lr optimum over this width range (see module comment); "
+            reason = ("finite-width corrections to the lr optimum over this width range (for SP with SGD, "
+                      "lambda_max = A n + B bends the local slope by up to about 0.3; under muP/NTK 1/sqrt(n) "
+                      "corrections shift lr* comparably; dynsim.experiments.lr_transfer.TOLERANCE); "
                       f"lr* resolved inside the lr grid at {int(ok.sum())}/{len(widths)} widths")
             checks.append(Check(f"lr* exponent, {par} / {opt}", measured, ci, predicted, TOLERANCE, agrees, reason))
             if np.isfinite(measured):
