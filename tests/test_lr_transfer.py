@@ -39,3 +39,20 @@ def test_lr_transfer_quick(tmp_path):
     assert checks["lr* exponent, sp / adam"]["measured"] < -0.4
     assert abs(checks["lr* exponent, mup / adam"]["measured"]) < 0.3
     assert summary["regimes"]["mup/sgd"] == "transfers"
+
+
+def test_flat_decades_measure_the_width_of_the_optimum():
+    import xarray as xr
+
+    from dynsim.experiments import lr_transfer
+
+    lrs = np.logspace(-3, 0, 10)  # a third of a decade apart
+    sharp = (np.log10(lrs) + 5 / 3) ** 2 + 1e-3  # a V at the grid point 10^-5/3; its neighbours are 100x higher
+    flat = np.where(np.abs(np.log10(lrs) + 5 / 3) <= 0.5, 1.0, 10.0)  # equal at 10^-2, 10^-5/3 and 10^-4/3
+    loss = np.stack([sharp, flat])[None, :, None, :, None, None, None, None, None]  # [opt, param, width, lr, ...]
+    dims = ("optimizer", "param", "width", "lr", "seed", "init_scale", "weight_decay", "momentum", "step")
+    ds = xr.Dataset({"loss": (dims, loss)}, coords={"optimizer": ["sgd"], "param": ["sharp", "flat"], "width": [8],
+                                                   "lr": lrs, "seed": [0], "init_scale": [1.0],
+                                                   "weight_decay": [0.0], "momentum": [0.0], "step": [10]})
+    decades = lr_transfer.flat_decades(ds)[0, :, 0]
+    np.testing.assert_allclose(decades, [0.0, 2 / 3], atol=1e-12)  # grid spacing 1/3; float64 logs
