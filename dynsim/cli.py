@@ -37,8 +37,9 @@ def main(argv=None) -> int:
     if args.command == "list":
         from . import experiments
 
+        width = max(map(len, experiments.names()))
         for name in experiments.names():
-            print(f"{name:16s} {experiments.get(name).doc}")
+            print(f"{name:{width}s}  {experiments.get(name).doc}")
         return 0
     if args.command == "show":
         return _show(pathlib.Path(args.dir))

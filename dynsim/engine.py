@@ -119,7 +119,8 @@ def _spec_key(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _progress(total: int, enabled: bool | None, desc: str):
+def progress_bar(total: int, enabled: bool | None, desc: str, unit: str = "member-step"):
+    """A tqdm bar, shown when ``enabled`` or, for ``None``, when stderr is a terminal or in a Jupyter kernel."""
     import importlib.util
 
     notebook = "ipykernel" in sys.modules
@@ -130,7 +131,7 @@ def _progress(total: int, enabled: bool | None, desc: str):
 
     if enabled is None:
         enabled = sys.stderr.isatty() or notebook or bool(os.environ.get("DYNSIM_PROGRESS"))
-    return tqdm(total=total, disable=not enabled, desc=desc, unit="member-step", unit_scale=True,
+    return tqdm(total=total, disable=not enabled, desc=desc, unit=unit, unit_scale=True,
                 dynamic_ncols=True, leave=False)
 
 
@@ -286,7 +287,7 @@ def run(model, task, sweep: Sweep | dict, *, steps: int, record_every: int = 10,
     data = task.make()
     timing = {"compile_s": 0.0, "run_s": 0.0, "members": int(sum(len(g) for _, c in work for g in c))}
     t_start = time.perf_counter()
-    bar = _progress(timing["members"] * steps, progress, "training")
+    bar = progress_bar(timing["members"] * steps, progress, "training")
     clock = CompileClock()
     table = member_table(sweep)
     for bucket, chunk in work:

@@ -252,6 +252,9 @@ def member_losses(model: PowerLawRF, widths, n_trains, seeds, ridges, limits=NAM
         ``ridge = 0``: subtract it to see the ``1/N`` approach with few seeds); NaN where not computed.
     """
     widths, n_trains = np.asarray(widths, dtype=int), np.asarray(n_trains, dtype=int)
+    if widths.ndim != 1 or widths.shape != n_trains.shape:
+        raise ValueError(f"widths and n_trains are the (N, P) of each point, so they need one length; got shapes "
+                         f"{widths.shape} and {n_trains.shape} (use sweep() for a grid).")
     seeds = np.asarray(list(seeds), dtype=int)
     members = np.stack(np.broadcast_arrays(seeds[None, :], widths[:, None], n_trains[:, None]), -1).reshape(-1, 3)
     with _float64():

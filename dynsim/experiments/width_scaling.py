@@ -29,12 +29,11 @@ import time
 
 import numpy as np
 import xarray as xr
-from tqdm.auto import tqdm
 
 from .. import fit as _fit
 from .. import io as _io
 from .. import random_features as _rf
-from ..engine import versions
+from ..engine import progress_bar, versions
 from ..plot import plt, save
 from ..spec import SpecError
 from ..theory import kernel_regression as _kr
@@ -93,7 +92,8 @@ def execute(spec: dict, out, progress=None) -> xr.Dataset:
     n_trains = sorted({int(p) for c in CURVES for p in curve_points(analysis, c)[1]})
     data = {name: np.full((len(widths), len(n_trains), len(seeds)), np.nan) for name in _rf.NAMES}
     t0 = time.perf_counter()
-    for curve, (varied, side, _) in tqdm(CURVES.items(), desc="width-scaling curves", disable=progress is False):
+    bar = progress_bar(len(CURVES), progress, "width-scaling curves", unit="curve")
+    for curve, (varied, side, _) in CURVES.items():
         n, p = curve_points(analysis, curve)
         limits = (_LIMIT[varied],) if side == "small" else ()
         losses = _rf.member_losses(model, n, p, seeds, [analysis["ridge"]], limits=limits)
@@ -101,6 +101,8 @@ def execute(spec: dict, out, progress=None) -> xr.Dataset:
             i, j = widths.index(int(n[k])), n_trains.index(int(p[k]))
             for name in _rf.NAMES:  # curves can share a cell (same members): keep the limits either computed
                 data[name][i, j] = np.where(np.isnan(losses[name][k, :, 0]), data[name][i, j], losses[name][k, :, 0])
+        bar.update()
+    bar.close()
     dims = ("width", "n_train", "seed")
     ds = xr.Dataset({name: (dims, v, {"description": _rf.DESCRIPTIONS[name]}) for name, v in data.items()},
                     coords={"width": widths, "n_train": n_trains, "seed": seeds},
