@@ -218,6 +218,7 @@ def test_rerun_with_same_out_resumes(tiny_run):
     r = _dynsim("run", "tiny.toml", "--out", "out", "--no-progress", cwd=cwd)
     assert r.returncode == 0, r.stderr
     assert json.loads((out / "summary.json").read_text())["timing"]["members"] == 0  # nothing retrained
+    assert f"{len(chunks)} stored chunks found" in r.stdout and "stored chunks" not in first.stdout
     assert {p.name: p.stat().st_mtime_ns for p in (out / "chunks").glob("*.nc")} == chunks
     xr.testing.assert_equal(xr.load_dataset(out / "results.nc"), before)
 

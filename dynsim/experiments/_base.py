@@ -281,6 +281,9 @@ def run(name_or_path: str, *, out=None, quick: bool = False, sets=(), progress: 
     variants = task_variants(spec, task)  # every task variant is valid before anything is written
     out.mkdir(parents=True, exist_ok=True)
     log(f"dynsim: {exp.name}: {sweep.size * max(len(variants), 1)} members, {opts['steps']} steps -> {out}")
+    stored = len(list(out.glob("chunks/*.nc"))) + len(list(out.glob("*/chunks/*.nc")))
+    if stored:
+        log(f"dynsim: {stored} stored chunks found in {out}: members stored with the same spec are kept")
     t0 = time.perf_counter()
     try:
         if variants:
