@@ -17,19 +17,54 @@ DEFAULTS = {
 QUICK = {"train": {"steps": 50, "record_every": 10}}
 
 
+def _panels(ds):
+    """(optimizer, param) pairs, one figure panel each."""
+    return [(str(o), str(p)) for o in ds["optimizer"].values for p in ds["param"].values]
+
+
 def analyse(ds, spec, out):
+    """Per (optimizer, param) and width: the loss curve of the best setting (the lowest seed-median final loss over
+    lr and the other swept axes), and, when lr is swept, the final loss against lr. Seed medians ignore diverged
+    seeds; the report counts them."""
     loss = ds["loss"]
-    other = [d for d in loss.dims if d not in ("width", "step")]
-    curves = loss.mean(other) if other else loss
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    colors = width_colors(ds.sizes["width"])
-    for k, w in enumerate(ds["width"].values):
-        ax.plot(ds["step"].values, curves.sel(width=w).values, color=colors[k], label=f"width {w}")
-    ax.set(yscale="log", xlabel="step", ylabel="training loss (mean over other axes)")
-    ax.legend(fontsize=7)
-    final = ds["loss"].isel(step=-1)
-    report = f"Members: {int(np.prod(final.shape))}; diverged: {int((ds['diverged_at'] >= 0).sum())}."
-    return {"checks": [], "regimes": {}, "figures": [save(fig, out / "loss_curves.png")], "report": report}
+    panels = _panels(ds)
+    widths = ds["width"].values
+    colors = width_colors(len(widths))
+    settings = [d for d in loss.dims if d not in ("optimizer", "param", "width", "seed", "step")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    for ax, (opt, par) in zip(axes[0], panels):
+        sel = loss.sel(optimizer=opt, param=par).median("seed", skipna=True)
+        for k, w in enumerate(widths):
+            curves = sel.sel(width=w).stack(setting=settings) if settings else sel.sel(width=w)
+            final = curves.isel(step=-1).values.reshape(-1)
+            if not np.isfinite(final).any():
+                continue
+            best = int(np.nanargmin(final))
+            curve = curves.isel(setting=best) if settings else curves
+            label = f"width {w}" + (f" (lr {float(curve['lr']):.3g})" if "lr" in curve.coords else "")
+            ax.plot(ds["step"].values, curve.values, color=colors[k], label=label)
+        ax.set(yscale="log", xlabel="step", ylabel="training loss (seed median)", title=f"{par} / {opt}: best setting")
+        ax.legend(fontsize=7)
+    figures = [save(fig, out / "loss_curves.png")]
+    if ds.sizes["lr"] > 1:
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+        rest = [d for d in settings if d != "lr"]
+        for ax, (opt, par) in zip(axes[0], panels):
+            final = loss.sel(optimizer=opt, param=par).isel(step=-1).median("seed", skipna=True)
+            final = final.min(rest, skipna=True) if rest else final
+            for k, w in enumerate(widths):
+                ax.plot(ds["lr"].values, final.sel(width=w).values, "o-", ms=3, color=colors[k], label=f"width {w}")
+            ax.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="final training loss (seed median)",
+                   title=f"{par} / {opt}")
+            ax.legend(fontsize=7)
+        figures.append(save(fig, out / "final_loss_vs_lr.png"))
+    diverged = (ds["diverged_at"] >= 0)
+    per_width = diverged.sum([d for d in diverged.dims if d != "width"]).values
+    size = int(np.prod(diverged.shape)) // len(widths)
+    report = (f"Members: {int(diverged.size)}; diverged: {int(diverged.sum())} (frozen and recorded as NaN from "
+              "their divergence on; medians over seeds skip them).\n\n| width | diverged |\n|---|---|\n"
+              + "\n".join(f"| {w} | {int(n)}/{size} |" for w, n in zip(widths, per_width)))
+    return {"checks": [], "regimes": {}, "figures": figures, "report": report}
 
 
 def validate(spec):
