@@ -264,6 +264,9 @@ def run(model, task, sweep: Sweep | dict, *, steps: int, record_every: int = 10,
                 "steps": steps, "record_every": record_every, "batch_size": batch_size,
                 "observables": list(observables), "diverge_factor": diverge_factor, "betas": list(betas),
                 "eps": eps, "x64": bool(jax.config.jax_enable_x64)}
+    custom = {p: dataclasses.asdict(_param.get(p)) for p in sweep.param if p not in _param.NAMES}
+    if custom:  # a custom table's exponents, not only its name, identify the computation
+        identity["parametrizations"] = custom
     if schedule != "constant" or warmup_steps:  # absent from the key of constant runs, which stay resumable
         identity.update(schedule=schedule, warmup_steps=warmup_steps)
     if hvp != "tangent":  # likewise absent from the key of runs made before it existed

@@ -25,7 +25,7 @@ import dataclasses
 
 import numpy as np
 
-__all__ = ["Parametrization", "sp", "ntk", "mup", "mean_field", "get", "NAMES"]
+__all__ = ["Parametrization", "sp", "ntk", "mup", "mean_field", "get", "register", "NAMES"]
 
 ROLES = ("input", "hidden", "output")
 
@@ -102,14 +102,25 @@ def mean_field() -> Parametrization:
 
 
 _REGISTRY = {"sp": sp, "ntk": ntk, "mup": mup, "mean_field": mean_field}
-NAMES = tuple(_REGISTRY)
+NAMES = tuple(_REGISTRY)  # the built-in parametrizations, the ones a spec file can name
+
+
+def register(p: Parametrization) -> str:
+    """Make a custom parametrization available by its name to sweeps and results (``Sweep(param=[p])`` calls
+    this); returns the name. A name already given to a different table is refused."""
+    if not isinstance(p, Parametrization):
+        raise ValueError(f"param.register takes a Parametrization, got {type(p).__name__}.")
+    if p.name in _REGISTRY and _REGISTRY[p.name]() != p:
+        raise ValueError(f"parametrization name {p.name!r} already names another table; give yours another name.")
+    _REGISTRY[p.name] = lambda: p
+    return p.name
 
 
 def get(name: str | Parametrization) -> Parametrization:
-    """Look a parametrization up by name (``sp``, ``ntk``, ``mup``, ``mean_field``)."""
+    """Look a parametrization up by name (``sp``, ``ntk``, ``mup``, ``mean_field`` or a registered one)."""
     if isinstance(name, Parametrization):
         return name
     try:
         return _REGISTRY[name]()
     except KeyError:
-        raise ValueError(f"unknown parametrization {name!r}; choose one of {', '.join(NAMES)}.") from None
+        raise ValueError(f"unknown parametrization {name!r}; choose one of {', '.join(_REGISTRY)}.") from None

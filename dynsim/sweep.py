@@ -29,7 +29,7 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 
 
 def _tuple(name, values, kind):
-    if isinstance(values, (str, int, float, np.integer, np.floating)):
+    if isinstance(values, (str, int, float, np.integer, np.floating, _param.Parametrization)):
         values = (values,)
     if not isinstance(values, (tuple, list)):  # an array: keep its scalars' dtype for the conversion below
         array = np.asarray(values)
@@ -39,6 +39,8 @@ def _tuple(name, values, kind):
     out = []
     for v in values:
         if kind is str:
+            if name == "param" and isinstance(v, _param.Parametrization):
+                v = _param.register(v)  # a custom table, swept and stored under its name
             if not isinstance(v, str):
                 raise ValueError(f"sweep axis {name!r} takes names, got {v!r}.")
             out.append(str(v))
@@ -68,7 +70,8 @@ class Sweep:
       width: hidden widths (static: bucketed and padded).
       lr: base learning rates.
       seed: initialisation seeds.
-      param: parametrization names (see :mod:`dynsim.param`); default ``("mup",)``.
+      param: parametrizations, by name (see :mod:`dynsim.param`) or as :class:`~dynsim.param.Parametrization`
+        tables (stored under their names); default ``("mup",)``.
       optimizer: ``"sgd"`` (with the ``momentum`` axis as heavy-ball coefficient), ``"adam"`` or ``"adamw"``
         (static: one program per optimizer).
       init_scale: multiplier of every layer's init std.

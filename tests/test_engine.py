@@ -150,6 +150,19 @@ def test_sweep_coordinates_are_the_numbers_typed():
         ds.Sweep(width=[8], lr=[0.1], seed=[2**32])  # its key would equal seed 0's
 
 
+def test_a_custom_parametrization_is_swept_under_its_name():
+    """A table that equals muP's under another name trains muP's numbers; its exponents key the store."""
+    mine = dataclasses.replace(ds.param.mup(), name="my_mup")
+    kw = dict(steps=10, record_every=10, progress=False)
+    custom = ds.run(MODEL, TASK, ds.Sweep(width=[8, 16], lr=[0.1], param=[mine, "sp"]), **kw)
+    assert list(custom["param"].values) == ["my_mup", "sp"]
+    mup = ds.run(MODEL, TASK, ds.Sweep(width=[8, 16], lr=[0.1], param="mup"), **kw)
+    np.testing.assert_array_equal(custom["loss"].sel(param="my_mup").values, mup["loss"].sel(param="mup").values)
+    assert json.loads(custom.attrs["spec"])["parametrizations"]["my_mup"]["a"] == list(mine.a)
+    with pytest.raises(ValueError, match="already names another table"):
+        ds.Sweep(width=[8], lr=[0.1], param=[dataclasses.replace(mine, a=(0.0, 0.0, 0.0))])
+
+
 def test_superposition_refuses_a_param_sweep():
     model = ds.superposition.Superposition(n_features=8)
     task = ds.superposition.SparseFeatures(n_features=8)
