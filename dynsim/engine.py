@@ -27,6 +27,8 @@ from . import packed as _packed
 from . import param as _param
 from .obs_sharpness import HVP_METHODS
 from .sweep import AXES, Bucket, Sweep, plan
+from .models import Model
+from .tasks import Task
 from .train import SCHEDULES, Hyper, Program, init_group, memory_estimate, run_segment
 
 __all__ = ["run", "member_hyper", "member_table", "chunks", "versions", "InputError", "CompileClock"]
@@ -135,7 +137,7 @@ def progress_bar(total: int, enabled: bool | None, desc: str, unit: str = "membe
                 dynamic_ncols=True, leave=False)
 
 
-def run(model, task, sweep: Sweep | dict, *, steps: int, record_every: int = 10, batch_size: int = 0,
+def run(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, record_every: int = 10, batch_size: int = 0,
         observables: Sequence[str] = ("loss", "test_loss"), out=None, progress: bool | None = None,
         group: int | None = None, buckets=None, slab_bytes: float | None = None,
         diverge_factor: float = 1e4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,

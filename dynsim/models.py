@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["MLP", "Linearized", "uv", "random_features", "Scales", "width_mask"]
+__all__ = ["Model", "MLP", "Linearized", "uv", "random_features", "Scales", "width_mask"]
 
 # Activation and its init gain. ReLU's sqrt(2) (He) and erf's 1 / sqrt(E[erf(z)^2]) = 1 / sqrt((2/pi) arcsin(2/3))
 # (z ~ N(0, 1), Williams 1997) keep the second moment of a unit-variance pre-activation through the layer.
@@ -50,6 +50,54 @@ def width_mask(width, n_pad: int, dtype=None) -> jax.Array:
     """0/1 mask of length ``n_pad`` whose first ``width`` entries are 1."""
     dtype = dtype or jnp.result_type(float)
     return (jnp.arange(n_pad) < width).astype(dtype)
+
+
+class Model(Protocol):
+    """What the engine needs of a model: :class:`MLP`, :class:`Linearized` and
+    :class:`dynsim.superposition.Superposition` are examples. A model is a frozen dataclass (hashable by value: it
+    keys compiled programs) whose width axis is padded to ``n_pad`` with the member's true ``width`` traced.
+
+    Optional attributes, read with defaults: ``smooth`` (False; whether ``hvp="fd"`` is allowed), ``packable``
+    (False; the packed layout), ``parametrized`` (True; False refuses a sweep over ``param``), ``width_name``
+    (``"width"``; what experiments call the width axis), ``decay_term(params, coefficient)`` (weight decay other
+    than ``coefficient * w``).
+    """
+
+    d_in: int
+    d_out: int
+
+    @property
+    def depth(self) -> int:
+        """Number of weight layers (rows of ``scales``' outputs)."""
+
+    @property
+    def roles(self) -> tuple[int, ...]:
+        """Parametrization role of each layer: 0 input, 1 hidden, 2 output."""
+
+    @property
+    def decayed(self) -> tuple[bool, ...]:
+        """Which parameters weight decay applies to."""
+
+    def scales(self, width, abc, init_scale) -> Scales:
+        """Per-layer multipliers, init stds and lr multipliers of a member of true width ``width``."""
+
+    def init(self, key, n_pad: int, width, std) -> tuple:
+        """Initial parameters at padded width ``n_pad``, padded units zero and independent of ``n_pad``."""
+
+    def apply(self, params, x, mult, mask):
+        """Outputs ``[d_out, P]`` on inputs ``[d_in, P]``; ``mask`` zeroes padded units."""
+
+    def loss(self, out, y):
+        """The training objective on outputs and targets."""
+
+    def activation_units(self, n_pad: int) -> int:
+        """Activations per sample at ``n_pad`` (sizes groups and the memory estimate)."""
+
+    def n_params(self, width: int) -> int:
+        """Parameters at true width ``width``."""
+
+    def flops(self, width: int, n_samples: int) -> float:
+        """FLOPs of one forward and backward pass on ``n_samples`` at true width."""
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import optax
 
 from . import obs as _obs
-from .models import MLP, width_mask
-from .tasks import Data, TeacherStudent
+from .models import Model, width_mask
+from .tasks import Data, Task
 
 SCHEDULES = ("constant", "cosine")
 
@@ -65,8 +65,8 @@ class Program:
         :func:`dynsim.obs_sharpness.hessian_matvec`).
     """
 
-    model: MLP
-    task: TeacherStudent
+    model: Model
+    task: Task
     optimizer: str
     n_pad: int
     record_every: int
