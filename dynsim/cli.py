@@ -105,7 +105,8 @@ def _show(path: pathlib.Path) -> int:
 
             stored = [io.load(part)["diverged_at"] for part in parts]
             done, size = sum(int((d > -2).sum()) for d in stored), sum(d.size for d in stored)
-            where = "" if parts == [path] else f" in the {len(parts)} parts started ({', '.join(p.name for p in parts)})"
+            names = ", ".join(p.name for p in parts)
+            where = "" if parts == [path] else f" in the {len(parts)} parts started ({names})"
             print(f"{path}: unfinished run, {done}/{size} members stored{where}; rerun to resume.")
             return 0
         return _error(f"{path} holds no dynsim run (no summary.json).")

@@ -157,8 +157,9 @@ def rf_effective_ridge(eigenvalues, n_features, n_train, ridge, proj_var=None):
 
         N \\kappa_2 \\Big(1 - \\frac{d}{N}\\Big)\\Big(1 - \\frac{d}{P}\\Big) = \\text{ridge},
 
-    symmetric in ``N <-> P`` only at ``ridge = 0`` (the prefactor ``N`` breaks it otherwise), where it is the root of :math:`d = \\min(N, P)` (``0`` when that exceeds
-    the number of latent features). See :func:`rf_excess_risk` for the model and references.
+    symmetric in ``N <-> P`` only at ``ridge = 0`` (the prefactor ``N`` breaks it otherwise), where it is the root
+    of :math:`d = \\min(N, P)` (``0`` when that exceeds the number of latent features). See :func:`rf_excess_risk`
+    for the model and references.
     """
     lam = _positive(eigenvalues)
     s2 = 1.0 / lam.size if proj_var is None else float(proj_var)
