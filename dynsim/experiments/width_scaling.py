@@ -182,7 +182,12 @@ def analyse(ds, spec, out):
                             "mean relative deviation of the seed-mean loss from rf_excess_risk; O(1/min(N, P)) "
                             "bias of the equivalent at these sizes"))
     figure = _plot(ds, analysis, fits, out)
-    report = (f"Power-law random features: M = {analysis['n_latent']} latent directions, lambda_j = j^-2alpha with "
+    report = ("N is the number of random features (the width), P the number of training samples; the excess test "
+              "loss is the ridge readout's test risk above the noise floor. The deterministic equivalent is the "
+              "closed-form large-N, P limit of that risk (dynsim.theory.kernel_regression.rf_excess_risk); the 1/n "
+              "coefficient check compares the mean of n (L - L_inf) along a variance-limited curve with the "
+              "equivalent's 1/N (or 1/P) prefactor (variance_limited_coefficient).\n\n"
+              f"Power-law random features: M = {analysis['n_latent']} latent directions, lambda_j = j^-2alpha with "
               f"alpha = {analysis['alpha']}, target coefficients j^-beta with beta = {analysis['beta']}, ridge "
               f"{analysis['ridge']}, noise {analysis['noise_var']}, {analysis['seeds']} seeds. Fits are "
               f"least-squares power laws on the seed mean with {N_BOOT}-replicate seed-bootstrap 95% CIs; "
