@@ -100,13 +100,18 @@ def _show(path: pathlib.Path) -> int:
         # an unfinished run: one store, or one per part (task variants such as superposition's alpha, catapult's
         # uv and mlp halves), each in a subdirectory
         parts = [path] if (path / "meta.json").exists() else sorted(p.parent for p in path.glob("*/meta.json"))
+        finished = [p.name for p in parts if (p / "summary.json").exists()]
+        if finished:  # a folder of runs, not the parts of one
+            return _error(f"{path} holds no dynsim run (no summary.json) but runs of its own: "
+                          f"{', '.join(finished)}; show one of them.")
         if parts:
             from . import io
 
             stored = [io.load(part)["diverged_at"] for part in parts]
             done, size = sum(int((d > -2).sum()) for d in stored), sum(d.size for d in stored)
             names = ", ".join(p.name for p in parts)
-            where = "" if parts == [path] else f" in the {len(parts)} parts started ({names})"
+            where = "" if parts == [path] else (f" in the {len(parts)} part{'s' if len(parts) > 1 else ''} started "
+                                                f"({names})")
             print(f"{path}: unfinished run, {done}/{size} members stored{where}; rerun to resume.")
             return 0
         return _error(f"{path} holds no dynsim run (no summary.json).")

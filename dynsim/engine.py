@@ -202,6 +202,9 @@ def run(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, record_eve
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))
                                   or value < low):
             raise InputError(f"{name} must be an integer >= {low}, got {value!r}.")
+    steps, record_every, batch_size, chunk_members, sample_chunk, warmup_steps = (
+        int(v) for v in (steps, record_every, batch_size, chunk_members, sample_chunk, warmup_steps))
+    group = None if group is None else int(group)  # numpy integers become ints: they key stores and programs
     if not diverge_factor > 1:
         raise InputError(f"diverge_factor must exceed 1 (a loss ratio to the initial loss), got {diverge_factor!r}.")
     if (len(betas) != 2 or not all(isinstance(b, numbers.Real) and 0 <= b < 1 for b in betas)
@@ -266,6 +269,9 @@ def run(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, record_eve
                 "steps": steps, "record_every": record_every, "batch_size": batch_size,
                 "observables": list(observables), "diverge_factor": diverge_factor, "betas": list(betas),
                 "eps": eps, "x64": bool(jax.config.jax_enable_x64)}
+    defined = {o.name: [o.doc, list(o.dims)] for o in obs_defs if not _obs.builtin(o.name)}
+    if defined:  # a user-defined observable's description joins the key: describe a changed computation anew
+        identity["observable_definitions"] = defined
     custom = {p: dataclasses.asdict(_param.get(p)) for p in sweep.param if p not in _param.NAMES}
     if custom:  # a custom table's exponents, not only its name, identify the computation
         identity["parametrizations"] = custom

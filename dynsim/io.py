@@ -35,6 +35,9 @@ class MetaMismatch(ValueError):
         super().__init__(f"{path} holds results of a different spec; choose another output directory.")
         self.path = path
 
+    def __reduce__(self):
+        return type(self), (self.path,)
+
 
 def _atomic_write_text(path: pathlib.Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")

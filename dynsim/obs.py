@@ -14,14 +14,13 @@ nothing more than ``sharpness`` alone.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from .models import MLP
 
 __all__ = ["Context", "Shared", "Observable", "register", "get", "names", "record", "init_extras", "coord_check"]
 
@@ -88,6 +87,7 @@ class Observable:
     applies_to: str = ""
 
     def __post_init__(self):
+        object.__setattr__(self, "dims", tuple(self.dims))
         if (self.shared is None) == (self.compute is None):
             raise ValueError(f"observable {self.name!r} needs exactly one of compute and shared.")
         if self.shared is not None:
@@ -109,22 +109,37 @@ class Observable:
 
 
 _REGISTRY: dict[str, Observable] = {}
+_VERSIONS: dict[str, int] = {}  # how often each name has been registered: part of the compiled programs' key
 _BUILTIN: frozenset[str] = frozenset()  # the names dynsim defines, set once its observables are registered
 
 
 def register(observable: Observable) -> Observable:
     """Add an observable to the registry, replacing a user-defined one of the same name.
 
-    A replaced observable takes effect in every later run: compiled programs are keyed by the observables'
-    definitions, not only their names. dynsim's own observables cannot be replaced.
+    A replaced observable takes effect in every later run that computes: compiled programs are keyed by each
+    name's registration count, not only the name. A run resumed from a results directory keeps what it stored;
+    a user-defined observable's description is part of that directory's key, so describe a changed computation
+    anew. dynsim's own observables cannot be replaced.
     """
     if observable.name in _BUILTIN and _REGISTRY[observable.name] is not observable:
         raise ValueError(f"observable {observable.name!r} is defined by dynsim; register yours under another name.")
     keys = {o.shared.key for o in _REGISTRY.values() if o.shared is not None}
     if observable.name in keys or (observable.shared is not None and observable.shared.key in _REGISTRY):
         raise ValueError(f"observable {observable.name!r}: a shared computation's key equals an observable's name.")
+    if _REGISTRY.get(observable.name) is not observable:
+        _VERSIONS[observable.name] = _VERSIONS.get(observable.name, 0) + 1
     _REGISTRY[observable.name] = observable
     return observable
+
+
+def version(name: str) -> int:
+    """How many times ``name`` has been registered with a new definition (0 for an unknown name)."""
+    return _VERSIONS.get(name, 0)
+
+
+def builtin(name: str) -> bool:
+    """Whether ``name`` is one of dynsim's own observables."""
+    return name in _BUILTIN
 
 
 def get(name: str) -> Observable:
@@ -210,7 +225,8 @@ register(Observable("test_loss", _test_loss, "test loss 0.5*mean((f-y)^2) on the
 register(Observable("output_rms", _output_rms, "root mean square of the network output on the test inputs"))
 register(Observable("preact_rms", _preact_rms, "RMS of each hidden layer's pre-activations on the test inputs",
                     dims=("layer",), shape=lambda prog: (prog.model.depth - 1,),
-                    applies=lambda model: isinstance(model, MLP), applies_to="MLPs"))
+                    applies=lambda model: "return_preacts" in inspect.signature(model.apply).parameters,
+                    applies_to="models whose apply returns pre-activations (MLPs)"))
 
 
 def coord_check(model, parametrization, widths, *, lr: float, steps: int = 3, optimizer: str = "sgd",

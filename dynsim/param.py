@@ -107,11 +107,12 @@ NAMES = tuple(_REGISTRY)  # the built-in parametrizations, the ones a spec file 
 
 def register(p: Parametrization) -> str:
     """Make a custom parametrization available by its name to sweeps and results (``Sweep(param=[p])`` calls
-    this); returns the name. A name already given to a different table is refused."""
+    this); returns the name. A custom name registered again takes the new table (a results directory keys on the
+    exponents, so a changed table does not resume stored results); the built-in names cannot be replaced."""
     if not isinstance(p, Parametrization):
         raise ValueError(f"param.register takes a Parametrization, got {type(p).__name__}.")
-    if p.name in _REGISTRY and _REGISTRY[p.name]() != p:
-        raise ValueError(f"parametrization name {p.name!r} already names another table; give yours another name.")
+    if p.name in NAMES and _REGISTRY[p.name]() != p:
+        raise ValueError(f"parametrization name {p.name!r} is built in with other exponents; give yours another name.")
     _REGISTRY[p.name] = lambda: p
     return p.name
 

@@ -45,16 +45,17 @@ def _tuple(name, values, kind):
                 raise ValueError(f"sweep axis {name!r} takes names, got {v!r}.")
             out.append(str(v))
         elif kind is int:
-            if isinstance(v, bool) or not float(v).is_integer():
+            if isinstance(v, (bool, np.bool_)) or not float(v).is_integer():
                 raise ValueError(f"sweep axis {name!r} takes integers, got {v!r}.")
             out.append(int(v))
         else:
             if isinstance(v, (bool, str, np.bool_)):
                 raise ValueError(f"sweep axis {name!r} takes numbers, got {v!r}.")
-            if isinstance(v, np.floating) and v.dtype.itemsize < 8:
+            scalar = np.asarray(v)[()] if hasattr(v, "dtype") else v  # numpy or JAX scalars, 0-d arrays
+            if isinstance(scalar, np.floating) and scalar.dtype.itemsize < 8:
                 # the shortest decimal that rounds to the value (0.01 from jnp.logspace's float32, not
                 # 0.009999999776), so that coordinates can be selected by the numbers a user typed
-                out.append(float(str(v)))
+                out.append(float(str(scalar)))
             else:
                 out.append(float(v))
     if len(set(out)) != len(out):
@@ -114,7 +115,7 @@ class Sweep:
             if o not in OPTIMIZERS:
                 raise ValueError(f"unknown optimizer {o!r}; choose one of {', '.join(OPTIMIZERS)}.")
         for s in self.seed:
-            if not 0 <= s < 2**32:  # a PRNG key holds 32 bits of its seed: larger seeds would repeat smaller ones
+            if not 0 <= s < 2**32:  # without x64 a PRNG key keeps 32 bits of its seed: larger ones repeat smaller
                 raise ValueError(f"sweep seed must lie in [0, 2**32), got {s}.")
 
     @property

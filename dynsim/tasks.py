@@ -120,7 +120,7 @@ class TeacherStudent:
                 raise ValueError(f"task {name} must be a finite number, got {value!r}.")
         if self.noise < 0:
             raise ValueError(f"task noise must be >= 0, got {self.noise!r}.")
-        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**32):
+        if isinstance(self.seed, bool) or not isinstance(self.seed, numbers.Integral) or not 0 <= self.seed < 2**32:
             raise ValueError(f"task seed must be an integer in [0, 2**32), got {self.seed!r}.")
 
     @property

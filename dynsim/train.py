@@ -84,12 +84,12 @@ class Program:
     warmup_steps: int = 0
     decay_steps: int = 0
     hvp: str = "tangent"
-    # The observables' definitions, so that a program compiled before an observable was registered anew is not
-    # reused after it (jit caches by the hash and equality of the program).
-    definitions: tuple = dataclasses.field(init=False, repr=False)
+    # Each observable's registration count, so that a program compiled before an observable was registered anew is
+    # not reused after it (jit caches by the hash and equality of the program).
+    observable_versions: tuple[int, ...] = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self):
-        object.__setattr__(self, "definitions", tuple(_obs.get(name) for name in self.observables))
+        object.__setattr__(self, "observable_versions", tuple(_obs.version(name) for name in self.observables))
 
     @property
     def steps_per_segment(self) -> int:
@@ -227,7 +227,7 @@ def _member_parts(prog: Program, hyper: Hyper):
 def _records(prog: Program, data: Data, hyper: Hyper, state: MemberState):
     scales, mask, _ = _member_parts(prog, hyper)
     ctx = _obs.Context(prog=prog, data=data, hyper=hyper, scales=scales, mask=mask, opt_state=state.opt_state)
-    values, extra = _obs.record(prog.definitions, ctx, state.params, state.extra)
+    values, extra = _obs.record(prog.observables, ctx, state.params, state.extra)
     out = {name: jnp.where(state.alive, value, jnp.nan) for name, value in values.items()}
     return out, state._replace(extra=extra)
 
@@ -242,7 +242,7 @@ def _init_member(prog: Program, data: Data, hyper: Hyper) -> MemberState:
     loss0 = _loss(prog, params, scales, mask, x, y)
     opt_state = opt.init(params)
     ctx = _obs.Context(prog=prog, data=data, hyper=hyper, scales=scales, mask=mask, opt_state=opt_state)
-    extra = _obs.init_extras(prog.definitions, ctx, params)
+    extra = _obs.init_extras(prog.observables, ctx, params)
     return MemberState(params, opt_state, jnp.asarray(True), jnp.asarray(-1, jnp.int32), loss0, extra)
 
 

@@ -82,6 +82,8 @@ BAD_RUNS = [
     ("out-is-a-file", {"taken": "x"}, ["sweep", "--out", "taken"], ["--out", "'taken'"]),
     ("quick-hidden-by-file", {"s.toml": TINY}, ["s.toml", "--quick"], ["--quick", "train.steps", "[quick]"]),
     ("quick-not-a-table", {"s.toml": "quick = 3\n"}, ["s.toml", "--quick"], ["'quick'", "table"]),
+    ("quick-table-misses-a-size", {"s.toml": TINY + "[quick.task]\nn_test = 8\n"}, ["s.toml", "--quick"],
+     ["--quick", "train.steps"]),
 ]
 
 
@@ -102,7 +104,8 @@ def test_bad_run_is_one_line_exit_2(tmp_path, monkeypatch, capsys, files, argv, 
 
 def test_quick_table_of_a_spec_file_shrinks_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "s.toml").write_text(TINY + "\n[quick.train]\nsteps = 5\n\n[quick.sweep]\nwidth = [4]\n")
+    quick = "\n[quick.train]\nsteps = 5\nrecord_every = 5\n\n[quick.sweep]\nwidth = [4]\n"
+    (tmp_path / "s.toml").write_text(TINY + quick)
     assert cli.main(["run", "s.toml", "--quick", "--out", "q", "--no-progress"]) == 0
     assert cli.main(["run", "s.toml", "--out", "full", "--no-progress"]) == 0
     quick, full = xr.load_dataset(tmp_path / "q" / "results.nc"), xr.load_dataset(tmp_path / "full" / "results.nc")
@@ -143,7 +146,10 @@ def test_show_of_an_unfinished_run_in_one_store_or_in_parts(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == f"{part}: unfinished run, 1/2 members stored; rerun to resume."
     assert cli.main(["show", str(tmp_path / "run")]) == 0
     assert capsys.readouterr().out.strip() == (f"{tmp_path / 'run'}: unfinished run, 1/2 members stored in the 1 "
-                                               "parts started (alpha=1); rerun to resume.")
+                                               "part started (alpha=1); rerun to resume.")
+    (part / "summary.json").write_text("{}")  # a finished run inside a folder: the folder is not a run
+    assert cli.main(["show", str(tmp_path / "run")]) == 2
+    _assert_one_line_error(capsys.readouterr().err, ["runs of its own", "alpha=1"])
 
 
 def test_show_of_a_directory_without_a_run(tmp_path, capsys):

@@ -146,6 +146,7 @@ def test_sweep_coordinates_are_the_numbers_typed():
 
     sweep = ds.Sweep(width=np.array([8, 16]), lr=jnp.logspace(-2, 0, 3), param=np.array(["sp", "mup"]))
     assert sweep.lr == (0.01, 0.1, 1.0) and sweep.width == (8, 16) and sweep.param == ("sp", "mup")
+    assert ds.Sweep(width=[8], lr=list(jnp.logspace(-2, 0, 3))).lr == (0.01, 0.1, 1.0)  # JAX scalars too
     with pytest.raises(ValueError, match="2\\*\\*32"):
         ds.Sweep(width=[8], lr=[0.1], seed=[2**32])  # its key would equal seed 0's
 
@@ -159,8 +160,8 @@ def test_a_custom_parametrization_is_swept_under_its_name():
     mup = ds.run(MODEL, TASK, ds.Sweep(width=[8, 16], lr=[0.1], param="mup"), **kw)
     np.testing.assert_array_equal(custom["loss"].sel(param="my_mup").values, mup["loss"].sel(param="mup").values)
     assert json.loads(custom.attrs["spec"])["parametrizations"]["my_mup"]["a"] == list(mine.a)
-    with pytest.raises(ValueError, match="already names another table"):
-        ds.Sweep(width=[8], lr=[0.1], param=[dataclasses.replace(mine, a=(0.0, 0.0, 0.0))])
+    with pytest.raises(ValueError, match="built in with other exponents"):
+        ds.Sweep(width=[8], lr=[0.1], param=[dataclasses.replace(mine, name="mup", a=(0.0, 0.0, 0.0))])
 
 
 def test_superposition_refuses_a_param_sweep():

@@ -61,7 +61,7 @@ def test_sharpness_and_its_error_read_one_iteration():
     assert np.all(both["sharpness_err"].values >= 0)
 
 
-def test_an_observable_registered_anew_takes_effect_in_the_next_run(monkeypatch):
+def test_an_observable_registered_anew_takes_effect_in_the_next_run(monkeypatch, tmp_path):
     """Compiled programs are keyed by the observables' definitions: a notebook's edited observable is not served
     from the program compiled for its earlier version."""
     monkeypatch.setattr(obs, "_REGISTRY", dict(obs._REGISTRY))
@@ -70,8 +70,10 @@ def test_an_observable_registered_anew_takes_effect_in_the_next_run(monkeypatch)
     kw = dict(steps=2, record_every=1, progress=False, observables=("test_norm",))
     sq = lambda ctx, p, e: (sum(jnp.sum(w**2) for w in jax.tree.leaves(p)), None)
     obs.register(obs.Observable("test_norm", sq, "squared norm"))
-    squared = ds.run(model, task, sweep, **kw)["test_norm"].values
+    squared = ds.run(model, task, sweep, out=tmp_path / "run", **kw)["test_norm"].values
     obs.register(obs.Observable("test_norm", lambda ctx, p, e: (jnp.sqrt(sq(ctx, p, e)[0]), None), "norm"))
+    with pytest.raises(ds.io.MetaMismatch):  # the stored squared norms are not served as norms
+        ds.run(model, task, sweep, out=tmp_path / "run", **kw)
     norm = ds.run(model, task, sweep, **kw)["test_norm"].values
     np.testing.assert_allclose(norm**2, squared, rtol=1e-6)  # float32 round-off of a square root
     assert not np.allclose(norm, squared)
@@ -89,5 +91,5 @@ def test_observables_refuse_models_they_do_not_apply_to():
     with pytest.raises(ds.InputError, match="'represented_fraction' applies to the superposition model, not to MLP"):
         ds.run(mlp, task, sweep, steps=2, record_every=1, observables=["represented_fraction"])
     linear = ds.models.Linearized(base=ds.models.MLP(d_in=3, depth=2))
-    with pytest.raises(ds.InputError, match="'preact_rms' applies to MLPs, not to Linearized"):
+    with pytest.raises(ds.InputError, match="'preact_rms' applies to models whose apply returns pre-activations"):
         ds.run(linear, task, sweep, steps=2, record_every=1, observables=["preact_rms"])

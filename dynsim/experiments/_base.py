@@ -143,11 +143,11 @@ def resolve_spec(name_or_path: str, *, quick: bool = False, sets=()) -> tuple[Ex
                                   "put it in the spec file.")
     spec = _spec.merge(exp.defaults, exp.quick) if quick else _spec.merge(exp.defaults, {})
     spec = _spec.merge(spec, user)
-    if quick and user_quick is None:
-        hidden = sorted(k for k in _leaf_keys(exp.quick) if k in _leaf_keys(user))
+    if quick:  # the file's sizes hide the experiment's quick ones unless its own [quick] table sets them again
+        hidden = sorted(_leaf_keys(exp.quick) & _leaf_keys(user) - _leaf_keys(user_quick or {}))
         if hidden:
             raise _spec.SpecError(f"--quick cannot shrink this spec file, which sets {', '.join(hidden)} itself; "
-                                  "add a [quick] table with smaller values to the file.")
+                                  "give them smaller values in a [quick] table of the file.")
     if quick and user_quick:
         spec = _spec.merge(spec, user_quick)
     spec = _spec.apply_sets(spec, sets)

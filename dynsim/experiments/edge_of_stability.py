@@ -255,9 +255,9 @@ def analyse(ds, spec, out):
     checks, regimes = [], {}
     for row in rows:
         n_ok = int((~row["diverged"]).sum())
-        reason = (f"saw-tooth about the threshold (0.89-1.09 of it), overshoot of a few percent (Cohen et al.), "
-                  f"the estimate's lag (up to ~2%) and forward-difference error (~1e-4); "
-                  f"dynsim.experiments.edge_of_stability.TOLERANCE; median over steps {late_from}-{int(steps[-1])}, "
+        reason = ("the tolerance covers the saw-tooth about the threshold (0.89-1.09 of it), an overshoot of a few "
+                  "percent (Cohen et al.), the estimate's lag (up to ~2%) and its forward-difference error (~1e-4); "
+                  f"median over steps {late_from}-{int(steps[-1])}, "
                   f"{n_ok}/{len(row['diverged'])} seeds")
         checks.append(Check(f"sharpness / threshold, {row['label']}", row["measured"], row["ci"], 1.0, TOLERANCE,
                             _fit.agrees(row["ci"], 1.0, TOLERANCE), reason))
@@ -297,8 +297,10 @@ def _report(rows, late_from, last, n_seeds, reach, beta1):
         if not ok.any():
             lines.append(f"| {row['label']} | diverged | | | | |")
             continue
-        # a seed that started above the edge and fell below it arrives when it climbs back, as in the regime line
-        first = np.where(row["back"] >= 0, row["back"], row["first_reach"])[ok]
+        # a seed that started above the edge and fell below it arrives when it climbs back, as in the regime line,
+        # or never
+        fell = (row["initial"] >= REACH) & (row["dip"] > 0)
+        first = np.where(row["back"] >= 0, row["back"], np.where(fell, -1, row["first_reach"]))[ok]
         reached = (f"{np.median(first[first >= 0]):.0f} (median, {int((first >= 0).sum())}/{int(ok.sum())})"
                    if (first >= 0).any() else "never")
         late = ", ".join(f"{v:.3f}" for v in row["late"][ok])

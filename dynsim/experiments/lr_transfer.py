@@ -79,8 +79,9 @@ def flat_decades(ds, metric: str = "loss", factor: float = FLAT_FACTOR):
     """Decades of learning rate over which the seed-mean final ``metric`` stays within ``factor`` of its minimum,
     per (optimizer, param, width): ``log10(lr_hi / lr_lo)`` of the grid rates that do."""
     final = _final(ds, metric).mean("seed").transpose("optimizer", "param", "width", "lr").values
+    best = np.min(np.where(np.isnan(final), np.inf, final), axis=-1, keepdims=True)  # inf where all diverged
     with np.errstate(invalid="ignore"):
-        near = final <= factor * np.nanmin(final, axis=-1, keepdims=True)
+        near = final <= factor * best
     log_lr = np.log10(ds["lr"].values)
     hi = np.where(near, log_lr, -np.inf).max(axis=-1)
     lo = np.where(near, log_lr, np.inf).min(axis=-1)
@@ -109,15 +110,16 @@ def analyse(ds, spec, out):
             agrees = _fit.agrees(ci, predicted, TOLERANCE)
             reason = ("finite-width corrections to the lr optimum over this width range (for SP with SGD, "
                       "lambda_max = A n + B bends the local slope by up to about 0.3; under muP/NTK 1/sqrt(n) "
-                      "corrections shift lr* comparably; dynsim.experiments.lr_transfer.TOLERANCE); "
-                      f"lr* resolved inside the lr grid at {int(ok.sum())}/{len(widths)} widths; the final {metric} "
-                      f"stays within {FLAT_FACTOR:g}x of its best over {np.nanmedian(flat[i, j]):.2g} decades of lr "
-                      "(median over widths)")
+                      "corrections shift lr* comparably); "
+                      f"lr* resolved inside the lr grid at {int(ok.sum())}/{len(widths)} widths")
+            if np.isfinite(flat[i, j]).any():
+                reason += (f"; the final {metric} stays within {FLAT_FACTOR:g}x of its best over "
+                           f"{np.nanmedian(flat[i, j]):.2g} decades of lr (median over widths)")
             checks.append(Check(f"lr* exponent, {par} / {opt}", measured, ci, predicted, TOLERANCE, agrees, reason))
             if np.isfinite(measured):
                 regimes[f"{par}/{opt}"] = "transfers" if abs(measured) < TOLERANCE else (
                     f"shifts as width^{measured:.2f}")
-                if np.nanmedian(flat[i, j]) >= 1:
+                if np.isfinite(flat[i, j]).any() and np.nanmedian(flat[i, j]) >= 1:
                     regimes[f"{par}/{opt}"] += (f" (flat optimum: within {FLAT_FACTOR:g}x of the best {metric} over "
                                                 f"{np.nanmedian(flat[i, j]):.2g} decades of lr, so lr* is weakly "
                                                 "determined)")

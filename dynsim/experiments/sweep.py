@@ -24,8 +24,8 @@ def _panels(ds):
 
 def analyse(ds, spec, out):
     """Per (optimizer, param) and width: the loss curve of the best setting (the lowest seed-median final loss over
-    lr and the other swept axes), and, when lr is swept, the final loss against lr. Seed medians ignore diverged
-    seeds; the report counts them."""
+    lr and the other swept axes), and, when lr is swept, the final loss against lr. A setting in which any seed
+    diverged is left out of both (its median is NaN); the report counts diverged members."""
     loss = ds["loss"]
     panels = _panels(ds)
     widths = ds["width"].values
@@ -33,7 +33,7 @@ def analyse(ds, spec, out):
     settings = [d for d in loss.dims if d not in ("optimizer", "param", "width", "seed", "step")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
     for ax, (opt, par) in zip(axes[0], panels):
-        sel = loss.sel(optimizer=opt, param=par).median("seed", skipna=True)
+        sel = loss.sel(optimizer=opt, param=par).median("seed", skipna=False)  # settings where every seed trained
         for k, w in enumerate(widths):
             curves = sel.sel(width=w).stack(setting=settings) if settings else sel.sel(width=w)
             final = curves.isel(step=-1).values.reshape(-1)
@@ -50,7 +50,7 @@ def analyse(ds, spec, out):
         fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
         rest = [d for d in settings if d != "lr"]
         for ax, (opt, par) in zip(axes[0], panels):
-            final = loss.sel(optimizer=opt, param=par).isel(step=-1).median("seed", skipna=True)
+            final = loss.sel(optimizer=opt, param=par).isel(step=-1).median("seed", skipna=False)
             final = final.min(rest, skipna=True) if rest else final
             for k, w in enumerate(widths):
                 ax.plot(ds["lr"].values, final.sel(width=w).values, "o-", ms=3, color=colors[k], label=f"width {w}")
@@ -62,7 +62,8 @@ def analyse(ds, spec, out):
     per_width = diverged.sum([d for d in diverged.dims if d != "width"]).values
     size = int(np.prod(diverged.shape)) // len(widths)
     report = (f"Members: {int(diverged.size)}; diverged: {int(diverged.sum())} (frozen and recorded as NaN from "
-              "their divergence on; medians over seeds skip them).\n\n| width | diverged |\n|---|---|\n"
+              "their divergence on; the figures leave out settings in which any seed diverged).\n\n"
+              "| width | diverged |\n|---|---|\n"
               + "\n".join(f"| {w} | {int(n)}/{size} |" for w, n in zip(widths, per_width)))
     return {"checks": [], "regimes": {}, "figures": figures, "report": report}
 
