@@ -377,11 +377,12 @@ def _choose_layout(layout: str, model, observables, sweep: Sweep, batch: int) ->
     for its input dimension (``4 * M * d_out <= d_in``). Measured with ``benchmarks/throughput.py`` on 2 CPU cores:
     packed is 2.8x the per-width loop on the overhead-bound shape and 1.9x on the wide-spread one; on the
     FLOP-bound shape (64 members of each of 16 widths, P = 1024, d = 64) vmapped groups in cache-sized slabs are
-    faster (47 s against 58 s packed), and the rule keeps them.
+    faster (47 s against 58 s packed), and the rule keeps them. With several local devices ``auto`` vmaps: only
+    vmapped groups are sharded over devices (:func:`_shard`), and a pack would run on one.
     """
     packable = getattr(model, "packable", False) and set(observables) <= _packed.SUPPORTED_OBSERVABLES
     if layout == "auto":
-        if not packable:
+        if not packable or jax.local_device_count() > 1:
             return "vmap"
         widths = np.asarray(sweep.width)
         n_members = sweep.size // max(len(sweep.optimizer), 1)

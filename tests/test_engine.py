@@ -193,11 +193,13 @@ from dynsim.tasks import TeacherStudent
 task = TeacherStudent(d_in=8, n_train=64, n_test=64, seed=1)
 sweep = ds.Sweep(width=[16, 24], lr=[0.05, 0.1, 1e4], seed=[0, 1, 2])
 res = ds.run(MLP(d_in=8, depth=3), task, sweep, steps=40, record_every=20, progress=False)
+two_layer = ds.run(MLP(d_in=8, depth=2), task, sweep, steps=20, record_every=20, progress=False)
 prog = train.Program(model=MLP(d_in=8, depth=3), task=task, optimizer="sgd", n_pad=24, record_every=20,
                      records_per_segment=1)
 hyper = engine._shard(engine.member_hyper(sweep, np.arange(4), 4), prog)
 state, _ = train.init_group(prog, task.make(), hyper)
 print(json.dumps({"devices": jax.device_count(), "shards": len(state.params[0].sharding.device_set),
+                  "two_layer_layout": two_layer.attrs["layout"],
                   "loss": np.nan_to_num(res["loss"].values, nan=-1.0).tolist()}))
 """
 
@@ -212,6 +214,7 @@ def test_member_axis_is_sharded_over_devices_without_changing_results(tmp_path):
     out = json.loads(subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
                                     check=True).stdout.strip().splitlines()[-1])
     assert out["devices"] == 2 and out["shards"] == 2
+    assert out["two_layer_layout"] == "vmap"  # auto packs small two-layer sweeps on one device, vmaps to shard
     single = ds.run(MLP(d_in=8, depth=3), TASK, ds.Sweep(width=[16, 24], lr=[0.05, 0.1, 1e4], seed=[0, 1, 2]),
                     steps=40, record_every=20, progress=False)
     # Each member runs the same float32 arithmetic on one or two devices: a few ulps (eps 1.2e-7).
