@@ -31,15 +31,15 @@ def test_lr_transfer_quick(tmp_path):
     for name in ("report.md", "loss_vs_lr.png", "lr_star_vs_width.png", "results.nc"):
         assert (out / name).exists(), name
     checks = {c["name"]: c for c in summary["checks"]}
-    assert len(checks) == 6
+    assert len(checks) == 8
     # Full-batch SGD sits at the stability edge, so its optimum is sharp: the SGD checks must agree.
-    for par in ("sp", "mup", "ntk"):
+    for par in ("sp", "mup", "ntk", "mean_field"):
         assert checks[f"lr* exponent, {par} / sgd"]["agrees"], checks[f"lr* exponent, {par} / sgd"]
     # Adam: SP's optimum moves down with width (measured -0.75 [-0.80, -0.64] against -1 +- 0.3: agreement with a
     # margin of only 0.1, so only the direction is asserted), and muP's and NTK's do not move by more than the
-    # tolerance (measured -0.04 and -0.09; NTK's optimum is flat).
+    # tolerance (measured -0.04, -0.09 and -0.02 for muP, NTK and mean field; NTK's optimum is flat).
     assert checks["lr* exponent, sp / adam"]["measured"] < -0.4
-    for par in ("mup", "ntk"):
+    for par in ("mup", "ntk", "mean_field"):
         assert abs(checks[f"lr* exponent, {par} / adam"]["measured"]) < 0.3, checks[f"lr* exponent, {par} / adam"]
     assert summary["regimes"]["mup/sgd"] == "transfers"
 

@@ -1,9 +1,9 @@
 """``lr-transfer``: does the optimal learning rate move with width?
 
-Sweeps width x learning rate x seed under SP, muP and NTK with SGD and with Adam, finds the optimal learning rate of
+Sweeps width x learning rate x seed under SP, muP, NTK and mean field with SGD and with Adam, finds the optimal learning rate of
 each width by interpolating the final training loss in log-lr, and fits the slope of ``log lr*`` against
 ``log width`` with a bootstrap CI over seeds. Theory (:func:`dynsim.theory.parametrization.lr_exponent`): 0 for
-muP and NTK, -1 for SP.
+muP, NTK and mean field, -1 for SP.
 
 Metric. The default is the final training loss on a fixed set of 256 samples. Adam fits it to 1e-8-1e-7 within
 150 steps, and under NTK parametrization that floor spans most of a decade of learning rates, so lr* there is weakly
@@ -43,7 +43,7 @@ DEFAULTS = {
              "seed": 0},
     "train": {"steps": 150, "record_every": 25, "observables": ["loss", "test_loss"]},
     "sweep": {"width": [64, 128, 256, 512, 1024, 2048, 4096], "lr": {"logspace": [-4, 1, 16]}, "seed": [0, 1, 2],
-              "param": ["sp", "mup", "ntk"], "optimizer": ["sgd", "adam"]},
+              "param": ["sp", "mup", "ntk", "mean_field"], "optimizer": ["sgd", "adam"]},
     "analysis": {"metric": "loss"},
 }
 QUICK = {
@@ -159,7 +159,7 @@ def _plot_curves(ds, metric, point, out):
 
 
 def _plot_optimum(widths, point, boot, fits, opts, params, out):
-    fig, axes = plt.subplots(1, len(opts), figsize=(4.5 * len(opts), 3.6), squeeze=False)
+    fig, axes = plt.subplots(1, len(opts), figsize=(5.5 * len(opts), 5.0), squeeze=False)
     for i, opt in enumerate(opts):
         ax = axes[0, i]
         for j, par in enumerate(params):
@@ -180,7 +180,7 @@ def _plot_optimum(widths, point, boot, fits, opts, params, out):
                         label=f"{par} theory: {lr_exponent(par, opt):.0f}")
         ax.set(yscale="log", xlabel="width", ylabel="optimal learning rate", title=opt)
         log_ticks(ax, widths)
-        ax.legend(fontsize=7, loc="lower left")
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3)  # below: off the data
     return save(fig, out / "lr_star_vs_width.png")
 
 
@@ -198,6 +198,6 @@ def validate(spec):
                         f"train.observables, got {metric!r}.")
 
 
-EXPERIMENT = register(Experiment("lr-transfer", "optimal learning rate vs width under SP, muP and NTK, with SGD "
+EXPERIMENT = register(Experiment("lr-transfer", "optimal learning rate vs width under SP, muP, NTK and mean field, with SGD "
                                  "and Adam, against the parametrization's predicted exponent", DEFAULTS, QUICK,
                                  analyse, validate))
