@@ -277,4 +277,4 @@ def test_resolve_spec_file_range_overrides_default_range(tmp_path):
     assert exp.name == "lr-transfer"
     np.testing.assert_allclose(spec["sweep"]["lr"], [0.01, 0.1, 1.0])
     assert spec["sweep"]["width"] == [8, 16]
-    assert spec["sweep"]["param"] == ["sp", "mup", "ntk"]  # the rest of the defaults still apply
+    assert spec["sweep"]["param"] == ["sp", "mup", "ntk", "mean_field"]  # the rest of the defaults still apply
