@@ -289,6 +289,8 @@ def run(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, record_eve
     copies = source != np.arange(sweep.size)  # trained once, by their source member
     all_buckets = plan(sweep, model, steps=steps, batch=batch, group=group, buckets=buckets, slab_bytes=slab_bytes,
                        layout=layout, done=copies)
+    if group is None:  # a group the caller set is kept, and refused below if it cannot fit
+        all_buckets = _fit_groups(all_buckets, make_prog)
     # Chunks and groups come from the plan of the full sweep, so an interrupted run resumed with the same settings
     # recomputes exactly the missing chunks; with other settings only groups holding a missing member run, and only
     # missing members are written.
@@ -437,20 +439,44 @@ class CompileClock:
         CompileClock._current.remove(self)
 
 
-def _check_memory(need: int, bucket: Bucket) -> None:
-    dev = jax.devices()[0]
-    limit = None
+def _memory_limit() -> int | None:
+    """Bytes the first device may use: its allocator's limit on an accelerator, the machine's memory on CPU."""
     try:
-        stats = dev.memory_stats()
+        stats = jax.devices()[0].memory_stats()
         if stats and "bytes_limit" in stats:
-            limit = stats["bytes_limit"]
+            return int(stats["bytes_limit"])
     except Exception:  # backends without memory stats (CPU)
-        limit = None
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _fit_groups(buckets: list[Bucket], make_prog) -> list[Bucket]:
+    """Vmapped buckets whose groups would need more than 80% of the device's memory (:func:`memory_estimate`) get
+    smaller, balanced groups: on accelerators a group is a whole bucket by default, which wide members with many
+    parameters may not fit. Deterministic for a machine, so a resumed run plans the same chunks."""
+    limit = _memory_limit()
     if limit is None:
-        try:
-            limit = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            return
+        return buckets
+    out = []
+    for b in buckets:
+        group = b.group
+        if b.packs is None:
+            prog = make_prog(b)
+            while group > 1 and memory_estimate(prog, group) > 0.8 * limit:
+                group = -(-group // 2)
+            n = len(b.members)
+            group = -(-n // -(-n // group)) if group < b.group else b.group  # balanced, as in sweep.group_size
+        out.append(b if group == b.group else dataclasses.replace(b, group=group))
+    return out
+
+
+def _check_memory(need: int, bucket: Bucket) -> None:
+    limit = _memory_limit()
+    if limit is None:
+        return
     if need > 0.8 * limit:
         what = (f"a pack of {bucket.n_pad} units" if bucket.packs is not None else
                 f"a group of {bucket.group} members at width {bucket.n_pad}")

@@ -235,6 +235,25 @@ def test_memory_estimate_and_refusal():
         _check_memory(10**16, Bucket("sgd", 1024, np.arange(64), 64))
 
 
+def test_groups_shrink_to_fit_the_device(monkeypatch):
+    """Where a default group would not fit (here a pretend device with room for about 3 members), the engine plans
+    smaller balanced groups instead of refusing; a group the caller forces is still refused."""
+    from dynsim import engine
+
+    sweep = ds.Sweep(width=[16], lr=[0.05, 0.1], seed=[0, 1, 2, 3, 4])
+    kw = dict(steps=20, record_every=10, progress=False, layout="vmap")
+    whole = ds.run(MODEL, TASK, sweep, **kw)
+    assert json.loads(whole.attrs["buckets"])[0][3] == 10
+    prog = train.Program(model=MODEL, task=TASK, optimizer="sgd", n_pad=16, record_every=10, records_per_segment=2)
+    monkeypatch.setattr(engine, "_memory_limit", lambda: int(train.memory_estimate(prog, 3) / 0.8))
+    small = ds.run(MODEL, TASK, sweep, **kw)
+    assert json.loads(small.attrs["buckets"])[0][3] == 3  # 10 -> 5 -> 3 members per group
+    # Only the group size differs, the per-member float32 arithmetic is the same: a few ulps (eps 1.2e-7).
+    np.testing.assert_allclose(small["loss"].values, whole["loss"].values, rtol=1e-6)
+    with pytest.raises(MemoryError, match="pass a smaller group"):
+        ds.run(MODEL, TASK, sweep, group=10, **kw)
+
+
 def _chunked_vs_whole(optimizer, lr):
     sweep = ds.Sweep(width=[24, 40], lr=[lr], seed=[3], param=["mup"], optimizer=[optimizer])
     whole = _run(sweep, layout="vmap", sample_chunk=0)
