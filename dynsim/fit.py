@@ -16,12 +16,12 @@ Sign convention: decaying laws have a *positive* exponent, ``y ~ x**(-alpha)``.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import scipy.optimize
 
-__all__ = ["lr_optimum", "PowerLawFit", "LineFit", "power_law", "slope", "mean_ci", "agrees"]
+__all__ = ["lr_optimum", "PowerLawFit", "LineFit", "Regime", "power_law", "slope", "mean_ci", "agrees", "regime"]
 
 # Offsets are searched as a fraction ``u = y_inf / min(y)`` of the smallest mean value, ``u in [0, _U_MAX]``:
 # ``u = 1`` would make ``log(y - y_inf)`` diverge at the smallest point.
@@ -543,6 +543,42 @@ def agrees(measured_ci: tuple[float, float], predicted: float, tolerance: float)
     return bool(lo - tolerance <= predicted <= hi + tolerance)
 
 
+class Regime(NamedTuple):
+    """Which of several power laws a measured exponent belongs to (:func:`regime`).
+
+    Attributes:
+      name: the candidate whose exponent is nearest the measured one.
+      consistent: the candidates whose exponent agrees with the interval (:func:`agrees`), nearest first.
+      ambiguous: more than one candidate agrees, so the measurement does not tell them apart.
+    """
+
+    name: str
+    consistent: tuple[str, ...]
+    ambiguous: bool
+
+
+def regime(exponent: float, exponent_ci: tuple[float, float], candidates: dict[str, float],
+           tolerance: float = 0.0) -> Regime:
+    """Classify a fitted exponent among candidate laws, e.g. ``{"variance-limited": 1.0, "resolution-limited":
+    1.5}`` for a loss-versus-width curve (Bahri et al. 2024).
+
+    The regime is the candidate nearest the point estimate; the candidates consistent with the interval widened by
+    ``tolerance`` are listed too, and the label is ambiguous when several are (or none is, when the curve follows
+    none of them). A NaN exponent gives ``name = ""``.
+
+    Example:
+      >>> regime(1.07, (0.95, 1.2), {"variance-limited": 1.0, "resolution-limited": 1.5})
+      Regime(name='variance-limited', consistent=('variance-limited',), ambiguous=False)
+    """
+    if not candidates:
+        raise ValueError("regime needs at least one candidate law.")
+    if not np.isfinite(exponent):
+        return Regime("", (), True)
+    order = sorted(candidates, key=lambda k: abs(candidates[k] - exponent))
+    consistent = tuple(k for k in order if agrees(exponent_ci, candidates[k], tolerance))
+    return Regime(order[0], consistent, len(consistent) != 1)
+
+
 def lr_optimum(lr: Any, loss: Any) -> np.ndarray:
     """Optimal learning rate along the last axis, interpolated in log-lr.
 
@@ -558,8 +594,9 @@ def lr_optimum(lr: Any, loss: Any) -> np.ndarray:
       ``lr*`` with shape ``loss.shape[:-1]``.
 
     Example:
-      >>> lr = np.array([0.1, 1.0, 10.0]); lr_optimum(lr, (np.log10(lr) - 0.2) ** 2 + 1.0).round(3)
-      array(1.585)
+      >>> lr = np.array([0.1, 1.0, 10.0])
+      >>> round(float(lr_optimum(lr, np.exp((np.log10(lr) - 0.2) ** 2))), 3)  # log loss exactly parabolic
+      1.585
     """
     x = np.log(np.asarray(lr, dtype=np.float64))
     if x.ndim != 1 or x.size < 3 or np.any(np.diff(x) <= 0):

@@ -399,3 +399,20 @@ def test_mean_ci_covers_the_mean_and_shrinks_with_samples():
         expected = 2 * 1.96 * v.std() / np.sqrt(v.size)
         assert (hi - lo) == pytest.approx(expected, rel=0.15)
     assert np.isnan(fit.mean_ci([np.nan])[0])
+
+
+def test_regime_names_the_nearest_law_and_whether_the_ci_tells_the_laws_apart():
+    laws = {"variance-limited": 1.0, "resolution-limited": 1.5}
+    clear = fit.regime(1.07, (0.95, 1.2), laws)
+    assert clear == fit.Regime("variance-limited", ("variance-limited",), False)
+    both = fit.regime(1.3, (0.9, 1.6), laws)  # the CI covers both exponents
+    assert both.name == "resolution-limited" and set(both.consistent) == set(laws) and both.ambiguous
+    neither = fit.regime(2.5, (2.4, 2.6), laws, tolerance=0.1)
+    assert neither.name == "resolution-limited" and neither.consistent == () and neither.ambiguous
+    assert fit.regime(float("nan"), (np.nan, np.nan), laws).name == ""
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    assert doctest.testmod(fit).failed == 0

@@ -162,11 +162,11 @@ def analyse(ds, spec, out):
                             EXPONENT_TOLERANCE, _fit.agrees(fitted.exponent_ci, predicted, EXPONENT_TOLERANCE),
                             f"{regime}; asymptotic law, the deterministic equivalent's slope over these sizes is "
                             f"{local:.3f}: finite-size bias (module comment)"))
-        other = 1.0 if regime == "resolution-limited" else float(_kr.resolution_limited_exponent(
-            analysis["alpha"], analysis["beta"], varied))
-        label = regime if abs(fitted.exponent - predicted) <= abs(fitted.exponent - other) else (
-            "variance-limited" if regime == "resolution-limited" else "resolution-limited")
-        regimes[curve] = f"{label} (exponent {fitted.exponent:.2f}, predicted {predicted:.2f} for {regime})"
+        laws = {"variance-limited": 1.0, "resolution-limited": float(_kr.resolution_limited_exponent(
+            analysis["alpha"], analysis["beta"], varied))}
+        found = _fit.regime(fitted.exponent, fitted.exponent_ci, laws, EXPONENT_TOLERANCE)
+        regimes[curve] = (f"{found.name} (exponent {fitted.exponent:.2f}, predicted {predicted:.2f} for {regime}"
+                          + ("; the CI does not tell the two laws apart" if found.ambiguous else "") + ")")
         if regime == "variance-limited":
             checks.append(_coefficient_check(analysis, curve, x, y, theory, rng))
         # Deterministic equivalent of the loss itself at each point, as a mean relative deviation over the curve.
