@@ -159,7 +159,8 @@ def run(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, record_eve
       out: a results directory. Each finished chunk is written there at once; a run started again with the same
         directory resumes, skipping what is stored. ``None`` keeps everything in memory.
       progress: show a progress bar (default: when stderr is a terminal or in a Jupyter kernel).
-      group: force the number of members per vectorised step (default: chosen per backend and bucket).
+      group: force the number of members per vectorised step (default: chosen per backend and bucket, and halved
+        where a group would not fit 80% of a device's memory; a forced group that does not fit is refused).
       buckets: force the width buckets, e.g. ``[[64, 128], [256]]``.
       slab_bytes: activation footprint per group targeted by the CPU group-size rule.
       diverge_factor: loss ratio (to ``max(loss_0, 1)``) above which a member counts as diverged.
@@ -168,7 +169,8 @@ def run(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, record_eve
       layout: ``"vmap"`` (members padded to their bucket's width and vmapped), ``"packed"`` (two-layer networks:
         the units of members of any widths side by side, see :mod:`dynsim.packed`) or ``"auto"``: packed where the
         model is two-layer, every observable is available packed, ``group`` and ``buckets`` are not set, and the
-        packed readout is cheap or the members small (see ``_choose_layout``); else vmap.
+        packed readout is cheap or the members small and there is one local device (see ``_choose_layout``); else
+        vmap.
       sample_chunk: samples per gradient chunk within a step of the vmapped layout (0: the whole batch at once).
         Chunks bound a step's activation memory and change only the order of a sum. They do not make CPU steps
         faster: on shape (i) of ``benchmarks/throughput.py`` (P = 1024) whole batches took 48.7 s against
@@ -305,7 +307,8 @@ def run(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, record_eve
     table = member_table(sweep)
     for bucket, chunk in work:
         prog = make_prog(bucket)
-        need = memory_estimate(prog, bucket.group)
+        shards = jax.local_device_count() if prog.layout == "vmap" else 1  # a vmapped group is split over devices
+        need = memory_estimate(prog, -(-bucket.group // shards))
         _check_memory(need, bucket)
         recs = {n: [] for n in observables}
         div = []
@@ -453,22 +456,28 @@ def _memory_limit() -> int | None:
         return None
 
 
-def _fit_groups(buckets: list[Bucket], make_prog) -> list[Bucket]:
-    """Vmapped buckets whose groups would need more than 80% of the device's memory (:func:`memory_estimate`) get
-    smaller, balanced groups: on accelerators a group is a whole bucket by default, which wide members with many
-    parameters may not fit. Deterministic for a machine, so a resumed run plans the same chunks."""
+def _fit_groups(buckets: list[Bucket], make_prog, n_dev: int | None = None) -> list[Bucket]:
+    """Vmapped buckets whose groups would need more than 80% of a device's memory (:func:`memory_estimate` of the
+    group's share on each of the ``n_dev`` local devices) get smaller groups: on accelerators a group is a whole
+    bucket by default, which wide members with many parameters may not fit. A shrunk group is balanced over the
+    bucket and stays a multiple of ``n_dev`` (the member axis is sharded over the devices). Deterministic for a
+    machine, so a resumed run plans the same chunks. Packs are left alone."""
     limit = _memory_limit()
     if limit is None:
         return buckets
+    n_dev = n_dev or jax.local_device_count()
     out = []
     for b in buckets:
         group = b.group
         if b.packs is None:
             prog = make_prog(b)
-            while group > 1 and memory_estimate(prog, group) > 0.8 * limit:
+            share = lambda g: memory_estimate(prog, -(-g // n_dev))  # what each device holds of a group of g
+            while group > n_dev and share(group) > 0.8 * limit:
                 group = -(-group // 2)
-            n = len(b.members)
-            group = -(-n // -(-n // group)) if group < b.group else b.group  # balanced, as in sweep.group_size
+            if group < b.group:
+                n = len(b.members)
+                group = -(-n // -(-n // group))  # balanced, as in sweep.group_size
+                group = -(-group // n_dev) * n_dev
         out.append(b if group == b.group else dataclasses.replace(b, group=group))
     return out
 
@@ -479,8 +488,9 @@ def _check_memory(need: int, bucket: Bucket) -> None:
         return
     if need > 0.8 * limit:
         what = (f"a pack of {bucket.n_pad} units" if bucket.packs is not None else
-                f"a group of {bucket.group} members at width {bucket.n_pad}")
-        advice = "use layout='vmap' with a small group" if bucket.packs is not None else "pass a smaller group"
+                f"a group of {bucket.group} member{'s' if bucket.group > 1 else ''} at width {bucket.n_pad}")
+        advice = ("use layout='vmap' with a small group" if bucket.packs is not None else
+                  "pass a smaller group" if bucket.group > 1 else "use a smaller width or batch")
         raise MemoryError(f"{what} needs about {need / 2**30:.1f} GiB, more than 80% of the "
                           f"{limit / 2**30:.1f} GiB available; {advice}.")
 

@@ -547,7 +547,8 @@ class Regime(NamedTuple):
     """Which of several power laws a measured exponent belongs to (:func:`regime`).
 
     Attributes:
-      name: the candidate whose exponent is nearest the measured one.
+      name: the candidate consistent with the interval whose exponent is nearest the point estimate; when none is
+        consistent, the nearest of all (``""`` for a NaN exponent).
       consistent: the candidates whose exponent agrees with the interval (:func:`agrees`), nearest first.
       ambiguous: more than one candidate agrees, so the measurement does not tell them apart.
     """
@@ -562,9 +563,10 @@ def regime(exponent: float, exponent_ci: tuple[float, float], candidates: dict[s
     """Classify a fitted exponent among candidate laws, e.g. ``{"variance-limited": 1.0, "resolution-limited":
     1.5}`` for a loss-versus-width curve (Bahri et al. 2024).
 
-    The regime is the candidate nearest the point estimate; the candidates consistent with the interval widened by
-    ``tolerance`` are listed too, and the label is ambiguous when several are (or none is, when the curve follows
-    none of them). A NaN exponent gives ``name = ""``.
+    The candidates consistent with the interval widened by ``tolerance`` are listed nearest first, and the regime
+    is the first of them (so an asymmetric bootstrap interval never names a law it rules out); with none
+    consistent, ``consistent`` is empty and the regime is the nearest law, for the record. Candidates with a NaN
+    exponent are never chosen. A NaN exponent gives ``name = ""``.
 
     Example:
       >>> regime(1.07, (0.95, 1.2), {"variance-limited": 1.0, "resolution-limited": 1.5})
@@ -572,11 +574,12 @@ def regime(exponent: float, exponent_ci: tuple[float, float], candidates: dict[s
     """
     if not candidates:
         raise ValueError("regime needs at least one candidate law.")
-    if not np.isfinite(exponent):
-        return Regime("", (), True)
-    order = sorted(candidates, key=lambda k: abs(candidates[k] - exponent))
-    consistent = tuple(k for k in order if agrees(exponent_ci, candidates[k], tolerance))
-    return Regime(order[0], consistent, len(consistent) != 1)
+    finite = {k: float(v) for k, v in candidates.items() if np.isfinite(v)}
+    if not np.isfinite(exponent) or not finite:
+        return Regime("", (), False)
+    order = sorted(finite, key=lambda k: abs(finite[k] - exponent))
+    consistent = tuple(k for k in order if agrees(exponent_ci, finite[k], tolerance))
+    return Regime(consistent[0] if consistent else order[0], consistent, len(consistent) > 1)
 
 
 def lr_optimum(lr: Any, loss: Any) -> np.ndarray:

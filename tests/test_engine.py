@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 
 import numpy as np
 import pytest
@@ -245,13 +246,21 @@ def test_groups_shrink_to_fit_the_device(monkeypatch):
     whole = ds.run(MODEL, TASK, sweep, **kw)
     assert json.loads(whole.attrs["buckets"])[0][3] == 10
     prog = train.Program(model=MODEL, task=TASK, optimizer="sgd", n_pad=16, record_every=10, records_per_segment=2)
-    monkeypatch.setattr(engine, "_memory_limit", lambda: int(train.memory_estimate(prog, 3) / 0.8))
+    monkeypatch.setattr(engine, "_memory_limit", lambda: math.ceil(train.memory_estimate(prog, 3) / 0.8))
     small = ds.run(MODEL, TASK, sweep, **kw)
     assert json.loads(small.attrs["buckets"])[0][3] == 3  # 10 -> 5 -> 3 members per group
     # Only the group size differs, the per-member float32 arithmetic is the same: a few ulps (eps 1.2e-7).
     np.testing.assert_allclose(small["loss"].values, whole["loss"].values, rtol=1e-6)
     with pytest.raises(MemoryError, match="pass a smaller group"):
         ds.run(MODEL, TASK, sweep, group=10, **kw)
+    # Over two devices each holds half a group: a group of 6 fits (3 per device) and stays a multiple of 2.
+    bucket = ds.sweep.Bucket("sgd", 16, np.arange(10), 10)
+    fitted = engine._fit_groups([bucket], lambda b: prog, n_dev=2)[0]
+    assert fitted.group == 6 and fitted.group % 2 == 0
+    monkeypatch.setattr(engine, "_memory_limit", lambda: 1)  # nothing fits: the group stops at one per device
+    assert engine._fit_groups([bucket], lambda b: prog, n_dev=2)[0].group == 2
+    with pytest.raises(MemoryError, match="a group of 1 member at width 16 .* use a smaller width or batch"):
+        engine._check_memory(10**16, ds.sweep.Bucket("sgd", 16, np.arange(1), 1))
 
 
 def _chunked_vs_whole(optimizer, lr):

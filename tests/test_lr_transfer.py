@@ -35,9 +35,10 @@ def test_lr_transfer_quick(tmp_path):
     # Full-batch SGD sits at the stability edge, so its optimum is sharp: the SGD checks must agree.
     for par in ("sp", "mup", "ntk", "mean_field"):
         assert checks[f"lr* exponent, {par} / sgd"]["agrees"], checks[f"lr* exponent, {par} / sgd"]
-    # Adam: SP's optimum moves down with width (measured -0.75 [-0.80, -0.64] against -1 +- 0.3: agreement with a
-    # margin of only 0.1, so only the direction is asserted), and muP's and NTK's do not move by more than the
-    # tolerance (measured -0.04, -0.09 and -0.02 for muP, NTK and mean field; NTK's optimum is flat).
+    # Adam: SP's optimum moves down with width (measured -0.71 [-0.75, -0.64] against -1 +- 0.3: agreement with a
+    # margin of only 0.1, so only the direction is asserted), and muP's, NTK's and mean field's move by less than
+    # the experiment's tolerance of 0.3 for finite-width shifts of lr* (measured -0.14, -0.21 and -0.10; Adam's
+    # optima at quick size are flat, so these move with float32 round-off of the group layout).
     assert checks["lr* exponent, sp / adam"]["measured"] < -0.4
     for par in ("mup", "ntk", "mean_field"):
         assert abs(checks[f"lr* exponent, {par} / adam"]["measured"]) < 0.3, checks[f"lr* exponent, {par} / adam"]

@@ -1,8 +1,8 @@
 """``lr-transfer``: does the optimal learning rate move with width?
 
-Sweeps width x learning rate x seed under SP, muP, NTK and mean field with SGD and with Adam, finds the optimal learning rate of
-each width by interpolating the final training loss in log-lr, and fits the slope of ``log lr*`` against
-``log width`` with a bootstrap CI over seeds. Theory (:func:`dynsim.theory.parametrization.lr_exponent`): 0 for
+Sweeps width x learning rate x seed under SP, muP, NTK and mean field with SGD and with Adam, finds the optimal
+learning rate of each width by interpolating the final training loss in log-lr, and fits the slope of ``log lr*``
+against ``log width`` with a bootstrap CI over seeds. Theory (:func:`dynsim.theory.parametrization.lr_exponent`): 0 for
 muP, NTK and mean field, -1 for SP.
 
 Metric. The default is the final training loss on a fixed set of 256 samples. Adam fits it to 1e-8-1e-7 within
@@ -13,7 +13,8 @@ analysis.metric=test_loss``) gives -0.26 [-0.30, -0.20], and fresh batches every
 --set train.batch_size=256``) -0.22 [-0.37, -0.15]; in both the loss stays within 2x of its best over 1-2 decades
 of lr at every width. Within 150 steps Adam recovers from first steps far beyond the ``1/n`` edge (its second moment
 grows and shrinks the steps), so the -1 law, a statement about the largest stable rate, does not pin the optimum
-of a flat curve. The other five exponents agree under all three metrics.
+of a flat curve. The SGD exponents and muP's and NTK's with Adam agree under all three metrics (measured before
+mean field joined the sweep; mean field trains as muP up to the abc symmetry, exactly so under SGD).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from ..theory.parametrization import lr_exponent
 from ._base import Check, Experiment, register, squeeze_axes
 
 # Finite-width bend: for SP with SGD, lambda_max = A n + B gives a local slope -A n / (A n + B), which at the
-# widths swept here departs from -1 by up to about 0.3; under muP/NTK the leading 1/sqrt(n) corrections to the
-# loss curve shift lr* by a comparable amount over a 16x width range. A tolerance of 0.3 on the exponent covers
-# these known finite-width terms; it is a statement about the model error, the CI covers the seed noise.
+# widths swept here departs from -1 by up to about 0.3; under muP, NTK and mean field the leading 1/sqrt(n)
+# corrections to the loss curve shift lr* by a comparable amount over a 16x width range. A tolerance of 0.3 on the
+# exponent covers these known finite-width terms; it is a statement about the model error, the CI covers the seed
+# noise.
 TOLERANCE = 0.3
 N_BOOT = 300
 # The optimum is "flat" where the seed-mean final loss stays within this factor of its minimum over a decade or more
@@ -109,7 +111,8 @@ def analyse(ds, spec, out):
                 measured, ci = float("nan"), (float("nan"), float("nan"))
             agrees = _fit.agrees(ci, predicted, TOLERANCE)
             reason = ("finite-width corrections to the lr optimum over this width range (for SP with SGD, "
-                      "lambda_max = A n + B bends the local slope by up to about 0.3; under muP/NTK 1/sqrt(n) "
+                      "lambda_max = A n + B bends the local slope by up to about 0.3; under muP, NTK and mean field "
+                      "1/sqrt(n) "
                       "corrections shift lr* comparably); "
                       f"lr* resolved inside the lr grid at {int(ok.sum())}/{len(widths)} widths")
             if np.isfinite(flat[i, j]).any():
@@ -198,6 +201,6 @@ def validate(spec):
                         f"train.observables, got {metric!r}.")
 
 
-EXPERIMENT = register(Experiment("lr-transfer", "optimal learning rate vs width under SP, muP, NTK and mean field, with SGD "
-                                 "and Adam, against the parametrization's predicted exponent", DEFAULTS, QUICK,
+EXPERIMENT = register(Experiment("lr-transfer", "optimal learning rate vs width under SP, muP, NTK and mean field, "
+                                 "with SGD and Adam, against the parametrization's predicted exponent", DEFAULTS, QUICK,
                                  analyse, validate))

@@ -165,8 +165,10 @@ def analyse(ds, spec, out):
         laws = {"variance-limited": 1.0, "resolution-limited": float(_kr.resolution_limited_exponent(
             analysis["alpha"], analysis["beta"], varied))}
         found = _fit.regime(fitted.exponent, fitted.exponent_ci, laws, EXPONENT_TOLERANCE)
-        regimes[curve] = (f"{found.name} (exponent {fitted.exponent:.2f}, predicted {predicted:.2f} for {regime}"
-                          + ("; the CI does not tell the two laws apart" if found.ambiguous else "") + ")")
+        note = ("; the CI does not tell the two laws apart" if found.ambiguous else
+                "; the CI excludes both laws, nearest named" if not found.consistent else "")
+        regimes[curve] = (f"{found.name or 'unresolved'} (exponent {fitted.exponent:.2f}, predicted "
+                          f"{predicted:.2f} for {regime}{note})")
         if regime == "variance-limited":
             checks.append(_coefficient_check(analysis, curve, x, y, theory, rng))
         # Deterministic equivalent of the loss itself at each point, as a mean relative deviation over the curve.
