@@ -25,9 +25,9 @@ from . import io as _io
 from . import obs as _obs
 from . import packed as _packed
 from . import param as _param
+from .models import Model
 from .obs_sharpness import HVP_METHODS
 from .sweep import AXES, Bucket, Sweep, plan
-from .models import Model
 from .tasks import Task
 from .train import SCHEDULES, Hyper, Program, init_group, memory_estimate, run_segment
 
