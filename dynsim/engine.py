@@ -245,6 +245,7 @@ def run(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, record_eve
                          f"{list(sweep.param)} would train identical copies; give one value.")
     if layout == "auto" and (group is not None or buckets is not None):
         layout = "vmap"  # group sizes and width buckets are settings of the vmapped layout
+    auto = layout == "auto"
     layout = _choose_layout(layout, model, observables, sweep, batch_size or task.n_train)
     intervals = steps // record_every
     record_steps = np.arange(intervals + 1) * record_every
@@ -291,6 +292,10 @@ def run(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, record_eve
     copies = source != np.arange(sweep.size)  # trained once, by their source member
     all_buckets = plan(sweep, model, steps=steps, batch=batch, group=group, buckets=buckets, slab_bytes=slab_bytes,
                        layout=layout, done=copies)
+    if auto and layout == "packed" and not _packs_fit(all_buckets, make_prog):
+        layout = "vmap"  # the packs chosen for speed would not fit the device; vmapped groups can shrink to fit
+        all_buckets = plan(sweep, model, steps=steps, batch=batch, group=group, buckets=buckets,
+                           slab_bytes=slab_bytes, layout=layout, done=copies)
     if group is None:  # a group the caller set is kept, and refused below if it cannot fit
         all_buckets = _fit_groups(all_buckets, make_prog)
     # Chunks and groups come from the plan of the full sweep, so an interrupted run resumed with the same settings
@@ -480,6 +485,13 @@ def _fit_groups(buckets: list[Bucket], make_prog, n_dev: int | None = None) -> l
                 group = -(-group // n_dev) * n_dev
         out.append(b if group == b.group else dataclasses.replace(b, group=group))
     return out
+
+
+def _packs_fit(buckets: list[Bucket], make_prog) -> bool:
+    """Whether every pack's program fits 80% of the device's memory (:func:`memory_estimate`)."""
+    limit = _memory_limit()
+    return limit is None or all(memory_estimate(make_prog(b), b.group) <= 0.8 * limit
+                                for b in buckets if b.packs is not None)
 
 
 def _check_memory(need: int, bucket: Bucket) -> None:

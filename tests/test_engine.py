@@ -263,6 +263,21 @@ def test_groups_shrink_to_fit_the_device(monkeypatch):
         engine._check_memory(10**16, ds.sweep.Bucket("sgd", 16, np.arange(1), 1))
 
 
+def test_auto_layout_leaves_packs_that_would_not_fit(monkeypatch):
+    from dynsim import engine
+
+    model, sweep = MLP(d_in=8), ds.Sweep(width=[16, 24], lr=[0.1], seed=[0, 1])
+    kw = dict(steps=20, record_every=10, progress=False)
+    packed = ds.run(model, TASK, sweep, **kw)
+    assert packed.attrs["layout"] == "packed"
+    one = train.Program(model=model, task=TASK, optimizer="sgd", n_pad=24, record_every=10, records_per_segment=2)
+    monkeypatch.setattr(engine, "_memory_limit", lambda: math.ceil(train.memory_estimate(one, 1) / 0.8))
+    vmapped = ds.run(model, TASK, sweep, **kw)  # a pack (both widths' units side by side) no longer fits
+    assert vmapped.attrs["layout"] == "vmap" and all(b[3] == 1 for b in json.loads(vmapped.attrs["buckets"]))
+    # Layouts differ in summation order only (tests/test_packed.py): float32 round-off of 20 steps.
+    np.testing.assert_allclose(vmapped["loss"].values, packed["loss"].values, rtol=1e-5)
+
+
 def _chunked_vs_whole(optimizer, lr):
     sweep = ds.Sweep(width=[24, 40], lr=[lr], seed=[3], param=["mup"], optimizer=[optimizer])
     whole = _run(sweep, layout="vmap", sample_chunk=0)
