@@ -155,29 +155,24 @@ def names() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY))
 
 
-def _definition(o) -> Observable:
-    return o if isinstance(o, Observable) else get(o)
-
-
 def init_extras(names, ctx: Context, params) -> dict:
-    """The carried states of the observables ``names`` (names or :class:`Observable` objects) at init, one per shared
-    computation."""
+    """The carried states of the observables ``names`` at init, one per shared computation."""
     extra = {}
-    for o in map(_definition, names):
+    for name in names:
+        o = get(name)
         if o.init_extra is not None and o.state_key not in extra:
             extra[o.state_key] = o.init_extra(ctx, params)
     return extra
 
 
 def record(names, ctx: Context, params, extra: dict) -> tuple[dict, dict]:
-    """Values of the observables ``names`` (names or :class:`Observable` objects) at ``params`` and their new carried
-    states.
+    """Values of the observables ``names`` at ``params`` and their new carried states.
 
     Each shared computation runs once, however many of its observables are among ``names``.
     """
     values, extra, shared = {}, dict(extra), {}
-    for o in map(_definition, names):
-        name = o.name
+    for name in names:
+        o = get(name)
         if o.shared is None:
             values[name], new = o.compute(ctx, params, extra.get(name))
         else:

@@ -112,20 +112,19 @@ def analyse(ds, spec, out):
             agrees = _fit.agrees(ci, predicted, TOLERANCE)
             reason = ("finite-width corrections to the lr optimum over this width range (for SP with SGD, "
                       "lambda_max = A n + B bends the local slope by up to about 0.3; under muP, NTK and mean field "
-                      "1/sqrt(n) "
-                      "corrections shift lr* comparably); "
+                      "1/sqrt(n) corrections shift lr* comparably); "
                       f"lr* resolved inside the lr grid at {int(ok.sum())}/{len(widths)} widths")
-            if np.isfinite(flat[i, j]).any():
-                reason += (f"; the final {metric} stays within {FLAT_FACTOR:g}x of its best over "
-                           f"{np.nanmedian(flat[i, j]):.2g} decades of lr (median over widths)")
+            decades = np.nanmedian(flat[i, j]) if np.isfinite(flat[i, j]).any() else np.nan  # median over widths
+            if np.isfinite(decades):
+                reason += (f"; the final {metric} stays within {FLAT_FACTOR:g}x of its best over {decades:.2g} "
+                           "decades of lr (median over widths)")
             checks.append(Check(f"lr* exponent, {par} / {opt}", measured, ci, predicted, TOLERANCE, agrees, reason))
             if np.isfinite(measured):
                 regimes[f"{par}/{opt}"] = "transfers" if abs(measured) < TOLERANCE else (
                     f"shifts as width^{measured:.2f}")
-                if np.isfinite(flat[i, j]).any() and np.nanmedian(flat[i, j]) >= 1:
+                if decades >= 1:
                     regimes[f"{par}/{opt}"] += (f" (flat optimum: within {FLAT_FACTOR:g}x of the best {metric} over "
-                                                f"{np.nanmedian(flat[i, j]):.2g} decades of lr, so lr* is weakly "
-                                                "determined)")
+                                                f"{decades:.2g} decades of lr, so lr* is weakly determined)")
             else:
                 regimes[f"{par}/{opt}"] = "unresolved (optimum outside the lr grid)"
     figures = [_plot_curves(ds, metric, point, out), _plot_optimum(widths, point, boot, fits, opts, params, out)]
