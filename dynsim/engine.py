@@ -27,7 +27,7 @@ from . import packed as _packed
 from . import param as _param
 from .models import Model
 from .obs_sharpness import HVP_METHODS
-from .sweep import AXES, Bucket, Sweep, plan
+from .sweep import AXES, Bucket, Sweep, balanced, plan
 from .tasks import Task
 from .train import SCHEDULES, Hyper, Program, init_group, memory_estimate, run_segment
 
@@ -312,9 +312,7 @@ def run(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, record_eve
     table = member_table(sweep)
     for bucket, chunk in work:
         prog = make_prog(bucket)
-        shards = jax.local_device_count() if prog.layout == "vmap" else 1  # a vmapped group is split over devices
-        need = memory_estimate(prog, -(-bucket.group // shards))
-        _check_memory(need, bucket)
+        _check_memory(_device_share(prog, bucket.group), bucket)
         recs = {n: [] for n in observables}
         div = []
         chunk = [members for members in chunk if not trained[members].all()]
@@ -461,6 +459,12 @@ def _memory_limit() -> int | None:
         return None
 
 
+def _device_share(prog: Program, group: int, n_dev: int | None = None) -> int:
+    """Bytes one device holds of a group: a vmapped group's members are split over the ``n_dev`` local devices."""
+    n_dev = (n_dev or jax.local_device_count()) if prog.layout == "vmap" else 1
+    return memory_estimate(prog, -(-group // n_dev))
+
+
 def _fit_groups(buckets: list[Bucket], make_prog, n_dev: int | None = None) -> list[Bucket]:
     """Vmapped buckets whose groups would need more than 80% of a device's memory (:func:`memory_estimate` of the
     group's share on each of the ``n_dev`` local devices) get smaller groups: on accelerators a group is a whole
@@ -476,13 +480,10 @@ def _fit_groups(buckets: list[Bucket], make_prog, n_dev: int | None = None) -> l
         group = b.group
         if b.packs is None:
             prog = make_prog(b)
-            share = lambda g: memory_estimate(prog, -(-g // n_dev))  # what each device holds of a group of g
-            while group > n_dev and share(group) > 0.8 * limit:
+            while group > n_dev and _device_share(prog, group, n_dev) > 0.8 * limit:
                 group = -(-group // 2)
             if group < b.group:
-                n = len(b.members)
-                group = -(-n // -(-n // group))  # balanced, as in sweep.group_size
-                group = -(-group // n_dev) * n_dev
+                group = balanced(len(b.members), group, n_dev)
         out.append(b if group == b.group else dataclasses.replace(b, group=group))
     return out
 

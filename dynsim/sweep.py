@@ -22,7 +22,7 @@ import numpy as np
 
 from . import param as _param
 
-__all__ = ["Sweep", "Bucket", "AXES", "plan", "group_size"]
+__all__ = ["Sweep", "Bucket", "AXES", "plan", "group_size", "balanced"]
 
 AXES = ("optimizer", "param", "width", "lr", "seed", "init_scale", "weight_decay", "momentum")
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -199,10 +199,16 @@ def group_size(n_pad: int, batch: int, n_members: int, *, backend: str | None = 
     backend = backend or jax.default_backend()
     slab = slab_bytes or (16e6 if backend == "cpu" else 2**30)
     units = units if units is not None else n_pad * max(depth - 1, 1)
-    g = max(1, int(slab // (units * max(batch, 1) * itemsize)))
+    return balanced(n_members, max(1, int(slab // (units * max(batch, 1) * itemsize))))
+
+
+def balanced(n_members: int, group: int, n_dev: int = 1) -> int:
+    """The group size that splits ``n_members`` into equal groups of at most ``group``, ``ceil(n / ceil(n / g))``,
+    rounded up to a multiple of ``n_dev`` (the member axis is sharded over that many devices)."""
     n = max(n_members, 1)
-    g = min(g, n)
-    return -(-n // -(-n // g))
+    g = min(max(group, 1), n)
+    g = -(-n // -(-n // g))
+    return -(-g // n_dev) * n_dev
 
 
 def _bucket_widths(widths: Sequence[int], counts: Sequence[int], flops_fn, compile_cost: float) -> list[list[int]]:
