@@ -71,7 +71,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
     sets = list(args.sets)
     if args.smoke:
-        sets = ["steps=100", "lr=[0.3]", "seed=[0]", "momentum=[0.0]", *sets]
+        sets = ["steps=100", "lr=[0.3]", "seed=[0,1]", "momentum=[0.0]", *sets]
     _, spec = experiments.resolve_spec("edge-of-stability", quick=True, sets=sets)
     model, task, sweep, opts = experiments.build(spec)
     configs = {"plain": ("loss",), "sharpness": opts["observables"]}

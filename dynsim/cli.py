@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io as _stdio
 import json
 import pathlib
 import sys
+import warnings
 
 __all__ = ["main"]
 
@@ -21,7 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="override a spec key, e.g. --set width=[64,256] or --set train.steps=500 (repeatable)")
     r.add_argument("--out", help="output directory (default runs/NAME); rerun with the same one to resume")
-    r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    r.add_argument("--no-progress", action="store_true", help="hide progress (the bar on a terminal, lines in logs)")
     s = sub.add_parser("show", help="print the checks of a finished run")
     s.add_argument("dir")
     return p
@@ -32,7 +35,20 @@ def _error(message: str) -> int:
     return 2
 
 
+_FORMAT_WARNING = warnings.formatwarning
+
+
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """Damaged files of a results directory are reported in one line, like errors."""
+    from .io import DamageWarning
+
+    if issubclass(category, DamageWarning):
+        return f"dynsim: warning: {message}\n"
+    return _FORMAT_WARNING(message, category, filename, lineno, line)
+
+
 def main(argv=None) -> int:
+    warnings.formatwarning = _format_warning
     args = _parser().parse_args(argv)
     if args.command == "list":
         from . import experiments
@@ -44,6 +60,7 @@ def main(argv=None) -> int:
     if args.command == "show":
         return _show(pathlib.Path(args.dir))
     from . import experiments
+    from . import io as _io
     from .spec import SpecError
 
     if args.out is not None and pathlib.Path(args.out).exists() and not pathlib.Path(args.out).is_dir():
@@ -55,6 +72,8 @@ def main(argv=None) -> int:
     except SpecError as e:
         return _error(str(e))
     except MemoryError as e:
+        return _error(str(e))
+    except (_io.DamagedError, _io.ClaimTimeout) as e:
         return _error(str(e))
     except OSError as e:
         return _error(f"cannot access {str(e.filename or args.out)!r}: {e.strerror or e}.")
@@ -84,12 +103,16 @@ def _enable_compilation_cache() -> None:
 
 
 def _print_checks(summary: dict) -> None:
+    from .experiments import verdict_text
+
+    marks = {"agrees": "ok", "inconclusive": "??", "disagrees": "NO"}
+    fmt = lambda v: "n/a" if v is None else f"{v:.3g}"
     for c in summary["checks"]:
-        fmt = lambda v: "n/a" if v is None else f"{v:.3g}"
-        mark = "ok " if c["agrees"] else "NO "
-        how = "" if not c["agrees"] or c.get("in_ci", True) else " (outside the CI, within the tolerance)"
-        print(f"  [{mark}] {c['name']}: {fmt(c['measured'])} [{fmt(c['ci'][0])}, {fmt(c['ci'][1])}] "
-              f"vs {fmt(c['predicted'])} ± {fmt(c['tolerance'])}{how}")
+        verdict = c.get("verdict", "agrees" if c.get("agrees") else "disagrees")  # summaries written before verdicts
+        c = {"competitor": "", "competing": None, "in_ci": True, **c, "verdict": verdict}
+        print(f"  [{marks.get(verdict, '??')}] {c['name']}: {fmt(c['measured'])} [{fmt(c['ci'][0])}, "
+              f"{fmt(c['ci'][1])}] vs {fmt(c['predicted'])} ± {fmt(c['tolerance'])} (competitor "
+              f"{c['competitor'] or 'none'}: {fmt(c['competing'])}): {verdict_text(c)}")
     for k, v in summary.get("regimes", {}).items():
         print(f"  regime {k}: {v}")
 
@@ -107,7 +130,10 @@ def _show(path: pathlib.Path) -> int:
         if parts:
             from . import io
 
-            stored = [io.load(part)["diverged_at"] for part in parts]
+            try:
+                stored = [io.load(part)["diverged_at"] for part in parts]
+            except io.DamagedError as e:
+                return _error(str(e))
             done, size = sum(int((d > -2).sum()) for d in stored), sum(d.size for d in stored)
             names = ", ".join(p.name for p in parts)
             where = "" if parts == [path] else (f" in the {len(parts)} part{'s' if len(parts) > 1 else ''} started "
@@ -115,9 +141,20 @@ def _show(path: pathlib.Path) -> int:
             print(f"{path}: unfinished run, {done}/{size} members stored{where}; rerun to resume.")
             return 0
         return _error(f"{path} holds no dynsim run (no summary.json).")
-    summary = json.loads(f.read_text())
-    print(f"{summary['experiment']}: {path}")
-    _print_checks(summary)
+    damaged = (f"{f} is damaged (not the JSON summary of a run); run the experiment again with --out {path} to "
+               "rewrite it.")
+    try:
+        summary = json.loads(f.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return _error(damaged)
+    checks = _stdio.StringIO()
+    try:
+        with contextlib.redirect_stdout(checks):
+            print(f"{summary['experiment']}: {path}")
+            _print_checks(summary)
+    except (KeyError, TypeError, ValueError, IndexError):  # valid JSON of another shape
+        return _error(damaged)
+    print(checks.getvalue(), end="")
     print(f"report: {path / 'report.md'}")
     return 0
 

@@ -12,7 +12,6 @@ import hashlib
 import json
 import numbers
 import os
-import sys
 import time
 from collections.abc import Sequence
 
@@ -25,6 +24,7 @@ from . import io as _io
 from . import obs as _obs
 from . import packed as _packed
 from . import param as _param
+from . import progress as _progress
 from .models import Model
 from .obs_sharpness import HVP_METHODS
 from .sweep import AXES, Bucket, Sweep, balanced, plan
@@ -121,22 +121,6 @@ def _spec_key(payload: dict) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def progress_bar(total: int, enabled: bool | None, desc: str, unit: str = "member-step"):
-    """A tqdm bar, shown when ``enabled`` or, for ``None``, when stderr is a terminal or in a Jupyter kernel."""
-    import importlib.util
-
-    notebook = "ipykernel" in sys.modules
-    if notebook and importlib.util.find_spec("ipywidgets") is not None:
-        from tqdm.auto import tqdm  # a widget in Jupyter
-    else:
-        from tqdm import tqdm  # text; tqdm.auto would warn in a kernel without ipywidgets
-
-    if enabled is None:
-        enabled = sys.stderr.isatty() or notebook or bool(os.environ.get("DYNSIM_PROGRESS"))
-    return tqdm(total=total, disable=not enabled, desc=desc, unit=unit, unit_scale=True,
-                dynamic_ncols=True, leave=False)
-
-
 def run(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, record_every: int = 10, batch_size: int = 0,
         observables: Sequence[str] = ("loss", "test_loss"), out=None, progress: bool | None = None,
         group: int | None = None, buckets=None, slab_bytes: float | None = None,
@@ -158,7 +142,8 @@ def run(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, record_eve
         default ``("loss", "test_loss")``: list those too to keep them.
       out: a results directory. Each finished chunk is written there at once; a run started again with the same
         directory resumes, skipping what is stored. ``None`` keeps everything in memory.
-      progress: show a progress bar (default: when stderr is a terminal or in a Jupyter kernel).
+      progress: ``None`` (default): a bar on a terminal or in Jupyter, else progress lines on stderr with an ETA;
+        ``True`` the bar, ``False`` nothing (:func:`dynsim.progress.tracker`).
       group: force the number of members per vectorised step (default: chosen per backend and bucket, and halved
         where a group would not fit 80% of a device's memory; a forced group that does not fit is refused).
       buckets: force the width buckets, e.g. ``[[64, 128], [256]]``.
@@ -307,10 +292,12 @@ def run(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, record_eve
     data = task.make()
     timing = {"compile_s": 0.0, "run_s": 0.0, "members": int(sum(len(g) for _, c in work for g in c))}
     t_start = time.perf_counter()
-    bar = progress_bar(timing["members"] * steps, progress, "training")
+    bar = _progress.tracker(timing["members"] * steps, progress, "training", "member-step")
     clock = CompileClock()
     table = member_table(sweep)
-    for bucket, chunk in work:
+    copy_ids = np.flatnonzero(copies)  # a chunk stores its members and their copies
+    members_of = lambda item: np.concatenate([*item[1], copy_ids[np.isin(source[copy_ids], np.concatenate(item[1]))]])
+    for bucket, chunk in store.claim_each(work, members_of, log=log):  # skips chunks other runs into `out` compute
         prog = make_prog(bucket)
         _check_memory(_device_share(prog, bucket.group), bucket)
         recs = {n: [] for n in observables}
@@ -518,6 +505,9 @@ class _MemoryStore:
 
     def done(self):
         return np.zeros(self.size, bool)
+
+    def claim_each(self, items, members, log=None):
+        return iter(items)  # nothing is shared: every chunk is this run's
 
     def write_chunk(self, members, variables, diverged_at):
         self._chunks.append((np.asarray(members), variables, np.asarray(diverged_at)))

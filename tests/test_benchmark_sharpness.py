@@ -5,6 +5,8 @@ import math
 import pathlib
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # benchmarks/ is a top-level folder beside the package, not installed with it
     sys.path.insert(0, str(ROOT))
@@ -13,12 +15,13 @@ from benchmarks.sharpness import main  # noqa: E402
 from dynsim import obs  # noqa: E402
 
 
+@pytest.mark.slow
 def test_sharpness_benchmark_smoke(tmp_path, monkeypatch):
     monkeypatch.setattr(obs, "_REGISTRY", dict(obs._REGISTRY))  # --breakdown registers a one-product observable
     path = tmp_path / "s.json"
     out = main(["--smoke", "--repeat", "1", "--breakdown", "--json", str(path)])
     saved = json.loads(path.read_text())
-    assert saved["members"] == 2  # one lr, one seed, one momentum, GD and Adam
+    assert saved["members"] == 4  # one lr, two seeds (the experiment's spec needs two), one momentum, GD and Adam
     assert "preconditioned_sharpness" in saved["observables"]
     assert saved["hvp"] == "fd"  # the experiment's own products: forward differences of the tanh network's gradient
     for name in ("plain", "sharpness"):

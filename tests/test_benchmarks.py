@@ -14,6 +14,7 @@ if str(ROOT) not in sys.path:  # benchmarks/ is a top-level folder beside the pa
 from benchmarks.throughput import main  # noqa: E402
 
 
+@pytest.mark.slow
 def test_throughput_smoke(tmp_path):
     path = tmp_path / "b.json"
     out = main(["--smoke", "--json", str(path)])
@@ -28,6 +29,7 @@ def test_throughput_smoke(tmp_path):
     assert out["shapes"].keys() == saved["shapes"].keys()
 
 
+@pytest.mark.slow
 def test_superposition_benchmark_smoke(tmp_path):
     from benchmarks.superposition import main as superposition_main
 

@@ -157,6 +157,17 @@ def test_show_of_a_directory_without_a_run(tmp_path, capsys):
     _assert_one_line_error(capsys.readouterr().err, [str(tmp_path), "summary.json"])
 
 
+@pytest.mark.parametrize("content", [b'{"experiment": "sweep", "checks": [{"name": "a", "meas', b"\xff\xfe{",
+                                     b"[]", b'{"experiment": "sweep", "checks": [{"name": "a"}]}'],
+                         ids=["truncated", "not-utf8", "not-an-object", "check-without-fields"])
+def test_show_of_a_damaged_summary_is_one_line_exit_2(tmp_path, capsys, content):
+    (tmp_path / "summary.json").write_bytes(content)
+    assert cli.main(["show", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    _assert_one_line_error(captured.err, [str(tmp_path / "summary.json"), "damaged", f"--out {tmp_path}"])
+    assert captured.out == ""
+
+
 @pytest.mark.parametrize("files,argv,fragments", [
     ({"bad.toml": "[sweep\n"}, ["run", "bad.toml"], ["bad.toml", "not valid TOML"]),
     ({}, ["run", "nope"], ["'nope'"]),
@@ -251,16 +262,23 @@ def test_layout_key(tmp_path, capsys):
     assert len(err) == 1 and "packed layout" in err[0] and not (tmp_path / "p").exists()
 
 
-def test_checks_tell_agreement_in_the_ci_from_agreement_within_the_tolerance(capsys):
-    from dynsim.experiments._base import Check, verdict
+def test_checks_have_three_verdicts_and_name_their_competitor(capsys):
+    from dynsim.experiments._base import Check, verdict_text
 
-    inside = Check("a", 1.0, (0.9, 1.1), 1.0, 0.2, True).to_dict()
-    band = Check("b", 1.3, (1.25, 1.35), 1.0, 0.3, True).to_dict()
-    off = Check("c", 2.0, (1.9, 2.1), 1.0, 0.3, False).to_dict()
-    assert [c["in_ci"] for c in (inside, band, off)] == [True, False, False]
-    assert [verdict(c) for c in (inside, band, off)] == ["yes, in CI", "yes, within tolerance", "no"]
-    cli._print_checks({"checks": [inside, band, off]})
+    kw = dict(predicted=1.0, competitor="the other law", competing=2.0)
+    inside = Check(name="a", measured=1.0, ci=(0.9, 1.1), tolerance=0.2, **kw).to_dict()
+    band = Check(name="b", measured=1.3, ci=(1.25, 1.35), tolerance=0.3, **kw).to_dict()
+    both = Check(name="c", measured=1.5, ci=(0.9, 2.1), tolerance=0.0, **kw).to_dict()
+    off = Check(name="d", measured=2.0, ci=(1.9, 2.1), tolerance=0.3, **kw).to_dict()
+    assert [c["verdict"] for c in (inside, band, both, off)] == ["agrees", "agrees", "inconclusive", "disagrees"]
+    assert [c["in_ci"] for c in (inside, band, both, off)] == [True, False, True, False]
+    assert [verdict_text(c) for c in (inside, band, both, off)] == [
+        "agrees (in CI)", "agrees (within model error)", "inconclusive (also consistent with the other law)",
+        "disagrees"]
+    cli._print_checks({"checks": [inside, band, both, off]})
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("  [ok ] a") and lines[0].endswith("± 0.2")
-    assert lines[1].startswith("  [ok ] b") and lines[1].endswith("(outside the CI, within the tolerance)")
-    assert lines[2].startswith("  [NO ] c") and lines[2].endswith("± 0.3")
+    assert [line[:7] for line in lines] == ["  [ok] ", "  [ok] ", "  [??] ", "  [NO] "]
+    assert all("competitor the other law: 2" in line for line in lines)
+    assert lines[1].endswith("agrees (within model error)") and lines[2].endswith("the other law)")
+    with pytest.raises(ValueError, match="names no competing law"):
+        Check(name="e", measured=1.0, ci=(0.9, 1.1), predicted=1.0, competitor="", competing=2.0)

@@ -13,6 +13,8 @@ from dynsim.models import MLP
 from dynsim.obs import coord_check
 from dynsim.theory.parametrization import lr_exponent
 
+pytestmark = pytest.mark.slow  # law tests at small size: `pytest -m slow` runs them
+
 WIDTHS = [64, 256, 1024, 4096]
 MODEL = MLP(d_in=16, depth=3)
 # Seed-to-seed fluctuations (the NTK of a depth-3 net fluctuates by ~L/sqrt(n), 40% at n = 64) are carried by the

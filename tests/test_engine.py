@@ -209,6 +209,7 @@ print(json.dumps({"devices": jax.device_count(), "shards": len(state.params[0].s
 """
 
 
+@pytest.mark.slow
 def test_member_axis_is_sharded_over_devices_without_changing_results(tmp_path):
     import json
     import subprocess

@@ -21,6 +21,7 @@ def _run(model, sweep, **kw):
     return ds.run(model, TASK, sweep, steps=40, record_every=20, observables=OBS, progress=False, **kw)
 
 
+@pytest.mark.slow
 def test_ntk_eigs_match_an_explicit_jacobian(x64):
     model = MLP(d_in=8, depth=3, act="tanh")
     sweep = ds.Sweep(width=[24], lr=[0.1], param=["mup"], seed=[5])

@@ -274,6 +274,7 @@ def _run_adam(model, sweep, monkeypatch, **kw):
     return ds.run(model, TASK, sweep, steps=20, record_every=5, progress=False, observables=names, **kw)
 
 
+@pytest.mark.slow
 def test_recorded_preconditioned_sharpness_follows_adam(x64, monkeypatch):
     # Adam under muP (unequal lr multipliers); the recorded value must follow the replayed optimizer's own D.
     model = MLP(d_in=3, depth=3, act="tanh")
@@ -343,6 +344,7 @@ def test_forward_difference_products_match_the_explicit_matrix(x64, optimizer, s
     assert all(np.all(h[6:] == 0) and np.all(h[:, 6:] == 0) for h in hidden)
 
 
+@pytest.mark.slow
 def test_padded_member_has_unpadded_sharpness_with_forward_differences(x64, monkeypatch):
     model = MLP(d_in=3, depth=3, act="tanh")
     names = ("loss", "sharpness", "sharpness_32")

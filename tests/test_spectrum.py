@@ -55,6 +55,7 @@ def test_lanczos_topk_matches_eigvalsh(member):
     np.testing.assert_allclose(top[:2], eig[:2], rtol=1e-8)  # converged: error <= r^2 / gap, r <= 1e-12, gaps ~1
 
 
+@pytest.mark.slow
 def test_hutchinson_trace_within_its_standard_error(member):
     ctx, params, hess = member
     est, err = (float(a) for a in jax.jit(lambda p: obs_spectrum.hessian_trace(ctx, p, 32))(params))

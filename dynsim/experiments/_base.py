@@ -13,49 +13,127 @@ import numpy as np
 import xarray as xr
 
 from .. import engine as _engine
+from .. import fit as _fit
 from .. import io as _io
 from .. import spec as _spec
 from ..models import MLP, Linearized, random_features, uv
 from ..superposition import SparseFeatures, Superposition
-from ..sweep import Sweep
+from ..sweep import AXES, Sweep
 from ..tasks import TeacherStudent
 
-__all__ = ["Check", "Experiment", "register", "get", "names", "resolve_spec", "engine_required", "build",
-           "task_variants", "squeeze_axes", "spec_error", "run"]
+__all__ = ["Check", "VERDICTS", "Requirements", "Experiment", "register", "get", "names", "resolve_spec",
+           "engine_required", "build", "task_variants", "squeeze_axes", "final", "ci_errors", "table", "spec_error", "run", "verdict_text"]
 
 _TASKS = {"teacher_student": TeacherStudent, "sparse_features": SparseFeatures}
 
 
-@dataclasses.dataclass(frozen=True)
+VERDICTS = ("agrees", "inconclusive", "disagrees")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Check:
-    """One comparison of a measurement with theory.
+    """One comparison of a measurement with theory, against the competing law it exists to rule out.
 
     Attributes:
       name: what is compared.
       measured: the point estimate.
       ci: its confidence interval ``(lo, hi)``.
       predicted: the theory value.
-      tolerance: allowed distance between the interval and the prediction, with ``reason``.
-      agrees: whether ``predicted`` lies in ``[lo - tolerance, hi + tolerance]``.
-      reason: why the tolerance is what it is.
+      competitor: the competing law, in words (e.g. ``"SP's 1/width"``): what a wrong simulation, or the other
+        regime, would give.
+      competing: that law's value on the scale of ``predicted``.
+      tolerance: the model error of the measurement at the swept sizes (finite width, finite training), computed
+        where it can be (e.g. the theory's own finite-size slope over the same range) and stated in ``reason``; the
+        interval is widened by it on both sides.
+      reason: where the tolerance and the interval come from.
 
-    ``to_dict`` adds ``in_ci``: whether the prediction lies inside the interval itself, so that an agreement the
-    tolerance alone grants is told apart from one the measurement's own uncertainty covers.
+    The verdict (:func:`dynsim.fit.verdict`) is **agrees** when the widened interval holds the prediction and not the
+    competitor, **inconclusive** when it holds both (or nothing was measured), and **disagrees** when it does not hold
+    the prediction. ``in_ci`` tells an agreement the interval itself gives from one that needs the model error.
     """
 
     name: str
     measured: float
     ci: tuple[float, float]
     predicted: float
-    tolerance: float
-    agrees: bool
+    competitor: str
+    competing: float
+    tolerance: float = 0.0
     reason: str = ""
+
+    def __post_init__(self):
+        if not self.competitor:
+            raise ValueError(f"check {self.name!r} names no competing law; a check must be able to fail.")
+        if not (self.tolerance >= 0 or math.isnan(self.tolerance)):
+            raise ValueError(f"check {self.name!r} has a negative tolerance {self.tolerance!r}.")
+
+    @property
+    def verdict(self) -> str:
+        return _fit.verdict(self.ci, self.predicted, [self.competing], self.tolerance)
+
+    @property
+    def agrees(self) -> bool:
+        return self.verdict == "agrees"
+
+    @property
+    def in_ci(self) -> bool:
+        lo, hi = self.ci
+        return bool(lo <= self.predicted <= hi)
 
     def to_dict(self) -> dict:
         clean = lambda v: None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v)
         return {"name": self.name, "measured": clean(self.measured), "ci": [clean(self.ci[0]), clean(self.ci[1])],
-                "predicted": clean(self.predicted), "tolerance": clean(self.tolerance), "agrees": bool(self.agrees),
-                "in_ci": bool(self.ci[0] <= self.predicted <= self.ci[1]), "reason": self.reason}
+                "predicted": clean(self.predicted), "competitor": self.competitor,
+                "competing": clean(self.competing), "tolerance": clean(self.tolerance), "verdict": self.verdict,
+                "agrees": self.agrees, "in_ci": self.in_ci, "reason": self.reason}
+
+
+@dataclasses.dataclass(frozen=True)
+class Requirements:
+    """What an experiment's analysis needs of its spec, as data: checked with the spec, before anything is trained,
+    each failure one sentence naming the key.
+
+    Attributes:
+      observables: names ``train.observables`` must include.
+      single: sweep axes that must hold exactly one value.
+      at_least: ``(axis, n, why)``: sweep axes that need at least ``n`` values, and what for.
+      full_batch: whether ``train.batch_size`` must be 0.
+      analysis: ``analysis.<key>`` -> ``(check, what)``: the keys the analysis takes, each with a predicate and
+        the words for what it must be; any other ``analysis`` key is refused. ``None``: the experiment's own
+        ``validate`` checks them.
+    """
+
+    observables: tuple[str, ...] = ()
+    single: tuple[str, ...] = ()
+    at_least: tuple[tuple[str, int, str], ...] = ()
+    full_batch: bool = False
+    analysis: dict | None = None
+
+    def check(self, spec: dict, name: str) -> None:
+        """Raise :class:`dynsim.spec.SpecError` for the first requirement ``spec`` misses."""
+        analysis = spec.get("analysis", {}) if self.analysis is not None else {}
+        for key, value in analysis.items():
+            if key not in self.analysis:
+                takes = ", ".join(f"analysis.{k}" for k in sorted(self.analysis)) or "no analysis keys"
+                raise _spec.SpecError(f"unknown spec key 'analysis.{key}'; {name} takes {takes}.")
+            ok, what = self.analysis[key]
+            if not ok(value):
+                raise _spec.SpecError(f"spec key 'analysis.{key}' must be {what}, got {value!r}.")
+        recorded = spec.get("train", {}).get("observables", ["loss", "test_loss"])
+        for o in self.observables:
+            if o not in recorded:
+                raise _spec.SpecError(f"spec key 'train.observables' must include {o!r} for the {name} analysis.")
+        sweep = spec.get("sweep", {})
+        for axis in self.single:
+            if len(sweep.get(axis, [None])) != 1:
+                raise _spec.SpecError(f"spec key 'sweep.{axis}' must hold one value for the {name} analysis, got "
+                                      f"{sweep[axis]!r}.")
+        for axis, n, why in self.at_least:
+            if len(sweep.get(axis, [None])) < n:
+                raise _spec.SpecError(f"spec key 'sweep.{axis}' needs at least {n} values for the {name} analysis "
+                                      f"({why}), got {sweep.get(axis, 'one')!r}.")
+        if self.full_batch and spec.get("train", {}).get("batch_size", 0) != 0:
+            raise _spec.SpecError(f"spec key 'train.batch_size' must be 0 (full batch) for the {name} analysis.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +156,7 @@ class Experiment:
       required: dotted spec keys (``"sweep.lr"``) the experiment needs, checked with every other key by
         :func:`dynsim.spec.validate` before ``validate``; an experiment without ``execute`` needs
         :func:`engine_required` as well, which is added to these.
+      requires: what the analysis needs of the spec (:class:`Requirements`), checked before ``validate``.
     """
 
     name: str
@@ -88,6 +167,7 @@ class Experiment:
     validate: Callable | None = None
     execute: Callable | None = None
     required: tuple[str, ...] = ()
+    requires: Requirements = Requirements()
 
 
 def engine_required(spec: dict) -> tuple[str, ...]:
@@ -154,6 +234,7 @@ def resolve_spec(name_or_path: str, *, quick: bool = False, sets=()) -> tuple[Ex
     spec["experiment"] = exp.name
     required = exp.required + (engine_required(spec) if exp.execute is None else ())
     spec = _spec.validate(spec, required=required)
+    exp.requires.check(spec, exp.name)
     if exp.validate is not None:
         exp.validate(spec)
     return exp, spec
@@ -237,6 +318,27 @@ def squeeze_axes(obj, dims=None, *, keep=()):
     return obj.squeeze([d for d in dims if d in obj.sizes and d not in keep and obj.sizes[d] == 1])
 
 
+def final(ds, name: str, keep=()):
+    """``ds[name]`` at the last record, without the sweep axes that hold one value (other than ``keep``)."""
+    return squeeze_axes(ds[name].isel(step=-1), AXES, keep=keep)
+
+
+def ci_errors(value, lo, hi) -> np.ndarray:
+    """Error bars ``[2, ...]`` (below, above) for ``Axes.errorbar`` from a point estimate and its interval; an end
+    that is NaN, or on the wrong side of the estimate, draws no bar."""
+    value, lo, hi = (np.asarray(v, dtype=float) for v in (value, lo, hi))
+    err = np.stack([value - lo, hi - value])
+    return np.where(np.isfinite(err) & (err > 0), err, 0.0)
+
+
+def table(header, rows) -> str:
+    """A markdown table: ``header`` a list of column titles, ``rows`` lists of cells (numbers as ``%.3g``)."""
+    cell = lambda v: _fmt(v) if isinstance(v, (float, np.floating)) else str(v)
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
 def _run_variants(model, variants, sweep, out: pathlib.Path, progress, spec, opts, log) -> xr.Dataset:
     """Run each task variant into its own results directory and concatenate them along the task axes.
 
@@ -311,8 +413,8 @@ def _finish(exp: Experiment, spec: dict, ds, out: pathlib.Path, t0: float, t_tra
                "regimes": result.get("regimes", {}), "timing": timing,
                "figures": [str(pathlib.Path(f).name) for f in result.get("figures", [])],
                "versions": {k: ds.attrs.get(k) for k in ("dynsim", "jax", "optax", "backend", "device_count")}}
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=_json_default))
-    (out / "report.md").write_text(_report(exp, summary, result.get("report", "")))
+    _io.write_text(out / "summary.json", json.dumps(summary, indent=1, default=_json_default))
+    _io.write_text(out / "report.md", _report(exp, summary, result.get("report", "")))
     return out, summary
 
 
@@ -327,26 +429,40 @@ def _json_default(v):
 
 
 def _fmt(v):
-    return "n/a" if v is None else f"{v:.3g}"
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3g}"
 
 
-def verdict(check: dict) -> str:
-    """``"yes, in CI"``, ``"yes, within tolerance"`` (the CI excludes the prediction) or ``"no"``."""
-    if not check["agrees"]:
-        return "no"
-    return "yes, in CI" if check.get("in_ci", True) else "yes, within tolerance"
+def verdict_text(check: dict) -> str:
+    """A check's verdict in words: ``agrees (in CI)``, ``agrees (within model error)``, ``inconclusive`` with
+    the reason, or ``disagrees``."""
+    v = check["verdict"]
+    if v == "agrees":
+        return "agrees (in CI)" if check.get("in_ci") else "agrees (within model error)"
+    if v == "inconclusive":
+        if check["ci"][0] is None or check["predicted"] is None:
+            return "inconclusive (nothing measured)"
+        return f"inconclusive (also consistent with {check['competitor']})"
+    return "disagrees"
 
 
 def _report(exp: Experiment, summary: dict, body: str) -> str:
     lines = [f"# {exp.name}", "", exp.doc, ""]
     if summary["checks"]:
-        lines += ["## Checks", "", "Agreement is within the CI, or within the stated tolerance (a model-error band: "
-                  "finite size, finite training) when the CI alone excludes the prediction.", "",
-                  "| check | measured | CI | predicted | tolerance | agrees |", "|---|---|---|---|---|---|"]
+        lines += ["## Checks", "", "Each check names the competing law it exists to rule out. It **agrees** when the "
+                  "CI, widened by the model error (finite size, finite training; its reason is given), holds the "
+                  "prediction and not the competitor; it is **inconclusive** when it holds both, and **disagrees** "
+                  "when it does not hold the prediction.", "",
+                  "| check | measured | CI | predicted | competitor | model error | verdict |",
+                  "|---|---|---|---|---|---|---|"]
     for c in summary["checks"]:
-        agrees = verdict(c) if c["agrees"] else "**no**"
+        text = verdict_text(c)
+        text = text if c["verdict"] == "agrees" else f"**{text}**"
         lines.append(f"| {c['name']} | {_fmt(c['measured'])} | [{_fmt(c['ci'][0])}, {_fmt(c['ci'][1])}] | "
-                     f"{_fmt(c['predicted'])} | {_fmt(c['tolerance'])} | {agrees} |")
+                     f"{_fmt(c['predicted'])} | {c['competitor']}: {_fmt(c['competing'])} | "
+                     f"{_fmt(c['tolerance'])} | {text} |")
+    if summary["checks"]:
+        lines += ["", "Model errors and intervals:", ""] + [f"- {c['name']}: {c['reason']}" for c in summary["checks"]
+                                                           if c["reason"]]
     if summary["regimes"]:
         lines += ["", "## Regimes", ""] + [f"- {k}: {v}" for k, v in summary["regimes"].items()]
     lines += ["", body, "", "## Figures", ""] + [f"![{f}]({f})" for f in summary["figures"]]

@@ -19,24 +19,33 @@ mean field joined the sweep; mean field trains as muP up to the abc symmetry, ex
 
 from __future__ import annotations
 
+import functools
+import json
+import math
+
 import numpy as np
+import xarray as xr
 
+from .. import engine as _engine
 from .. import fit as _fit
-from ..plot import log_ticks, plt, save, width_colors
+from .. import io as _io
+from .. import spec as _spec
+from ..plot import log_ticks, save, subplots, width_colors
+from ..sweep import Sweep
 from ..theory.parametrization import lr_exponent
-from ._base import Check, Experiment, register, squeeze_axes
+from ._base import (Check, Experiment, Requirements, build, ci_errors, final, register, spec_error, squeeze_axes,
+                    table)
 
-# Finite-width bend: for SP with SGD, lambda_max = A n + B gives a local slope -A n / (A n + B), which at the
-# widths swept here departs from -1 by up to about 0.3; under muP, NTK and mean field the leading 1/sqrt(n)
-# corrections to the loss curve shift lr* by a comparable amount over a 16x width range. A tolerance of 0.3 on the
-# exponent covers these known finite-width terms; it is a statement about the model error, the CI covers the seed
-# noise.
-TOLERANCE = 0.3
 N_BOOT = 300
 # The optimum is "flat" where the seed-mean final loss stays within this factor of its minimum over a decade or more
 # of learning rates: lr* is then weakly determined (Adam on this realizable task converges to a loss of 1e-8-1e-7
 # over a decade of rates under NTK parametrization), and the report says so.
 FLAT_FACTOR = 2.0
+# Learning rates tried inside a stability-edge bracket per round, and rounds: each round divides the bracket's width
+# in log lr by EDGE_POINTS + 1, so three rounds of three turn the grid's third of a decade into 0.0052 decades (1.2%
+# in lr), which moves an exponent fitted over a 16x width range by at most 0.004.
+EDGE_POINTS = 3
+EDGE_ROUNDS = 3
 
 DEFAULTS = {
     "experiment": "lr-transfer",
@@ -44,9 +53,9 @@ DEFAULTS = {
     "task": {"d_in": 32, "n_train": 256, "n_test": 256, "teacher": "mlp", "teacher_width": 32, "noise": 0.0,
              "seed": 0},
     "train": {"steps": 150, "record_every": 25, "observables": ["loss", "test_loss"]},
-    "sweep": {"width": [64, 128, 256, 512, 1024, 2048, 4096], "lr": {"logspace": [-4, 1, 16]}, "seed": [0, 1, 2],
+    "sweep": {"width": [64, 128, 256, 512, 1024, 2048], "lr": {"logspace": [-4, 1, 16]}, "seed": [0, 1, 2],
               "param": ["sp", "mup", "ntk", "mean_field"], "optimizer": ["sgd", "adam"]},
-    "analysis": {"metric": "loss"},
+    "analysis": {"metric": "loss", "edge_points": EDGE_POINTS, "edge_rounds": EDGE_ROUNDS},
 }
 QUICK = {
     "task": {"n_train": 128, "n_test": 256},
@@ -55,39 +64,164 @@ QUICK = {
 }
 
 
-def _final(ds, metric):
-    """The final ``metric`` with the sweep's unused (length-1) axes dropped."""
-    return squeeze_axes(ds[metric].isel(step=-1), ("init_scale", "weight_decay", "momentum"))
+def _curves(ds, metric):
+    """The final ``metric`` as ``[optimizer, param, width, seed, lr]`` and the mask of learning rates computed for
+    every seed of a curve ``[optimizer, param, width, lr]`` (the edge refinement adds rates to some curves only)."""
+    keep = ("optimizer", "param", "width", "seed", "lr")
+    values = final(ds, metric, keep=keep).transpose(*keep).values
+    done = squeeze_axes(ds["diverged_at"] > -2, keep=keep).transpose(*keep).values.all(axis=3)
+    return values, done
 
 
 def optimal_lr(ds, metric: str = "loss", n_boot: int = N_BOOT, seed: int = 0):
     """Optimal learning rate per (optimizer, param, width) with bootstrap replicates over seeds.
 
+    Each curve uses the learning rates computed for it (the grid, and the refined stability edge where there is
+    one); :func:`dynsim.fit.lr_optimum` interpolates the seed-mean final ``metric`` in log lr. The replicates resample
+    seeds, the same resample for every curve.
+
     Returns:
       ``(point, boot)``: ``point`` has dims ``optimizer, param, width``; ``boot`` has a leading replicate axis.
     """
-    final = _final(ds, metric).transpose("optimizer", "param", "width", "seed", "lr")
-    values = final.values  # [O, P, W, S, L]
+    values, done = _curves(ds, metric)  # [O, P, W, S, L], [O, P, W, L]
     lrs = ds["lr"].values
-    point = _fit.lr_optimum(lrs, values.mean(axis=3))
-    rng = np.random.default_rng(seed)
     n_seeds = values.shape[3]
-    boot = np.stack([_fit.lr_optimum(lrs, values[:, :, :, rng.integers(0, n_seeds, n_seeds)].mean(axis=3))
-                     for _ in range(n_boot)])
+    idx = np.random.default_rng(seed).integers(0, n_seeds, (n_boot, n_seeds))
+    point = np.full(values.shape[:3], np.nan)
+    boot = np.full((n_boot,) + values.shape[:3], np.nan)
+    for c in np.ndindex(*values.shape[:3]):
+        k = done[c]
+        if k.sum() < 3:
+            continue
+        curve = values[c][:, k]  # [S, K]
+        point[c] = _fit.lr_optimum(lrs[k], curve.mean(axis=0))
+        boot[(slice(None),) + c] = _fit.lr_optimum(lrs[k], curve[idx].mean(axis=1))
     return point, boot
 
 
 def flat_decades(ds, metric: str = "loss", factor: float = FLAT_FACTOR):
     """Decades of learning rate over which the seed-mean final ``metric`` stays within ``factor`` of its minimum,
-    per (optimizer, param, width): ``log10(lr_hi / lr_lo)`` of the grid rates that do."""
-    final = _final(ds, metric).mean("seed").transpose("optimizer", "param", "width", "lr").values
-    best = np.min(np.where(np.isnan(final), np.inf, final), axis=-1, keepdims=True)  # inf where all diverged
+    per (optimizer, param, width): ``log10(lr_hi / lr_lo)`` of the computed rates that do."""
+    values, done = _curves(ds, metric)
+    curve = np.where(done, values.mean(axis=3), np.nan)
+    best = np.min(np.where(np.isnan(curve), np.inf, curve), axis=-1, keepdims=True)  # inf where all diverged
     with np.errstate(invalid="ignore"):
-        near = final <= factor * best
+        near = curve <= factor * best
     log_lr = np.log10(ds["lr"].values)
     hi = np.where(near, log_lr, -np.inf).max(axis=-1)
     lo = np.where(near, log_lr, np.inf).min(axis=-1)
     return np.where(near.any(axis=-1), hi - lo, np.nan)
+
+
+def edge_brackets(ds, metric: str = "loss") -> list[tuple[str, str, int, float, float]]:
+    """The curves whose optimum is the stability edge, with the bracket that holds the edge.
+
+    A seed-mean curve's optimum is at the edge when its best computed rate is followed by one at which a seed
+    diverged: the loss falls with the learning rate until the members blow up, and the grid alone would put lr* on
+    its last stable point. Returns ``(optimizer, param, width, lr_stable, lr_diverged)`` per such curve.
+    """
+    values, done = _curves(ds, metric)
+    lrs = ds["lr"].values
+    out = []
+    for c in np.ndindex(*values.shape[:3]):
+        k = np.flatnonzero(done[c])
+        mean = values[c][:, k].mean(axis=0)
+        if not np.isfinite(mean).any():
+            continue
+        i = int(np.nanargmin(mean))
+        if i + 1 < len(k) and not np.isfinite(mean[i + 1]):
+            o, p, w = (ds[d].values[j] for d, j in zip(("optimizer", "param", "width"), c))
+            out.append((str(o), str(p), int(w), float(lrs[k[i]]), float(lrs[k[i + 1]])))
+    return out
+
+
+def _merge(parts: list[xr.Dataset]) -> xr.Dataset:
+    """The union of several runs over their coordinates; members no run computed are NaN, ``diverged_at == -2``."""
+    merged = functools.reduce(lambda a, b: a.combine_first(b), parts)
+    merged["diverged_at"] = merged["diverged_at"].fillna(-2).astype(np.int64)
+    merged.attrs = dict(parts[0].attrs)
+    timing = {}
+    for part in parts:
+        for k, v in json.loads(part.attrs.get("timing", "{}")).items():
+            timing[k] = timing.get(k, 0) + v
+    merged.attrs["timing"] = json.dumps(timing)
+    return merged
+
+
+def calibrate(model, task, sweep, opts, out, progress) -> xr.Dataset:
+    """Each (optimizer, param, width)'s learning-rate scale at initialisation, for the finite-width model error.
+
+    SGD: the stability edge of the first steps is ``2 / lambda``, with ``lambda`` the top eigenvalue of ``D H``
+    (the loss Hessian scaled by the per-layer rates ``n^-c``, :mod:`dynsim.obs_sharpness`), measured at init.
+    Adam: its first step is sign descent, ``theta -= lr n^-c sign(g)``, and the rate at which the outputs move by
+    a fixed amount is ``1 / s`` with ``s = rms(f_1 - f_0) / lr`` measured over one step at the grid's smallest rate.
+    Both are computed for the first seed; returns ``scale[optimizer, param, width]`` (a learning rate, up to a
+    constant factor).
+    """
+    one = dict(steps=1, record_every=1, progress=progress, layout="vmap", batch_size=opts["batch_size"],
+               betas=opts["betas"], eps=opts["eps"])
+    lr0 = min(sweep.lr)
+    scales = []
+    for opt in sweep.optimizer:
+        sub = Sweep(width=sweep.width, lr=[lr0], seed=sweep.seed[:1], param=sweep.param, optimizer=[opt])
+        if opt == "sgd":
+            r = _engine.run(model, task, sub, observables=("preconditioned_sharpness",), out=out / opt, **one)
+            scale = 2.0 / r["preconditioned_sharpness"].isel(step=0)
+        else:
+            r = _engine.run(model, task, sub, observables=("outputs",), out=out / opt, **one)
+            moved = np.sqrt(((r["outputs"].isel(step=1) - r["outputs"].isel(step=0)) ** 2).mean("sample"))
+            scale = lr0 / moved
+        scales.append(scale.squeeze([d for d in ("lr", "seed", "init_scale", "weight_decay", "momentum")]))
+    return xr.concat(scales, "optimizer").transpose("optimizer", "param", "width")
+
+
+def execute(spec, out, progress) -> xr.Dataset:
+    """The grid run, then the edge refinement, then the calibration; each resumes from its own folder of ``out``."""
+    model, task, sweep, opts = build(spec)
+    analysis = spec.get("analysis", {})
+    metric = analysis.get("metric", "loss")
+    try:
+        parts = [_engine.run(model, task, sweep, out=out / "grid", progress=progress, spec=spec, **opts)]
+        for round_ in range(analysis.get("edge_rounds", EDGE_ROUNDS)):
+            for o, p, w, lo, hi in edge_brackets(_merge(parts), metric):
+                points = analysis.get("edge_points", EDGE_POINTS)
+                fine = np.exp(np.linspace(math.log(lo), math.log(hi), points + 2)[1:-1])
+                sub = Sweep(width=[w], lr=fine, seed=sweep.seed, param=[p], optimizer=[o],
+                            init_scale=sweep.init_scale, weight_decay=sweep.weight_decay, momentum=sweep.momentum)
+                parts.append(_engine.run(model, task, sub, out=out / "edge" / f"{round_}-{o}-{p}-{w}",
+                                         progress=progress, spec=spec, **opts))
+        merged = _merge(parts)
+        merged["lr_scale"] = calibrate(model, task, sweep, opts, out / "calibration", progress)
+    except (_io.MetaMismatch, _engine.InputError) as e:
+        raise spec_error(e) from None
+    merged["lr_scale"].attrs["description"] = ("learning-rate scale at init: 2 / lambda_max(D H) for SGD, "
+                                               "lr / rms(first step's output change) for Adam (first seed)")
+    _io.write_results(merged, out / "results.nc")
+    return merged
+
+
+def model_error(ds, opt: str, par: str) -> tuple[float, float, float]:
+    """The finite-width model error of the lr* exponent of ``(opt, par)``, with its two terms.
+
+    1. The slope of ``log lr_scale`` against ``log width`` over the swept widths (:func:`calibrate`) is what the
+       mechanism behind the asymptotic exponent gives at these widths (for SP with SGD, ``lambda_max = A n + B``
+       bends it to ``-A n / (A n + B)``); its distance from the asymptotic exponent is the first term.
+    2. The learning-rate scale at init does not see what training does to it (progressive sharpening, a catapult
+       past ``2 / lambda_0``), whose width dependence enters at the next order: relative corrections of order
+       ``n^-1/2`` to lr* (the fluctuation scale of a finite-width network around its limit). With coefficient 1
+       they move the fitted exponent by ``(n_min^-1/2 - n_max^-1/2) / ln(n_max / n_min)``, the second term (0.048 over
+       widths 32-512, 0.030 over 64-2048).
+
+    Returns ``(error, calibration_slope, next_order)``.
+    """
+    scale = ds["lr_scale"].sel(optimizer=opt, param=par).values
+    widths = ds["width"].values.astype(float)
+    next_order = float((widths.min() ** -0.5 - widths.max() ** -0.5) / np.log(widths.max() / widths.min()))
+    ok = np.isfinite(scale) & (scale > 0)
+    if ok.sum() < 2:
+        return float("nan"), float("nan"), next_order
+    slope = float(np.polyfit(np.log(widths[ok]), np.log(scale[ok]), 1)[0])
+    return abs(slope - lr_exponent(par, opt)) + next_order, slope, next_order
 
 
 def analyse(ds, spec, out):
@@ -96,6 +230,7 @@ def analyse(ds, spec, out):
     flat = flat_decades(ds, metric)
     widths = ds["width"].values.astype(float)
     opts, params = [str(o) for o in ds["optimizer"].values], [str(p) for p in ds["param"].values]
+    edges = {(o, p) for o, p, *_ in edge_brackets(ds, metric)}
     checks, regimes, fits = [], {}, {}
     for i, opt in enumerate(opts):
         for j, par in enumerate(params):
@@ -103,54 +238,71 @@ def analyse(ds, spec, out):
             rows = np.log(boot[:, i, j])
             ok = np.isfinite(y)
             predicted = lr_exponent(par, opt)
+            competing = -1.0 if predicted == 0 else 0.0
             if ok.sum() >= 2:
                 line = _fit.slope(np.log(widths[ok]), np.where(np.isfinite(rows[:, ok]), rows[:, ok], np.nan))
                 measured, ci = line.slope, line.slope_ci
                 fits[(opt, par)] = line
             else:
                 measured, ci = float("nan"), (float("nan"), float("nan"))
-            agrees = _fit.agrees(ci, predicted, TOLERANCE)
-            reason = ("finite-width corrections to the lr optimum over this width range (for SP with SGD, "
-                      "lambda_max = A n + B bends the local slope by up to about 0.3; under muP, NTK and mean field "
-                      "1/sqrt(n) corrections shift lr* comparably); "
-                      f"lr* resolved inside the lr grid at {int(ok.sum())}/{len(widths)} widths")
+            error, slope, next_order = model_error(ds, opt, par)
+            how = ("2 / lambda_max of the rate-scaled Hessian at init" if opt == "sgd" else
+                   "the rate that moves the outputs by a fixed amount in Adam's first (sign) step")
+            reason = (f"model error |{slope:.2f} - ({predicted:g})| + {next_order:.3f}: the slope over these widths "
+                      f"of {how}, against its asymptotic exponent, plus the n^-1/2 next-order term over these widths; "
+                      f"CI: {N_BOOT}-replicate bootstrap over seeds; lr* resolved inside the lr grid at "
+                      f"{int(ok.sum())}/{len(widths)} widths")
             decades = np.nanmedian(flat[i, j]) if np.isfinite(flat[i, j]).any() else np.nan  # median over widths
             if np.isfinite(decades):
                 reason += (f"; the final {metric} stays within {FLAT_FACTOR:g}x of its best over {decades:.2g} "
                            "decades of lr (median over widths)")
-            checks.append(Check(f"lr* exponent, {par} / {opt}", measured, ci, predicted, TOLERANCE, agrees, reason))
-            if np.isfinite(measured):
-                regimes[f"{par}/{opt}"] = "transfers" if abs(measured) < TOLERANCE else (
-                    f"shifts as width^{measured:.2f}")
-                if decades >= 1:
-                    regimes[f"{par}/{opt}"] += (f" (flat optimum: within {FLAT_FACTOR:g}x of the best {metric} over "
-                                                f"{decades:.2g} decades of lr, so lr* is weakly determined)")
-            else:
+            if (opt, par) in edges:
+                reason += "; the optimum is the stability edge, located by refining the lr grid around it"
+            check = Check(name=f"lr* exponent, {par} / {opt}", measured=measured, ci=ci, predicted=predicted,
+                          competitor="transfer (0)" if competing == 0 else "SP's 1/width (-1)",
+                          competing=competing, tolerance=error, reason=reason)
+            checks.append(check)
+            if not np.isfinite(measured):
                 regimes[f"{par}/{opt}"] = "unresolved (optimum outside the lr grid)"
+                continue
+            shift = f"lr* ~ width^{measured:.2f} [{ci[0]:.2f}, {ci[1]:.2f}]"
+            verdict = {"agrees": "transfers" if predicted == 0 else "shifts as 1/width",
+                       "inconclusive": "cannot tell transfer from 1/width at these widths",
+                       "disagrees": "neither transfers nor follows the predicted shift"}[check.verdict]
+            regimes[f"{par}/{opt}"] = f"{verdict}: {shift}"
+            if decades >= 1:
+                regimes[f"{par}/{opt}"] += (f" (flat optimum: within {FLAT_FACTOR:g}x of the best {metric} over "
+                                            f"{decades:.2g} decades of lr, so lr* is weakly determined)")
     figures = [_plot_curves(ds, metric, point, out), _plot_optimum(widths, point, boot, fits, opts, params, out)]
-    report = ("The optimal learning rate is interpolated in log-lr around the grid argmin of the seed-mean final "
-              f"`{metric}`; CIs are {N_BOOT}-replicate bootstrap percentiles over seeds (95%). A check agrees when "
-              "the predicted exponent lies within the CI widened by the tolerance.\n\n"
+    report = ("The optimal learning rate is interpolated in log-lr around the best computed rate of the seed-mean "
+              f"final `{metric}`. Where that rate is the last stable one (the next diverged), the optimum is the "
+              "stability edge: the grid is refined between the two rates and the optimum is sought again, so the "
+              "exponent is not quantised by the grid. CIs are "
+              f"{N_BOOT}-replicate bootstrap percentiles over seeds (95%). The model error of each exponent is the "
+              "distance between its asymptotic value and the slope, over the same widths, of the learning-rate "
+              "scale at init (SGD: 2 / lambda_max of the Hessian scaled by the per-layer rates; Adam: the rate at "
+              "which the first, sign-like, step moves the outputs by a fixed amount), plus a next-order term: relative "
+              "corrections of order width^-1/2 to lr*, with coefficient 1, over the swept widths.\n\n"
               f"Width of the optimum: decades of lr over which the final `{metric}` stays within "
               f"{FLAT_FACTOR:g}x of its best (a decade or more: lr* is weakly determined there).\n\n"
-              "| optimizer / param | " + " | ".join(f"width {int(w)}" for w in widths) + " |\n"
-              "|---|" + "---|" * len(widths) + "\n"
-              + "\n".join(f"| {opt} / {par} | " + " | ".join(f"{v:.2g}" for v in flat[i, j]) + " |"
-                           for i, opt in enumerate(opts) for j, par in enumerate(params)))
+              + table(["optimizer / param"] + [f"width {int(w)}" for w in widths],
+                      [[f"{opt} / {par}"] + [f"{v:.2g}" for v in flat[i, j]]
+                       for i, opt in enumerate(opts) for j, par in enumerate(params)]))
     return {"checks": checks, "regimes": regimes, "figures": figures, "report": report}
 
 
 def _plot_curves(ds, metric, point, out):
-    final = _final(ds, metric).mean("seed")
+    values, done = _curves(ds, metric)
     opts, params, widths = ds["optimizer"].values, ds["param"].values, ds["width"].values
-    fig, axes = plt.subplots(len(opts), len(params), figsize=(4 * len(params), 3.2 * len(opts)), squeeze=False)
+    fig, axes = subplots(len(opts), len(params), figsize=(4 * len(params), 3.2 * len(opts)), squeeze=False)
     colors = width_colors(len(widths))
     for i, opt in enumerate(opts):
         for j, par in enumerate(params):
             ax = axes[i, j]
             for k, w in enumerate(widths):
-                curve = final.sel(optimizer=opt, param=par, width=w).transpose("lr").values
-                ax.plot(ds["lr"].values, curve, "o-", ms=3, color=colors[k], label=f"width {w}")
+                kept = done[i, j, k]
+                ax.plot(ds["lr"].values[kept], values[i, j, k][:, kept].mean(axis=0), "o-", ms=3, color=colors[k],
+                        label=f"width {w}")
                 if np.isfinite(point[i, j, k]):
                     ax.axvline(point[i, j, k], color=colors[k], lw=0.6, ls=":")
             ax.set(xscale="log", yscale="log", title=f"{par} / {opt}", xlabel="learning rate",
@@ -161,15 +313,19 @@ def _plot_curves(ds, metric, point, out):
 
 
 def _plot_optimum(widths, point, boot, fits, opts, params, out):
-    fig, axes = plt.subplots(1, len(opts), figsize=(5.5 * len(opts), 5.0), squeeze=False)
+    fig, axes = subplots(1, len(opts), figsize=(5.5 * len(opts), 5.0), squeeze=False)
     for i, opt in enumerate(opts):
         ax = axes[0, i]
         for j, par in enumerate(params):
             y = point[i, j]
             lo, hi = np.nanpercentile(boot[:, i, j], [2.5, 97.5], axis=0)
-            err = np.stack([np.clip(y - lo, 0, None), np.clip(hi - y, 0, None)])
-            line = ax.errorbar(widths, y, yerr=np.where(np.isfinite(err), err, 0), fmt="o", capsize=3,
-                               label=f"{par}")
+            # Under SGD mean field trains exactly as muP (the abc symmetry), so its points would hide under muP's:
+            # each parametrization gets its own marker and a small horizontal offset, mean field open markers.
+            same = par == "mean_field" and opt == "sgd" and "mup" in params
+            shift = 1.07 ** (j - (len(params) - 1) / 2)
+            line = ax.errorbar(widths * shift, y, yerr=ci_errors(y, lo, hi), fmt="osD^v<>"[j % 7],
+                               capsize=3, mfc="none" if par == "mean_field" else None,
+                               label="mean field (= muP under SGD)" if same else f"{par}")
             color = line[0].get_color()
             if (opt, par) in fits:
                 fitted = fits[(opt, par)]
@@ -187,19 +343,21 @@ def _plot_optimum(widths, point, boot, fits, opts, params, out):
 
 
 def validate(spec):
-    from ..spec import SpecError
+    metric = spec.get("analysis", {}).get("metric", "loss")
+    if metric not in spec.get("train", {}).get("observables", ["loss", "test_loss"]):
+        raise _spec.SpecError(f"spec key 'analysis.metric' names {metric!r}, which train.observables does not record.")
 
-    analysis = spec.get("analysis", {})
-    unknown = set(analysis) - {"metric"}
-    if unknown:
-        raise SpecError(f"unknown spec key 'analysis.{sorted(unknown)[0]}'; lr-transfer takes analysis.metric.")
-    metric = analysis.get("metric", "loss")
-    observables = spec.get("train", {}).get("observables", ["loss", "test_loss"])
-    if metric not in ("loss", "test_loss") or metric not in observables:
-        raise SpecError(f"spec key 'analysis.metric' must be 'loss' or 'test_loss' and recorded in "
-                        f"train.observables, got {metric!r}.")
 
+_is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)
+REQUIRES = Requirements(
+    at_least=(("lr", 3, "each optimum is located between two neighbouring learning rates"),
+              ("width", 2, "the exponent is a slope against log width"),
+              ("seed", 2, "the CIs are a bootstrap over seeds")),
+    analysis={"metric": (lambda v: v in ("loss", "test_loss"), "'loss' or 'test_loss'"),
+              "edge_points": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+              "edge_rounds": (lambda v: _is_int(v) and v >= 0, "a non-negative integer")})
 
 EXPERIMENT = register(Experiment("lr-transfer", "optimal learning rate vs width under SP, muP, NTK and mean field, "
                                  "with SGD and Adam, against the parametrization's predicted exponent", DEFAULTS, QUICK,
-                                 analyse, validate))
+                                 analyse, validate, execute=execute, requires=REQUIRES,
+                                 required=("task.d_in", "train.steps", "sweep.width", "sweep.lr")))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..plot import plt, save, width_colors
-from ._base import Experiment, register
+from ..plot import save, subplots, width_colors
+from ._base import Experiment, Requirements, register, table
 
 DEFAULTS = {
     "experiment": "sweep",
@@ -31,7 +31,7 @@ def analyse(ds, spec, out):
     widths = ds["width"].values
     colors = width_colors(len(widths))
     settings = [d for d in loss.dims if d not in ("optimizer", "param", "width", "seed", "step")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+    fig, axes = subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
     for ax, (opt, par) in zip(axes[0], panels):
         sel = loss.sel(optimizer=opt, param=par).median("seed", skipna=False)  # settings where every seed trained
         for k, w in enumerate(widths):
@@ -47,7 +47,7 @@ def analyse(ds, spec, out):
         ax.legend(fontsize=7)
     figures = [save(fig, out / "loss_curves.png")]
     if ds.sizes["lr"] > 1:
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
+        fig, axes = subplots(1, len(panels), figsize=(4.6 * len(panels), 3.6), squeeze=False)
         rest = [d for d in settings if d != "lr"]
         for ax, (opt, par) in zip(axes[0], panels):
             final = loss.sel(optimizer=opt, param=par).isel(step=-1).median("seed", skipna=False)
@@ -63,20 +63,9 @@ def analyse(ds, spec, out):
     size = int(np.prod(diverged.shape)) // len(widths)
     report = (f"Members: {int(diverged.size)}; diverged: {int(diverged.sum())} (frozen and recorded as NaN from "
               "their divergence on; the figures leave out settings in which any seed diverged).\n\n"
-              "| width | diverged |\n|---|---|\n"
-              + "\n".join(f"| {w} | {int(n)}/{size} |" for w, n in zip(widths, per_width)))
+              + table(["width", "diverged"], [[w, f"{int(n)}/{size}"] for w, n in zip(widths, per_width)]))
     return {"checks": [], "regimes": {}, "figures": figures, "report": report}
 
 
-def validate(spec):
-    from ..spec import SpecError
-
-    if spec.get("analysis"):
-        raise SpecError(f"unknown spec key 'analysis.{sorted(spec['analysis'])[0]}'; the sweep experiment takes "
-                        "no analysis settings.")
-    if "loss" not in spec.get("train", {}).get("observables", ["loss"]):
-        raise SpecError("spec key 'train.observables' must include 'loss' for the sweep experiment's figures.")
-
-
 EXPERIMENT = register(Experiment("sweep", "a bare sweep from a TOML spec: results and loss curves, no theory",
-                                 DEFAULTS, QUICK, analyse, validate))
+                                 DEFAULTS, QUICK, analyse, requires=Requirements(observables=("loss",), analysis={})))

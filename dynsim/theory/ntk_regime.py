@@ -147,8 +147,8 @@ def kernel_change_exponent(param: str, act: str = "relu") -> float:
       1024-16384 (4 seeds). For erf the local slope rises from 0.5 at ``n = 64`` to 1.07 between 4096 and 16384
       (4 seeds): the ``1/n`` law holds, but only at large widths. The ReLU exponent is this heuristic, not a
       published derivation, and it is approximate: a ``1/n`` correction would bring the local slope down to 3/4
-      from above, so the 0.68 at the largest widths is not explained by it (the ``kernel-regime`` check's band of
-      +-0.15 covers both measurements).
+      from above, so the 0.68 at the largest widths is not explained by it (the ``kernel-regime`` check allows the
+      drift of the local exponent across its widths as model error).
     - ``"mup"`` and ``"mean_field"``: ``e = 0``. Features move by ``Theta(1)`` per step at every width (Yang & Hu
       2021, Tensor Programs IV), and so does the kernel: there is no kernel limit.
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["gd_threshold", "momentum_threshold", "adam_threshold", "uv_phases", "uv_ntk_eigenvalue", "PHASES"]
+__all__ = ["gd_threshold", "momentum_threshold", "adam_threshold", "uv_phases", "uv_ntk_eigenvalue", "uv_gd",
+           "PHASES"]
 
 PHASES = ("lazy", "catapult", "divergent")
 
@@ -116,3 +117,49 @@ def uv_ntk_eigenvalue(u, v, x):
     u, v = np.asarray(u, dtype=float), np.asarray(v, dtype=float)
     n = u.shape[-1]
     return (np.sum(u**2, axis=-1) + np.sum(v**2, axis=-1)) * np.asarray(x, dtype=float) ** 2 / n
+
+
+def uv_gd(lr, lambda0, f0, y, x2_over_n, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact full-batch GD of the uv model at finite width on one sample: outputs and NTK eigenvalues per step.
+
+    For ``f = v . u x / sqrt(n)``, ``r = f - y``, the loss ``0.5 r^2`` and a step
+    ``u <- u - lr r x v / sqrt(n)``, ``v <- v - lr r x u / sqrt(n)``, the output and the NTK eigenvalue
+    ``lambda = (|u|^2 + |v|^2) x^2 / n`` (:func:`uv_ntk_eigenvalue`) form a closed two-dimensional map, with
+    ``q = x^2 / n``:
+
+    .. math::
+
+        f_{t+1} = f_t - \\eta \\lambda_t r_t + \\eta^2 q\\, r_t^2 f_t,\\qquad
+        \\lambda_{t+1} = \\lambda_t + \\eta q\\, r_t \\big(\\eta \\lambda_t r_t - 4 f_t\\big).
+
+    (With ``A = |u|^2 + |v|^2``, ``B = u . v`` and ``c = lr r x / sqrt(n)`` the step gives
+    ``A' = A (1 + c^2) - 4 c B`` and ``B' = B (1 + c^2) - c A``; ``f = B x / sqrt(n)``.) For ``y = 0`` it is
+    Lewkowycz et al. (2020): ``lambda`` moves by ``eta q r^2 (eta lambda - 4)``, down below
+    ``lr lambda = 4`` and up above it, which with the linear instability of ``r`` at ``lr lambda = 2`` makes the
+    phases of :func:`uv_phases` as ``q = x^2 / n -> 0``. At finite ``n`` the same map gives each member's own
+    boundaries: the lazy / catapult one moves by ``O(|f0 - y| n^-1/2)`` (near ``lr lambda = 2 + eps`` the continuum
+    limit conserves ``eps^2 + 2 lr^2 q r^2``, so the loss can grow only by ``1 + eps^2 / (2 lr^2 q r0^2)`` before the
+    kernel has fallen below ``2 / lr``), the catapult / divergent one by ``O(1/n)`` (measured).
+
+    Regime: exact (no approximation) for the uv model with one scalar sample, plain GD; evaluated in float64.
+    Values that overflow become ``inf`` / ``nan`` (a diverged member).
+
+    Args:
+      lr: learning rate(s).
+      lambda0: NTK eigenvalue(s) at init.
+      f0: output(s) at init.
+      y: target(s).
+      x2_over_n: ``x^2 / n`` (input squared over width).
+      steps: number of steps.
+    Returns:
+      ``(f, lambda)``, each of the broadcast shape of the inputs with a trailing axis of ``steps + 1``.
+    """
+    lr, lam, f, y, q = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (lr, lambda0, f0, y, x2_over_n)))
+    fs, lams = [f], [lam]
+    with np.errstate(over="ignore", invalid="ignore"):
+        for _ in range(steps):
+            r = f - y
+            f, lam = f - lr * lam * r + lr**2 * q * r**2 * f, lam + lr * q * r * (lr * lam * r - 4 * f)
+            fs.append(f)
+            lams.append(lam)
+    return np.stack(fs, axis=-1), np.stack(lams, axis=-1)

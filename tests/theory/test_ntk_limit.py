@@ -14,6 +14,8 @@ from dynsim.obs_ntk import empirical_ntk
 from dynsim.tasks import TeacherStudent
 from dynsim.theory import ntk_regime
 
+pytestmark = pytest.mark.slow  # law tests at small size: `pytest -m slow` runs them
+
 TASK = TeacherStudent(d_in=8, n_train=32, n_test=64, teacher="mlp", teacher_width=16, seed=2)
 
 

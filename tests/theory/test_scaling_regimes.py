@@ -1,8 +1,9 @@
 """The four scaling regimes from simulation (the ``width-scaling`` experiment at quick size) against their exponents,
-and the random-feature machinery they rest on."""
+the checks' power to fail on a wrong simulation or a wrong theory, and the random-feature machinery they rest on."""
 
 import json
 
+import jax
 import numpy as np
 import pytest
 
@@ -20,23 +21,27 @@ def quick_run(tmp_path_factory):
 
 
 @pytest.mark.slow
-def test_four_regimes_have_their_exponents(quick_run):
+def test_four_regimes_agree_with_their_exponents_at_quick_size(quick_run):
     out, summary = quick_run
     checks = {c["name"]: c for c in summary["checks"]}
     analysis = summary["spec"]["analysis"]
     resolution = lambda resource: kr.resolution_limited_exponent(analysis["alpha"], analysis["beta"], resource)
-    expected = {"width, P >> N": resolution("width"), "n_train, N >> P": resolution("n_train"), "width, N >> P": 1.0,
-                "n_train, P >> N": 1.0}
-    for curve, exponent in expected.items():
+    expected = {"width, P >> N": (resolution("width"), 1.0), "n_train, N >> P": (resolution("n_train"), 1.0),
+                "width, N >> P": (1.0, resolution("width")), "n_train, P >> N": (1.0, resolution("n_train"))}
+    for curve, (exponent, competing) in expected.items():
         check = checks[f"exponent, {curve}"]
-        assert check["predicted"] == pytest.approx(exponent)  # same closed form: float64 round-off (default rel 1e-6)
-        # Finite-size bias of the asymptotic exponent at quick sizes is <= 0.06 (the deterministic equivalent's own
-        # slope over the same points), seed noise about 0.05: +-0.15 (the band the regimes are told apart by, since
-        # the variance- and resolution-limited exponents differ by 0.5 here).
-        assert abs(check["measured"] - exponent) < 0.15, check
+        # Same closed forms: float64 round-off (default rel 1e-6).
+        assert check["predicted"] == pytest.approx(exponent) and check["competing"] == pytest.approx(competing)
+        # The competitor is one the check can rule out: the regimes' exponents differ by more than the CI plus the
+        # model error on both sides.
+        assert abs(exponent - competing) > (check["ci"][1] - check["ci"][0]) / 2 + 2 * check["tolerance"], check
         expected_regime = "variance" if exponent == 1.0 else "resolution"
         assert summary["regimes"][curve].startswith(expected_regime), summary["regimes"][curve]
-    assert all(c["agrees"] for c in summary["checks"]), [c for c in summary["checks"] if not c["agrees"]]
+    assert len(checks) == 8
+    assert all(c["verdict"] == "agrees" for c in summary["checks"]), [c for c in summary["checks"]
+                                                                     if c["verdict"] != "agrees"]
+    for c in summary["checks"]:  # every check has a real interval and a stated model error
+        assert c["ci"][0] < c["measured"] < c["ci"][1] and c["tolerance"] >= 0 and c["reason"], c
 
 
 @pytest.mark.slow
@@ -45,28 +50,208 @@ def test_quick_run_writes_a_self_describing_store_and_report(quick_run):
     for name in ("summary.json", "report.md", "width_scaling.png", "results.nc"):
         assert (out / name).exists(), name
     ds = io.load(out)
+    analysis = summary["spec"]["analysis"]
     assert ds["test_loss"].dims == ("width", "n_train", "seed")
+    assert ds.sizes["seed"] == analysis["limit_seeds"]
     assert json.loads(ds.attrs["spec"])["experiment"] == "width-scaling"
-    # Exactly the four curves' cells are filled (a cell two curves share holds the same members).
-    cells = {(int(n), int(p)) for curve in width_scaling.CURVES
-             for n, p in zip(*width_scaling.curve_points(summary["spec"]["analysis"], curve))}
-    filled = np.isfinite(ds["test_loss"]).all("seed")
-    assert int(filled.sum()) == len(cells)
-    assert all(bool(filled.sel(width=n, n_train=p)) for n, p in cells)
-    assert json.loads((out / "summary.json").read_text())["experiment"] == "width-scaling"
+    # Exactly the four curves' cells hold full solves, for the curve's seeds (a cell two curves share holds the same
+    # members); each cell's one-side-infinite loss is drawn for every seed.
+    seeds = {}
+    for curve in width_scaling.CURVES:
+        for n, p in zip(*width_scaling.curve_points(analysis, curve)):
+            seeds[(int(n), int(p))] = max(seeds.get((int(n), int(p)), 0), width_scaling.curve_seeds(analysis, curve))
+            assert bool(np.isfinite(ds[width_scaling.curve_limit(curve)].sel(width=n, n_train=p)).all()), (curve, n, p)
+    filled = np.isfinite(ds["test_loss"]).sum("seed")
+    assert int((filled > 0).sum()) == len(seeds)
+    assert all(int(filled.sel(width=n, n_train=p)) == s for (n, p), s in seeds.items())
+    report = (out / "report.md").read_text()
+    assert "agrees" in report and "truncation alone" in report
+
+
+# --- The checks fail on a wrong simulation or a wrong theory (the quick run's results, analysed again) -------------
+
+
+def _points(analysis, curve):
+    varied = width_scaling.CURVES[curve][0]
+    n, p = width_scaling.curve_points(analysis, curve)
+    return n, p, (n if varied == "width" else p).astype(float)
+
+
+def _relabel_widths(ds, analysis, mapping):
+    """The widths' labels permuted: each loss is filed under another width."""
+    return ds.assign_coords(width=[mapping.get(int(w), int(w)) for w in ds["width"].values]).sortby("width")
+
+
+def _scale_curve(ds, analysis, curve, factor):
+    """``curve``'s plotted quantity multiplied by ``factor(x) [K]``: the loss and its limit on a resolution-limited
+    curve, the excess over the limit (and its control variate) on a variance-limited one."""
+    ds = ds.copy(deep=True)
+    _, side, _ = width_scaling.CURVES[curve]
+    limit = width_scaling.curve_limit(curve)
+    n, p, x = _points(analysis, curve)
+    for a, b, f in zip(n, p, factor(x)):
+        cell = dict(width=a, n_train=b)
+        loss, z = ds["test_loss"].loc[cell].values, ds[limit].loc[cell].values
+        if side == "large":
+            ds["test_loss"].loc[cell], ds[limit].loc[cell] = loss * f, z * f
+        else:
+            ds["test_loss"].loc[cell] = z + (loss - z) * f
+            ds["width_fluctuation"].loc[cell] = ds["width_fluctuation"].loc[cell].values * f
+    return ds
+
+
+def _verdicts(ds, spec, out):
+    return {c.name: c.verdict for c in width_scaling.analyse(ds, spec, out)["checks"]}
+
+
+@pytest.fixture(scope="module")
+def results(quick_run):
+    out, summary = quick_run
+    return io.load(out), summary["spec"]
+
+
+@pytest.mark.slow
+def test_shuffled_widths_disagree(results, tmp_path):
+    ds, spec = results
+    # 16 <-> 128 on the resolution-limited curve, 256 <-> 1024 on the variance-limited one (no other curve's cells).
+    verdicts = _verdicts(_relabel_widths(ds, spec["analysis"], {16: 128, 128: 16, 256: 1024, 1024: 256}), spec,
+                         tmp_path)
+    for name in ("exponent, width, P >> N", "deterministic equivalent as n -> inf, width, P >> N",
+                 "exponent, width, N >> P", "1/n coefficient over the limit, width, N >> P"):
+        assert verdicts[name] == "disagrees", (name, verdicts)
+    assert verdicts["exponent, n_train, N >> P"] == "agrees"  # the curves in P do not read those widths
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("curve", list(width_scaling.CURVES))
+def test_the_competing_regimes_law_disagrees(results, tmp_path, curve):
+    ds, spec = results
+    analysis = spec["analysis"]
+    _, side, _ = width_scaling.CURVES[curve]
+    predicted = width_scaling.predicted_exponent(analysis, curve)
+    competing = 1.0 if side == "large" else float(kr.resolution_limited_exponent(
+        analysis["alpha"], analysis["beta"], width_scaling.CURVES[curve][0]))
+    # The curve's measurements tilted by x^(predicted - competing): the same draws following the other regime.
+    substituted = _scale_curve(ds, analysis, curve, lambda x: (x / x[0]) ** (predicted - competing))
+    summary = width_scaling.analyse(substituted, spec, tmp_path)
+    check = next(c for c in summary["checks"] if c.name == f"exponent, {curve}")
+    assert check.verdict == "disagrees", check
+    assert "not " + width_scaling.CURVES[curve][2] in summary["regimes"][curve], summary["regimes"][curve]
+
+
+@pytest.mark.slow
+def test_losses_off_by_a_quarter_disagree_with_the_equivalent(results, tmp_path):
+    ds, spec = results
+    scaled = ds.copy(deep=True)
+    for name in rf.NAMES:
+        scaled[name] = scaled[name] * 1.25
+    verdicts = _verdicts(scaled, spec, tmp_path)
+    for curve, (_, side, _) in width_scaling.CURVES.items():
+        if side == "large":
+            assert verdicts[f"deterministic equivalent as n -> inf, {curve}"] == "disagrees", verdicts
+        assert verdicts[f"exponent, {curve}"] == "agrees", verdicts  # a factor leaves exponents alone
+
+
+@pytest.mark.slow
+def test_an_equivalent_off_by_a_fifth_disagrees(results, tmp_path, monkeypatch):
+    ds, spec = results
+    exact = kr.rf_excess_risk
+    monkeypatch.setattr(kr, "rf_excess_risk", lambda *args, **kwargs: 1.2 * exact(*args, **kwargs))
+    verdicts = _verdicts(ds, spec, tmp_path)
+    for curve in ("width, P >> N", "n_train, N >> P"):
+        assert verdicts[f"deterministic equivalent as n -> inf, {curve}"] == "disagrees", verdicts
+
+
+@pytest.mark.slow
+def test_a_coefficient_off_by_two_disagrees(results, tmp_path, monkeypatch):
+    ds, spec = results
+    variance = [c for c, (_, side, _) in width_scaling.CURVES.items() if side == "small"]
+    doubled = ds
+    for curve in variance:  # the simulated excess doubled
+        doubled = _scale_curve(doubled, spec["analysis"], curve, lambda x: np.full(x.shape, 2.0))
+    verdicts = _verdicts(doubled, spec, tmp_path)
+    assert all(verdicts[f"1/n coefficient over the limit, {c}"] == "disagrees" for c in variance), verdicts
+    exact = kr.variance_limited_coefficient  # the theory's coefficient doubled
+    monkeypatch.setattr(kr, "variance_limited_coefficient",
+                        lambda *args, **kwargs: (lambda r: (r[0], 2 * r[1]))(exact(*args, **kwargs)))
+    verdicts = _verdicts(ds, spec, tmp_path)
+    assert all(verdicts[f"1/n coefficient over the limit, {c}"] == "disagrees" for c in variance), verdicts
+
+
+# --- Specs the analysis cannot use are refused before anything is solved ------------------------------------------
 
 
 @pytest.mark.parametrize("sets, match", [
-    (["analysis.alpha=0.4"], "alpha"),
-    (["analysis.seeds=1"], "seeds"),
-    (["analysis.large=100"], "large"),
+    (["analysis.alpha=0.4"], "analysis.alpha"),
+    (["analysis.seeds=1"], "analysis.seeds"),
+    (["analysis.variance_seeds=1"], "analysis.variance_seeds"),
+    (["analysis.limit_seeds=4"], "analysis.limit_seeds"),
+    (["analysis.large=100"], "analysis.large"),
     (["analysis.colour=3"], "unknown spec key 'analysis.colour'"),
-    (["analysis.variance_sizes=[1, 2]"], "variance_sizes"),
+    (["analysis.variance_sizes=[1, 2]"], "analysis.variance_sizes"),
+    (["analysis.resolution_sizes=[64, 32, 16]"], "analysis.resolution_sizes"),
+    (["analysis.ridge=0.01"], "analysis.ridge"),
+    (["analysis.alpha=0.75", "analysis.beta=0.25"], "cannot tell the regimes apart"),
+    (["analysis.n_latent=100"], "analysis.n_latent"),
     (["train.steps=10"], "not used by width-scaling"),
 ])
 def test_bad_specs_are_refused_with_one_sentence(sets, match):
-    with pytest.raises(SpecError, match=match):
+    with pytest.raises(SpecError, match=match) as info:
         experiments.resolve_spec("width-scaling", quick=True, sets=sets)
+    assert str(info.value).count(". ") == 0, str(info.value)  # one sentence
+
+
+def test_the_quick_spec_is_accepted_and_its_regimes_differ():
+    _, spec = experiments.resolve_spec("width-scaling", quick=True)
+    analysis = spec["analysis"]
+    for varied in ("width", "n_train"):
+        gap = abs(float(kr.resolution_limited_exponent(analysis["alpha"], analysis["beta"], varied)) - 1.0)
+        assert gap >= width_scaling.MIN_EXPONENT_GAP
+
+
+# --- The estimator and the random-feature machinery ----------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_control_variate_intervals_cover_the_mean():
+    # Draws shaped like the P >> N curve's: z log-normal with 35% spread (a heavy right tail), y = b z plus 1% noise,
+    # 8 full seeds and 256 limit-only ones. The estimate is unbiased and its 95% interval covers the true mean.
+    rng = np.random.default_rng(1)
+    x, b, truth = np.array([16.0, 32.0]), np.array([1.01, 1.02]), []
+    mean_z = np.exp(0.35**2 / 2)  # E[exp(0.35 g)]
+    covered, estimates = 0, []
+    for _ in range(200):
+        z = np.exp(0.35 * rng.standard_normal((256, 2)))
+        y = b * z[:8] + 0.01 * rng.standard_normal((8, 2))
+        point, lo, hi = width_scaling.estimate(width_scaling.Samples(x, y, z, b), lambda m, zbar: m[:, 0], rng)
+        covered += lo <= b[0] * mean_z <= hi
+        estimates.append(point)
+    # Binomial noise of 200 intervals at 95%: sd 1.5%; 0.90 is 3.3 sd below.
+    assert covered / 200 >= 0.90, covered
+    # Unbiased: the mean of 200 estimates within 4 standard errors of the truth.
+    assert abs(np.mean(estimates) - b[0] * mean_z) < 4 * np.std(estimates) / np.sqrt(200)
+
+
+@pytest.mark.slow
+def test_limit_losses_are_the_limits_of_the_same_draws():
+    # The nested factorisations against least squares on each seed's own draws (rf.draw, as member_losses draws them).
+    model = rf.PowerLawRF(n_latent=64, alpha=0.9, beta=0.3, noise_var=0.1)
+    lam, coefs = model.spectrum()
+    data = rf.limit_losses(model, [10, 20], range(3), "infinite_data_loss")
+    width = rf.limit_losses(model, [40, 30], range(3), "infinite_width_loss")
+    risk = lambda beta_hat: float(lam @ (beta_hat - coefs) ** 2)
+    with rf._float64():
+        for seed in range(3):
+            w, x, y = (np.asarray(a) for a in rf.draw(model, jax.random.key(seed), 20, 40))
+            for k, n in enumerate([10, 20]):  # P -> inf: least squares of the target on the first n features
+                g = np.sqrt(lam)[:, None] * w[:, :n]
+                c = np.linalg.lstsq(g, np.sqrt(lam) * coefs, rcond=None)[0]
+                # float64 round-off amplified by the Gram matrices' condition numbers (<= 1e6 here): 1e-8 relative.
+                assert data[k, seed] == pytest.approx(risk(w[:, :n] @ c), rel=1e-8)
+            for k, p in enumerate([40, 30]):  # N -> inf: the minimum-norm interpolant of the first p samples
+                assert width[k, seed] == pytest.approx(risk(np.linalg.pinv(x[:p]) @ y[:p]), rel=1e-8)
+    with pytest.raises(ValueError, match="sizes must lie in"):
+        rf.limit_losses(model, [64], range(2), "infinite_width_loss")
 
 
 def test_width_fluctuation_is_a_zero_mean_control_variate():
