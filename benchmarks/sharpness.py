@@ -38,8 +38,9 @@ import time
 import numpy as np
 
 import dynsim
-from dynsim import experiments, obs, obs_sharpness
-from dynsim.engine import CompileClock
+from dynsim import experiments, observables
+from dynsim.executor import CompileClock
+from dynsim.observables import _sharpness
 
 from .throughput import _cpu_s
 
@@ -101,10 +102,10 @@ def main(argv=None) -> dict:
     if args.breakdown:
         records = opts["steps"] // opts["record_every"]
         step_s = best["plain"] / opts["steps"]
-        per_product = (best["sharpness"] - best["one_product"]) / ((obs_sharpness.PRODUCTS - 1) * records) / step_s
+        per_product = (best["sharpness"] - best["one_product"]) / ((_sharpness.PRODUCTS - 1) * records) / step_s
         fixed = (best["one_product"] - best["plain"]) / records / step_s - per_product
         out.update(per_product_steps=per_product, fixed_steps=fixed)
-        print(f"  per record: {obs_sharpness.PRODUCTS} products of {per_product:.2f} training steps each, plus "
+        print(f"  per record: {_sharpness.PRODUCTS} products of {per_product:.2f} training steps each, plus "
               f"{fixed:.2f} steps fixed; one product per record costs {best['one_product'] / best['plain']:.2f}x plain")
     if args.json:
         with open(args.json, "w") as f:
@@ -113,11 +114,14 @@ def main(argv=None) -> dict:
 
 
 def _one_product(name: str) -> str:
-    """``name`` itself, or for a sharpness observable a registered one-product twin of it."""
-    if name not in ("sharpness", "preconditioned_sharpness"):
+    """``name`` itself, or for a sharpness observable (or its residual) a registered one-product twin of it, so that
+    every Krylov iteration of the breakdown run has one product."""
+    base = name.removesuffix("_err")
+    if base not in ("sharpness", "preconditioned_sharpness"):
         return name
     twin = f"{name}_one_product"
-    obs.register(obs_sharpness.sharpness_observable(twin, products=1, preconditioned=name != "sharpness"))
+    observables.register(observables.sharpness_observable(twin, products=1, residual=name.endswith("_err"),
+                                                          preconditioned=base != "sharpness"))
     return twin
 
 

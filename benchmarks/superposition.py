@@ -8,7 +8,7 @@ number of AdamW steps with warmup and cosine decay on fresh sparse-feature batch
 * **loop**: what a researcher writes: one ``jax.jit`` per ``m`` of a function that initialises ``W [m, n]``, ``b``
   and runs ``lax.scan`` over the steps (``optax.adamw`` with the same schedule and the same batch stream), called in
   a Python loop over weight decay and seed (traced arguments, so one compile per ``m``), blocking on the result.
-  Its decay term is the model's own (:meth:`dynsim.superposition.Superposition.decay_term`), as in the engine.
+  Its decay term is the model's own (:meth:`dynsim.models.Superposition.decay_term`), as in the engine.
 
 Wall times include compilation (reported separately as well). The headline is the ratio of models trained per
 second, engine over loop.
@@ -31,8 +31,9 @@ import numpy as np
 import optax
 
 import dynsim
-from dynsim.engine import CompileClock
-from dynsim.superposition import SparseFeatures, Superposition
+from dynsim.executor import CompileClock
+from dynsim.models import Superposition
+from dynsim.tasks import SparseFeatures
 
 __all__ = ["main", "QUICK", "SMOKE", "run_engine", "run_loop"]
 

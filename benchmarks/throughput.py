@@ -30,7 +30,7 @@ Usage::
 ``speedup`` and ``peak_fraction``. Keys, joined by ``+``: ``group=G``, ``slab=BYTES`` (``slab_bytes=``),
 ``buckets=each|one|16,32/64,128`` (forced buckets), ``chunk=C`` (``sample_chunk=``, 0: whole batch),
 ``compile=S`` / ``rate=FLOP_PER_S`` (buckets chosen by
-:func:`dynsim.sweep.plan` with those cost-model constants).
+:func:`dynsim.executor.plan` with those cost-model constants).
 """
 
 from __future__ import annotations
@@ -47,9 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import dynsim
-import dynsim.engine
-import dynsim.sweep
-from dynsim.engine import CompileClock
+import dynsim.executor
+from dynsim.executor import CompileClock
 from dynsim.models import MLP
 from dynsim.tasks import TeacherStudent
 
@@ -110,7 +109,7 @@ def _cpu_s() -> float:
 def _parse_variant(text: str) -> tuple[str, dict]:
     """``"default"``, ``"group=4"``, ``"slab=4e6"``, ``"buckets=each"|"one"|"16,32/64"``, joined by ``+``.
 
-    ``compile=SECONDS`` and ``rate=FLOP_PER_S`` re-run :func:`dynsim.sweep.plan`'s bucketing with those cost-model
+    ``compile=SECONDS`` and ``rate=FLOP_PER_S`` re-run :func:`dynsim.executor.plan`'s bucketing with those cost-model
     constants and force the buckets it picks (so a proposed default can be measured without editing the engine).
     """
     text = text.strip()
@@ -139,8 +138,8 @@ def _parse_variant(text: str) -> tuple[str, dict]:
 def _buckets(spec, widths, sweep=None, model=None, steps=None, batch=None):
     if spec is None or isinstance(spec, list):
         return spec
-    if isinstance(spec, dict):  # cost-model constants: let dynsim.sweep.plan choose with them
-        plan = dynsim.sweep.plan(sweep, model, steps=steps, batch=batch, group=1,
+    if isinstance(spec, dict):  # cost-model constants: let dynsim.executor.plan choose with them
+        plan = dynsim.executor.plan(sweep, model, steps=steps, batch=batch, group=1,
                                  compile_seconds=spec.get("compile"), flop_rate=spec.get("rate"))
         return [sorted({int(w) for w in sweep.members()["width"][b.members]}) for b in plan]
     if spec == "each":
@@ -303,7 +302,8 @@ def main(argv=None) -> dict:
     p.add_argument("--shapes", default="i,ii,iii", help="comma-separated subset of i,ii,iii")
     p.add_argument("--steps", type=int, default=None, help="override the steps of every shape")
     p.add_argument("--variants", default="default",
-                   help="';'-separated engine settings, e.g. 'default;group=1;slab=4e6;buckets=each;group=4+buckets=one'")
+                   help="';'-separated engine settings, e.g. "
+                        "'default;group=1;slab=4e6;buckets=each;group=4+buckets=one'")
     p.add_argument("--repeat", type=int, default=1,
                    help="alternate engine and loop this many times per shape and keep the best wall time of each")
     p.add_argument("--peak-size", type=int, default=None, help="matrix size of the peak matmul (default 2048)")
@@ -323,7 +323,7 @@ def main(argv=None) -> dict:
     peak_n = args.peak_size or (256 if args.smoke else 2048)
 
     log = lambda msg: print(msg, flush=True)
-    info = dynsim.engine.versions()
+    info = dynsim.executor.versions()
     log(f"dynsim {info['dynsim']}, jax {info['jax']}, backend {info['backend']} ({info['devices']}), "
         f"{os.cpu_count()} CPUs, load avg {os.getloadavg()[0]:.2f}")
     # The peak is measured before, between and after the shapes, and the best is kept: another process sharing the

@@ -1,19 +1,27 @@
-"""dynsim: training dynamics of toy models, simulated for thousands of widths, learning rates and seeds at once."""
+"""dynsim: training dynamics of toy models, simulated for thousands of widths, learning rates and seeds at once.
 
-__version__ = "0.1.0"
+The packages, in the order data flows through them (``docs/architecture.md``): :mod:`dynsim.models`,
+:mod:`dynsim.tasks`, :mod:`dynsim.param` and :mod:`dynsim.optim` describe a member; :mod:`dynsim.executor` trains a
+sweep of them (:func:`run`), recording :mod:`dynsim.observables` and writing :mod:`dynsim.io` stores;
+:mod:`dynsim.fit` and :mod:`dynsim.theory` turn records into measurements and predictions;
+:mod:`dynsim.experiments` strings it all together for the command line (:mod:`dynsim.cli`).
+"""
 
+from . import executor as executor
 from . import fit as fit
 from . import io as io
 from . import models as models
-from . import obs as obs
+from . import observables as observables
+from . import optim as optim
+from . import padding as padding
 from . import param as param
-from . import superposition as superposition
-from . import random_features as random_features
+from . import ridge as ridge
 from . import tasks as tasks
 from . import theory as theory
-from .engine import InputError as InputError
-from .engine import run as run
-from .sweep import Sweep as Sweep
+from ._version import __version__ as __version__
+from .executor import InputError as InputError
+from .executor import Sweep as Sweep
+from .executor import run as run
 
-__all__ = ["fit", "io", "models", "obs", "param", "random_features", "superposition", "tasks", "theory", "run", "Sweep",
-           "InputError", "__version__"]
+__all__ = ["executor", "fit", "io", "models", "observables", "optim", "padding", "param", "ridge", "tasks", "theory",
+           "run", "Sweep", "InputError", "__version__"]

@@ -29,12 +29,13 @@ from collections.abc import Callable, Iterable
 
 import numpy as np
 
-from . import obs as _obs
+from . import observables as _obs
 from . import param as _param
-from .obs_sharpness import HVP_METHODS
-from .sweep import OPTIMIZERS
+from .observables import HVP_METHODS
+from .optim import OPTIMIZERS, SCHEDULES
 
-__all__ = ["SpecError", "load", "apply_sets", "validate", "parse_set"]
+__all__ = ["SpecError", "load", "apply_sets", "validate", "parse_set", "merge", "positive_int", "nonnegative_int",
+           "TASK_AXES"]
 
 
 class SpecError(ValueError):
@@ -49,11 +50,11 @@ def _is_num(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _pos_int(v):
+def positive_int(v):
     return (_is_int(v) and v >= 1, "a positive integer")
 
 
-def _nonneg_int(v):
+def nonnegative_int(v):
     return (_is_int(v) and v >= 0, "a non-negative integer")
 
 
@@ -93,16 +94,16 @@ SCHEMA: dict[str, dict[str, Callable]] = {
               "act": _choice("relu", "tanh", "erf", "linear"),
               "importance_decay": lambda v: (_is_num(v) and 0 < v <= 1, "a number in (0, 1]"),
               "lr_exponent": lambda v: (_is_num(v) and 0 <= v <= 1, "a number in [0, 1]")},
-    "task": {"kind": _choice("teacher_student", "sparse_features"), "d_in": _pos_int, "n_train": _nonneg_int,
-             "n_test": _pos_int, "teacher": _choice("linear", "mlp"), "teacher_width": _pos_int,
-             "noise": _nonneg_num, "input_alpha": _nonneg_num, "seed": _nonneg_int, "d_out": _pos_int,
+    "task": {"kind": _choice("teacher_student", "sparse_features"), "d_in": positive_int, "n_train": nonnegative_int,
+             "n_test": positive_int, "teacher": _choice("linear", "mlp"), "teacher_width": positive_int,
+             "noise": _nonneg_num, "input_alpha": _nonneg_num, "seed": nonnegative_int, "d_out": positive_int,
              "n_features": lambda v: (_is_int(v) and v >= 2, "an integer >= 2"), "alpha": _nonneg_num,
              "p_active": _pos_num},
-    "train": {"steps": _pos_int, "record_every": _pos_int, "batch_size": _nonneg_int,
+    "train": {"steps": positive_int, "record_every": positive_int, "batch_size": nonnegative_int,
               "observables": _observables, "diverge_factor": lambda v: (_is_num(v) and v > 1, "a number > 1"),
-              "betas": _betas, "eps": _pos_num, "group": _pos_int, "chunk_members": _pos_int,
-              "layout": _choice("auto", "vmap", "packed"), "schedule": _choice("constant", "cosine"),
-              "warmup_steps": _nonneg_int, "hvp": _choice(*HVP_METHODS)},
+              "betas": _betas, "eps": _pos_num, "group": positive_int, "chunk_members": positive_int,
+              "layout": _choice("auto", "vmap", "packed"), "schedule": _choice(*SCHEDULES),
+              "warmup_steps": nonnegative_int, "hvp": _choice(*HVP_METHODS)},
     "sweep": {},  # checked by _sweep_axis
     "analysis": {},  # free-form, checked by the experiment
 }

@@ -12,12 +12,13 @@ if str(ROOT) not in sys.path:  # benchmarks/ is a top-level folder beside the pa
     sys.path.insert(0, str(ROOT))
 
 from benchmarks.sharpness import main  # noqa: E402
-from dynsim import obs  # noqa: E402
+from dynsim.observables import _registry  # noqa: E402
 
 
 @pytest.mark.slow
 def test_sharpness_benchmark_smoke(tmp_path, monkeypatch):
-    monkeypatch.setattr(obs, "_REGISTRY", dict(obs._REGISTRY))  # --breakdown registers a one-product observable
+    # --breakdown registers a one-product observable
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
     path = tmp_path / "s.json"
     out = main(["--smoke", "--repeat", "1", "--breakdown", "--json", str(path)])
     saved = json.loads(path.read_text())

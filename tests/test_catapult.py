@@ -10,7 +10,8 @@ from jax.flatten_util import ravel_pytree
 from dynsim import experiments
 from dynsim import param as _param
 from dynsim.experiments import catapult
-from dynsim.models import MLP, width_mask
+from dynsim.models import MLP
+from dynsim.padding import width_mask
 from dynsim.spec import SpecError
 from dynsim.theory import stability
 

@@ -115,14 +115,12 @@ def test_quick_table_of_a_spec_file_shrinks_it(tmp_path, monkeypatch):
 
 def test_missing_required_key_is_one_line_exit_2(tmp_path, monkeypatch, capsys):
     # an experiment's declared keys are checked for every experiment, those that supply their own execute too
-    from dynsim.experiments import _base
-
     def execute(spec, out, progress):
         raise AssertionError("execute ran on a spec without its required key")
 
     probe = experiments.Experiment("probe", "needs analysis.size", {"experiment": "probe", "analysis": {}}, {},
                                    analyse=None, execute=execute, required=("analysis.size",))
-    monkeypatch.setitem(_base._REGISTRY, "probe", probe)
+    monkeypatch.setitem(experiments.EXPERIMENTS, "probe", probe)
     monkeypatch.chdir(tmp_path)
     assert cli.main(["run", "probe", "--out", "out", "--no-progress"]) == 2
     captured = capsys.readouterr()
@@ -263,7 +261,7 @@ def test_layout_key(tmp_path, capsys):
 
 
 def test_checks_have_three_verdicts_and_name_their_competitor(capsys):
-    from dynsim.experiments._base import Check, verdict_text
+    from dynsim.experiments import Check, verdict_text
 
     kw = dict(predicted=1.0, competitor="the other law", competing=2.0)
     inside = Check(name="a", measured=1.0, ci=(0.9, 1.1), tolerance=0.2, **kw).to_dict()

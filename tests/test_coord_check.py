@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from dynsim import fit
+from dynsim.experiments import coord_check
 from dynsim.models import MLP
-from dynsim.obs import coord_check
 from dynsim.theory.parametrization import lr_exponent
 
 pytestmark = pytest.mark.slow  # law tests at small size: `pytest -m slow` runs them

@@ -6,10 +6,10 @@ import math
 
 import numpy as np
 import pytest
+import roundoff
 
 import dynsim as ds
-import roundoff
-from dynsim import train
+from dynsim import executor
 from dynsim.models import MLP
 from dynsim.tasks import TeacherStudent
 
@@ -54,15 +54,15 @@ def test_padding_invariance_float64(x64):
 def test_second_call_with_new_numbers_does_not_retrace():
     sweep = ds.Sweep(width=[16, 32], lr=[0.1, 0.2], seed=[0, 1], weight_decay=[1e-4], momentum=[0.9])
     _run(sweep, steps=20, record_every=10)
-    before = dict(train.TRACE_COUNT)
+    before = dict(executor.TRACE_COUNT)
     other = ds.Sweep(width=[16, 32], lr=[0.05, 0.3], seed=[5, 6], init_scale=[0.5], weight_decay=[1e-3],
                      momentum=[0.5])
     res = _run(other, steps=20, record_every=10)
-    assert train.TRACE_COUNT == before
+    assert executor.TRACE_COUNT == before
     assert np.isfinite(res["loss"].values).all()
     # Switching weight decay or momentum off altogether is a different (leaner) program.
     _run(ds.Sweep(width=[16, 32], lr=[0.1, 0.2], seed=[0, 1]), steps=20, record_every=10)
-    assert train.TRACE_COUNT["segment"] > before["segment"]
+    assert executor.TRACE_COUNT["segment"] > before["segment"]
 
 
 def test_diverging_member_leaves_neighbours_unchanged():
@@ -90,15 +90,15 @@ def test_mean_field_equals_mup_under_sgd():
 
 
 def test_padded_units_stay_zero():
-    prog = train.Program(model=MODEL, task=TASK, optimizer="adam", n_pad=32, record_every=5,
-                         records_per_segment=2)
-    from dynsim.engine import member_hyper
+    prog = executor.Program(model=MODEL, task=TASK, optimizer="adam", n_pad=32, record_every=5,
+                            records_per_segment=2)
+    from dynsim.executor import member_hyper
 
     sweep = ds.Sweep(width=[12], lr=[0.01], optimizer=["adam"], weight_decay=[0.1])
     hyper = member_hyper(sweep, np.arange(1))
     data = TASK.make()
-    state, _ = train.init_group(prog, data, hyper)
-    state, _ = train.run_segment(prog, data, state, hyper, 0)
+    state, _ = executor.init_group(prog, data, hyper)
+    state, _ = executor.run_segment(prog, data, state, hyper, 0)
     w_in, w_hidden, w_out = (np.asarray(p[0]) for p in state.params)
     assert np.abs(w_in[:12]).sum() > 0 and np.all(w_in[12:] == 0)
     assert np.all(w_hidden[12:] == 0) and np.all(w_hidden[:, 12:] == 0)
@@ -170,8 +170,8 @@ def test_a_custom_parametrization_is_swept_under_its_name():
 
 
 def test_superposition_refuses_a_param_sweep():
-    model = ds.superposition.Superposition(n_features=8)
-    task = ds.superposition.SparseFeatures(n_features=8)
+    model = ds.models.Superposition(n_features=8)
+    task = ds.tasks.SparseFeatures(n_features=8)
     with pytest.raises(ds.InputError, match="does not use a parametrization"):
         ds.run(model, task, ds.Sweep(width=[4], lr=[0.1], param=["sp", "mup"], optimizer=["adamw"]), steps=10,
                record_every=10, batch_size=16)
@@ -192,17 +192,18 @@ SHARDED = """
 import os, sys, json
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
 import numpy as np, jax, dynsim as ds
-from dynsim import engine, train
+from dynsim import executor
+from dynsim.executor import _vmap
 from dynsim.models import MLP
 from dynsim.tasks import TeacherStudent
 task = TeacherStudent(d_in=8, n_train=64, n_test=64, seed=1)
 sweep = ds.Sweep(width=[16, 24], lr=[0.05, 0.1, 1e4], seed=[0, 1, 2])
 res = ds.run(MLP(d_in=8, depth=3), task, sweep, steps=40, record_every=20, progress=False)
 two_layer = ds.run(MLP(d_in=8, depth=2), task, sweep, steps=20, record_every=20, progress=False)
-prog = train.Program(model=MLP(d_in=8, depth=3), task=task, optimizer="sgd", n_pad=24, record_every=20,
-                     records_per_segment=1)
-hyper = engine._shard(engine.member_hyper(sweep, np.arange(4), 4), prog)
-state, _ = train.init_group(prog, task.make(), hyper)
+prog = executor.Program(model=MLP(d_in=8, depth=3), task=task, optimizer="sgd", n_pad=24, record_every=20,
+                        records_per_segment=1)
+hyper = _vmap.shard(executor.member_hyper(sweep, np.arange(4), 4))
+state, _ = executor.init_group(prog, task.make(), hyper)
 print(json.dumps({"devices": jax.device_count(), "shards": len(state.params[0].sharding.device_set),
                   "two_layer_layout": two_layer.attrs["layout"],
                   "loss": np.nan_to_num(res["loss"].values, nan=-1.0).tolist()}))
@@ -231,31 +232,31 @@ def test_member_axis_is_sharded_over_devices_without_changing_results(tmp_path):
 
 
 def test_memory_estimate_and_refusal():
-    from dynsim.engine import _check_memory
-    from dynsim.sweep import Bucket
+    from dynsim.executor import Bucket, check_memory
 
-    prog = train.Program(model=MODEL, task=TASK, optimizer="adam", n_pad=1024, record_every=1,
-                         records_per_segment=1)
-    one, many = train.memory_estimate(prog, 1), train.memory_estimate(prog, 64)
-    assert 0 < one < many and many > 60 * (one - train.memory_estimate(prog, 0))  # grows with the group
+    prog = executor.Program(model=MODEL, task=TASK, optimizer="adam", n_pad=1024, record_every=1,
+                            records_per_segment=1)
+    one, many = executor.memory_estimate(prog, 1), executor.memory_estimate(prog, 64)
+    assert 0 < one < many and many > 60 * (one - executor.memory_estimate(prog, 0))  # grows with the group
     packed = dataclasses.replace(prog, layout="packed", model=MLP(d_in=8))
-    assert train.memory_estimate(packed, 64) == train.memory_estimate(packed, 1)  # the pack is the group
+    assert executor.memory_estimate(packed, 64) == executor.memory_estimate(packed, 1)  # the pack is the group
     with pytest.raises(MemoryError, match="pass a smaller group"):
-        _check_memory(10**16, Bucket("sgd", 1024, np.arange(64), 64))
+        check_memory(10**16, Bucket("sgd", 1024, np.arange(64), 64))
 
 
 def test_groups_shrink_to_fit_the_device(monkeypatch):
     """Where a default group would not fit (here a pretend device with room for about 3 members), the engine plans
     smaller balanced groups instead of refusing; a group the caller forces is still refused."""
-    from dynsim import engine
+    from dynsim.executor import _plan
 
     sweep = ds.Sweep(width=[16], lr=[0.05, 0.1], seed=[0, 1, 2, 3, 4])
     kw = dict(steps=20, record_every=10, progress=False, layout="vmap")
     whole = ds.run(MODEL, TASK, sweep, **kw)
     nudged = ds.run(MODEL, TASK, roundoff.perturbed(sweep), **kw)
     assert json.loads(whole.attrs["buckets"])[0][3] == 10
-    prog = train.Program(model=MODEL, task=TASK, optimizer="sgd", n_pad=16, record_every=10, records_per_segment=2)
-    monkeypatch.setattr(engine, "_memory_limit", lambda: math.ceil(train.memory_estimate(prog, 3) / 0.8))
+    prog = executor.Program(model=MODEL, task=TASK, optimizer="sgd", n_pad=16, record_every=10,
+                            records_per_segment=2)
+    monkeypatch.setattr(_plan, "memory_limit", lambda: math.ceil(executor.memory_estimate(prog, 3) / 0.8))
     small = ds.run(MODEL, TASK, sweep, **kw)
     assert json.loads(small.attrs["buckets"])[0][3] == 3  # 10 -> 5 -> 3 members per group
     # Only the group size differs, the per-member arithmetic is the same: round-off (tests/roundoff.py).
@@ -263,25 +264,26 @@ def test_groups_shrink_to_fit_the_device(monkeypatch):
     with pytest.raises(MemoryError, match="pass a smaller group"):
         ds.run(MODEL, TASK, sweep, group=10, **kw)
     # Over two devices each holds half a group: a group of 6 fits (3 per device) and stays a multiple of 2.
-    bucket = ds.sweep.Bucket("sgd", 16, np.arange(10), 10)
-    fitted = engine._fit_groups([bucket], lambda b: prog, n_dev=2)[0]
+    bucket = executor.Bucket("sgd", 16, np.arange(10), 10)
+    fitted = executor.fit_groups([bucket], lambda b: prog, n_dev=2)[0]
     assert fitted.group == 6 and fitted.group % 2 == 0
-    monkeypatch.setattr(engine, "_memory_limit", lambda: 1)  # nothing fits: the group stops at one per device
-    assert engine._fit_groups([bucket], lambda b: prog, n_dev=2)[0].group == 2
+    monkeypatch.setattr(_plan, "memory_limit", lambda: 1)  # nothing fits: the group stops at one per device
+    assert executor.fit_groups([bucket], lambda b: prog, n_dev=2)[0].group == 2
     with pytest.raises(MemoryError, match="a group of 1 member at width 16 .* use a smaller width or batch"):
-        engine._check_memory(10**16, ds.sweep.Bucket("sgd", 16, np.arange(1), 1))
+        executor.check_memory(10**16, executor.Bucket("sgd", 16, np.arange(1), 1))
 
 
 def test_auto_layout_leaves_packs_that_would_not_fit(monkeypatch):
-    from dynsim import engine
+    from dynsim.executor import _plan
 
     model, sweep = MLP(d_in=8), ds.Sweep(width=[16, 24], lr=[0.1], seed=[0, 1])
     kw = dict(steps=20, record_every=10, progress=False)
     packed = ds.run(model, TASK, sweep, **kw)
     nudged = ds.run(model, TASK, roundoff.perturbed(sweep), **kw)
     assert packed.attrs["layout"] == "packed"
-    one = train.Program(model=model, task=TASK, optimizer="sgd", n_pad=24, record_every=10, records_per_segment=2)
-    monkeypatch.setattr(engine, "_memory_limit", lambda: math.ceil(train.memory_estimate(one, 1) / 0.8))
+    one = executor.Program(model=model, task=TASK, optimizer="sgd", n_pad=24, record_every=10,
+                           records_per_segment=2)
+    monkeypatch.setattr(_plan, "memory_limit", lambda: math.ceil(executor.memory_estimate(one, 1) / 0.8))
     vmapped = ds.run(model, TASK, sweep, **kw)  # a pack (both widths' units side by side) no longer fits
     assert vmapped.attrs["layout"] == "vmap" and all(b[3] == 1 for b in json.loads(vmapped.attrs["buckets"]))
     # Layouts differ in summation order only (tests/test_packed.py): round-off (tests/roundoff.py).
@@ -315,7 +317,7 @@ def test_sample_chunked_gradient_equals_whole_batch_adam_float64(x64):
 
 
 def test_sample_chunk_must_divide_the_batch():
-    with pytest.raises(ds.engine.InputError, match="sample_chunk"):
+    with pytest.raises(ds.InputError, match="sample_chunk"):
         _run(ds.Sweep(width=[16], lr=[0.1]), sample_chunk=48)
 
 

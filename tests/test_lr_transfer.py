@@ -40,7 +40,7 @@ def test_lr_transfer_quick(quick):
     assert len(checks) == 8
     # Every exponent is told apart from its competitor (0 against -1): each check agrees, in its CI or within the
     # model error computed at these widths.
-    for name, c in checks.items():
+    for c in checks.values():
         assert c["verdict"] == "agrees", c
         assert c["ci"][1] > c["ci"][0], c  # the refined edge leaves no zero-width interval
     assert summary["regimes"]["mup/sgd"].startswith("transfers")
@@ -109,8 +109,9 @@ def test_flat_decades_measure_the_width_of_the_optimum():
     flat = np.where(np.abs(np.log10(lrs) + 5 / 3) <= 0.5, 1.0, 10.0)  # equal at 10^-2, 10^-5/3 and 10^-4/3
     loss = np.stack([sharp, flat])[None, :, None, :, None, None, None, None, None]  # [opt, param, width, lr, ...]
     dims = ("optimizer", "param", "width", "lr", "seed", "init_scale", "weight_decay", "momentum", "step")
-    ds = xr.Dataset({"loss": (dims, loss), "diverged_at": (dims[:-1], np.full(loss.shape[:-1], -1))}, coords={"optimizer": ["sgd"], "param": ["sharp", "flat"], "width": [8],
-                                                   "lr": lrs, "seed": [0], "init_scale": [1.0],
-                                                   "weight_decay": [0.0], "momentum": [0.0], "step": [10]})
+    never = np.full(loss.shape[:-1], -1)  # no member diverged
+    coords = {"optimizer": ["sgd"], "param": ["sharp", "flat"], "width": [8], "lr": lrs, "seed": [0],
+              "init_scale": [1.0], "weight_decay": [0.0], "momentum": [0.0], "step": [10]}
+    ds = xr.Dataset({"loss": (dims, loss), "diverged_at": (dims[:-1], never)}, coords=coords)
     decades = lr_transfer.flat_decades(ds)[0, :, 0]
     np.testing.assert_allclose(decades, [0.0, 2 / 3], atol=1e-12)  # grid spacing 1/3; float64 logs

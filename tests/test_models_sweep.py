@@ -7,8 +7,9 @@ import pytest
 
 import dynsim as ds
 from dynsim import param
+from dynsim.executor import group_size, plan
+from dynsim.executor._plan import _bucket_widths
 from dynsim.models import MLP, uv
-from dynsim.sweep import _bucket_widths, group_size, plan
 
 
 def test_init_does_not_depend_on_padding():

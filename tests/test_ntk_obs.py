@@ -5,12 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import roundoff
 
 import dynsim as ds
-import roundoff
-from dynsim.engine import member_hyper
-from dynsim.models import MLP, Linearized, random_features
-from dynsim.obs_ntk import PROBES
+from dynsim.executor import member_hyper
+from dynsim.models import MLP, Linearized, random_feature_model
+from dynsim.observables._ntk import PROBES
 from dynsim.tasks import TeacherStudent
 
 TASK = TeacherStudent(d_in=8, n_train=64, n_test=48, teacher="mlp", teacher_width=16, seed=1)
@@ -52,7 +52,7 @@ def test_ntk_observables_do_not_depend_on_padding():
         roundoff.assert_same_trajectory(crowd[name], alone[name], nudged[name], name)
 
 
-@pytest.mark.parametrize("model", [Linearized(base=MLP(d_in=8, depth=2)), random_features(8)],
+@pytest.mark.parametrize("model", [Linearized(base=MLP(d_in=8, depth=2)), random_feature_model(8)],
                          ids=["linearized", "random_features"])
 def test_fixed_kernel_models_have_a_fixed_kernel(model):
     # The Jacobian of a linearized network is J(theta_0) and that of random features is the frozen features: their

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 
 import dynsim as ds
-from dynsim import obs
+from dynsim import observables as obs
+from dynsim.observables import _registry
 
 
 @pytest.fixture
 def counted(monkeypatch):
     """Two observables reading one shared computation that counts its calls and carries a counter state."""
-    monkeypatch.setattr(obs, "_REGISTRY", dict(obs._REGISTRY))
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
     calls = []
 
     def compute(ctx, params, extra):
@@ -64,7 +65,7 @@ def test_sharpness_and_its_error_read_one_iteration():
 def test_an_observable_registered_anew_takes_effect_in_the_next_run(monkeypatch, tmp_path):
     """Compiled programs are keyed by the observables' definitions: a notebook's edited observable is not served
     from the program compiled for its earlier version."""
-    monkeypatch.setattr(obs, "_REGISTRY", dict(obs._REGISTRY))
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
     model, task = ds.models.MLP(d_in=3, depth=2), ds.tasks.TeacherStudent(d_in=3, n_train=8, n_test=8)
     sweep = ds.Sweep(width=[4], lr=[0.1])
     kw = dict(steps=2, record_every=1, progress=False, observables=("test_norm",))
@@ -88,7 +89,8 @@ def test_observables_of_dynsim_cannot_be_replaced():
 def test_observables_refuse_models_they_do_not_apply_to():
     sweep = ds.Sweep(width=[4], lr=[0.1])
     mlp, task = ds.models.MLP(d_in=3, depth=2), ds.tasks.TeacherStudent(d_in=3, n_train=8, n_test=8)
-    with pytest.raises(ds.InputError, match="'represented_fraction' applies to the superposition model, not to MLP"):
+    with pytest.raises(ds.InputError, match="'represented_fraction' applies to models with one direction per "
+                                            "feature \\(superposition\\), not to MLP"):
         ds.run(mlp, task, sweep, steps=2, record_every=1, observables=["represented_fraction"])
     linear = ds.models.Linearized(base=ds.models.MLP(d_in=3, depth=2))
     with pytest.raises(ds.InputError, match="'preact_rms' applies to models whose apply returns pre-activations"):

@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
+import roundoff
 
 import dynsim as ds
-import roundoff
+from dynsim.executor import pack_members
 from dynsim.models import MLP
-from dynsim.packed import pack_members
 from dynsim.tasks import TeacherStudent
 
 TASK = TeacherStudent(d_in=8, n_train=64, n_test=64, seed=1)
@@ -69,10 +69,10 @@ def test_auto_layout_falls_back_to_vmap():
     assert deep.attrs["layout"] == "vmap"
     shallow = ds.run(MLP(d_in=8), TASK, sweep, steps=10, record_every=5, progress=False)
     assert shallow.attrs["layout"] == "packed"  # small members: one program beats a compile per width
-    from dynsim.engine import _choose_layout
+    from dynsim.executor import choose_layout
 
     flop_bound = ds.Sweep(width=[16, 64, 256, 1024], lr=[0.1] * 1 + [0.2], seed=range(8))
-    assert _choose_layout("auto", MLP(d_in=64), ("loss",), flop_bound, 1024) == "vmap"  # readout would double FLOPs
+    assert choose_layout("auto", MLP(d_in=64), ("loss",), flop_bound, 1024) == "vmap"  # readout would double FLOPs
     with pytest.raises(ValueError, match="packed layout"):
         ds.run(MLP(d_in=8, depth=3), TASK, sweep, steps=10, record_every=5, layout="packed", progress=False)
 

@@ -12,7 +12,7 @@ import pytest
 
 from dynsim import plot
 
-IMPORT_ALL = "import dynsim, dynsim.plot, dynsim.experiments, dynsim.random_features"
+IMPORT_ALL = "import dynsim, dynsim.plot, dynsim.experiments, dynsim.ridge"
 
 
 def _python(code: str) -> str:

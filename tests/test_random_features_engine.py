@@ -5,12 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import roundoff
 
 import dynsim as ds
-import roundoff
-from dynsim import train
-from dynsim.engine import member_hyper
-from dynsim.models import MLP, Linearized, random_features
+from dynsim import executor
+from dynsim.executor import member_hyper
+from dynsim.models import MLP, Linearized, random_feature_model
 from dynsim.tasks import TeacherStudent
 
 TASK = TeacherStudent(d_in=8, n_train=64, n_test=32, teacher="mlp", teacher_width=16, seed=1)
@@ -18,13 +18,13 @@ TASK = TeacherStudent(d_in=8, n_train=64, n_test=32, teacher="mlp", teacher_widt
 
 def _trained_state(model, optimizer, sweep, steps=20):
     """Params of the first member of ``sweep`` at init and after ``steps`` steps."""
-    prog = train.Program(model=model, task=TASK, optimizer=optimizer, n_pad=max(sweep.width), record_every=steps,
-                         records_per_segment=1, weight_decay=True, momentum=True)
+    prog = executor.Program(model=model, task=TASK, optimizer=optimizer, n_pad=max(sweep.width),
+                            record_every=steps, records_per_segment=1, weight_decay=True, momentum=True)
     hyper = member_hyper(sweep, np.arange(1))
     data = TASK.make()
-    state, _ = train.init_group(prog, data, hyper)
+    state, _ = executor.init_group(prog, data, hyper)
     start = jax.tree.map(np.array, state.params)
-    state, _ = train.run_segment(prog, data, state, hyper, 0)
+    state, _ = executor.run_segment(prog, data, state, hyper, 0)
     return start, jax.tree.map(np.array, state.params)
 
 
@@ -34,7 +34,7 @@ def test_frozen_layer_is_exactly_unchanged(optimizer, momentum):
     # leave it bit-for-bit at its initial value while the readout trains.
     sweep = ds.Sweep(width=[16], lr=[0.05], optimizer=[optimizer], param=["ntk"], momentum=[momentum],
                      weight_decay=[0.1])
-    (w0, v0), (w1, v1) = _trained_state(random_features(8), optimizer, sweep)
+    (w0, v0), (w1, v1) = _trained_state(random_feature_model(8), optimizer, sweep)
     np.testing.assert_array_equal(w1, w0)
     assert np.abs(v1 - v0).max() > 1e-3
 
@@ -47,7 +47,7 @@ def test_linearized_keeps_its_base_point():
     assert all(np.abs(a - b).max() > 1e-4 for a, b in zip(start[:3], end[:3]))
 
 
-@pytest.mark.parametrize("model", [random_features(8, "erf"), Linearized(base=MLP(d_in=8, depth=3))],
+@pytest.mark.parametrize("model", [random_feature_model(8, "erf"), Linearized(base=MLP(d_in=8, depth=3))],
                          ids=["random_features", "linearized"])
 def test_member_alone_equals_member_padded_in_bucket(model):
     kw = dict(steps=60, record_every=20, observables=("loss", "test_loss", "outputs"), progress=False)
@@ -66,9 +66,9 @@ def test_member_alone_equals_member_padded_in_bucket(model):
 def test_random_features_packed_equals_vmapped():
     kw = dict(steps=40, record_every=20, observables=("loss", "outputs"), progress=False)
     sweep = ds.Sweep(width=[8, 24], lr=[0.3], seed=[0, 1], param=["ntk"], momentum=[0.5], weight_decay=[0.01])
-    packed = ds.run(random_features(8), TASK, sweep, layout="packed", **kw)
-    vmapped = ds.run(random_features(8), TASK, sweep, layout="vmap", **kw)
-    nudged = ds.run(random_features(8), TASK, roundoff.perturbed(sweep), layout="vmap", **kw)
+    packed = ds.run(random_feature_model(8), TASK, sweep, layout="packed", **kw)
+    vmapped = ds.run(random_feature_model(8), TASK, sweep, layout="vmap", **kw)
+    nudged = ds.run(random_feature_model(8), TASK, roundoff.perturbed(sweep), layout="vmap", **kw)
     roundoff.assert_same_trajectory(packed["loss"], vmapped["loss"], nudged["loss"], "packed vs vmap")
 
 
@@ -86,7 +86,7 @@ def test_random_features_gd_is_exact_linear_regression(x64):
     # f <- f - (lr / P) A A^T (f - y), A = n^-a_2 phi(W x)^T the member's features, and its limit is the
     # least-squares fit. The recursion is run independently of the engine; float64 makes them agree to round-off.
     task = TeacherStudent(d_in=8, n_train=64, n_test=32, teacher="mlp", teacher_width=16, noise=0.3, seed=1)
-    model = random_features(8)
+    model = random_feature_model(8)
     sweep = ds.Sweep(width=[24], lr=[10.0], param=["ntk"])
     res = ds.run(model, task, sweep, steps=200, record_every=20, observables=("loss", "outputs"),
                  progress=False).squeeze()
@@ -153,7 +153,7 @@ def test_spec_kinds_build_the_models():
 
     sets = ["model.kind='random_features'", "model.act='erf'"]
     model = build(resolve_spec("sweep", quick=True, sets=sets)[1])[0]
-    assert model == random_features(16, "erf")
+    assert model == random_feature_model(16, "erf")
     model = build(resolve_spec("sweep", quick=True, sets=["model.kind='linearized'", "model.depth=3"])[1])[0]
     assert model == Linearized(base=MLP(d_in=16, depth=3))
     with pytest.raises(SpecError, match="model.depth"):

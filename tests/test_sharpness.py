@@ -10,9 +10,12 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import dynsim as ds
-from dynsim import obs, obs_sharpness, train
-from dynsim.engine import member_hyper
-from dynsim.models import MLP, width_mask
+from dynsim import executor
+from dynsim import observables as obs
+from dynsim.executor import member_hyper
+from dynsim.models import MLP
+from dynsim.observables import _registry, _sharpness
+from dynsim.padding import width_mask
 from dynsim.tasks import TeacherStudent
 
 TASK = TeacherStudent(d_in=3, n_train=10, n_test=10, seed=0)
@@ -23,10 +26,13 @@ def _member(model, width, n_pad, param="mup", task=TASK, optimizer="sgd"):
     """Context and initial parameters of one member (seed 0), built as the engine builds them."""
     sweep = ds.Sweep(width=[width], lr=[LR], seed=[0], param=[param], optimizer=[optimizer])
     hyper = jax.tree.map(lambda a: a[0], member_hyper(sweep, np.arange(1)))
-    prog = train.Program(model=model, task=task, optimizer=optimizer, n_pad=n_pad, record_every=1,
-                         records_per_segment=1, weight_decay=False)
+    prog = executor.Program(model=model, task=task, optimizer=optimizer, n_pad=n_pad, record_every=1,
+                            records_per_segment=1, weight_decay=False)
     scales = model.scales(hyper.width, hyper.abc, hyper.init_scale)
-    ctx = obs.Context(prog=prog, data=task.make(), hyper=hyper, scales=scales, mask=width_mask(hyper.width, n_pad))
+    data, mask = task.make(), width_mask(hyper.width, n_pad)
+    outputs = lambda params, split: model.apply(params, {"train": data.x_train, "test": data.x_test}[split],
+                                                scales.mult, mask)
+    ctx = obs.Context(prog=prog, data=data, hyper=hyper, scales=scales, mask=mask, outputs=outputs)
     return ctx, model.init(jax.random.wrap_key_data(hyper.key), n_pad, hyper.width, scales.std)
 
 
@@ -66,14 +72,14 @@ def _adam_preconditioner(ctx, opt, opt_state, width):
 
     One more ``opt.update`` with the full-batch gradient gives optax's ``nu_{t+1}``; bias correction by the count
     it reports, and the layer's lr multiplier over ``sqrt(nu_hat) + eps``. Independent of
-    :func:`obs_sharpness.step_preconditioner`'s arithmetic.
+    :func:`_sharpness.step_preconditioner`'s arithmetic.
     """
-    grad = jax.grad(obs_sharpness.training_loss_fn(ctx))
+    grad = jax.grad(_sharpness.training_loss_fn(ctx))
     b2, eps = ctx.prog.betas[1], ctx.prog.eps
 
     def precondition(params):
         _, new = opt.update(grad(params), opt_state, params)
-        adam = obs_sharpness._adam_state(new)
+        adam = _sharpness._adam_state(new)
         d = tuple(ctx.scales.lr[layer] / (jnp.sqrt(nu / (1 - b2 ** adam.count)) + eps)
                   for layer, nu in enumerate(adam.nu))
         return ravel_pytree(_true_width(d, width))[0]
@@ -86,7 +92,7 @@ def test_top_eigenpair_finds_the_largest_not_the_dominant_eigenvalue():
     a = jnp.diag(jnp.array([-3.0, 1.0, 0.5, -2.0, 0.25]))
     x = jnp.ones(5) / jnp.sqrt(5.0)
     # 10 products on a 5-dim space: the Krylov space is all of it after 5, the rest must drop out (breakdown).
-    lam, res, vec = obs_sharpness.top_eigenpair(lambda v: a @ v, x, 10)
+    lam, res, vec = obs.top_eigenpair(lambda v: a @ v, x, 10)
     # float32: a 5x5 problem solved to round-off.
     assert float(lam) == pytest.approx(1.0, abs=1e-6) and float(res) < 1e-5
     assert abs(float(vec[1])) == pytest.approx(1.0, abs=1e-6)
@@ -94,7 +100,7 @@ def test_top_eigenpair_finds_the_largest_not_the_dominant_eigenvalue():
 
 def test_top_eigenpair_keeps_a_finite_iterate_when_the_matvec_is_not():
     x = jnp.ones(4) / 2
-    lam, res, vec = obs_sharpness.top_eigenpair(lambda v: v * jnp.nan, x, 3)
+    lam, res, vec = obs.top_eigenpair(lambda v: v * jnp.nan, x, 3)
     assert np.isnan(float(lam))
     np.testing.assert_array_equal(np.asarray(vec), np.asarray(x))  # the warm start survives for the next record
 
@@ -116,7 +122,7 @@ def test_top_eigenpair_is_rayleigh_ritz_on_the_krylov_space(x64, products):
     q = np.linalg.qr(krylov)[0]
     theta, s = np.linalg.eigh(q.T @ a @ q)
     y = q @ s[:, -1]
-    lam, res, vec = jax.jit(lambda v: obs_sharpness.top_eigenpair(lambda w: jnp.asarray(a) @ w, v, products))(
+    lam, res, vec = jax.jit(lambda v: obs.top_eigenpair(lambda w: jnp.asarray(a) @ w, v, products))(
         jnp.asarray(x))
     # float64, a 40-dim problem and at most 7 Krylov vectors (condition of the Krylov matrix < 1e6): 1e-9 relative.
     np.testing.assert_allclose(float(lam), theta[-1], rtol=1e-9)
@@ -133,8 +139,8 @@ def test_sharpness_matches_explicit_hessian(x64, depth, param):
     if (depth, param) == (2, "mup"):
         # The negative end dominates here: power iteration would converge to eig[0], Rayleigh-Ritz must not.
         assert -eig[0] > 1.5 * eig[-1]
-    sharpness = jax.jit(lambda p, v: obs_sharpness.sharpness(ctx, p, v, 40))
-    lam, res, vec = sharpness(params, obs_sharpness.start_vector(ctx))
+    sharpness = jax.jit(lambda p, v: _sharpness.sharpness(ctx, p, v, 40))
+    lam, res, vec = sharpness(params, _sharpness.start_vector(ctx))
     # A 40-dim Krylov space converges these (gaps >= 0.3%) to round-off: the Ritz value of a float64 symmetric
     # eigenproblem of size ~50 is accurate to ~1e-14 relative; 1e-10 leaves room for the Hessian-vector products.
     np.testing.assert_allclose(float(lam), eig[-1], rtol=1e-10)
@@ -152,9 +158,9 @@ def _trained_member(optimizer, steps):
     """
     model = MLP(d_in=3, depth=3, act="tanh")
     ctx, params = _member(model, 6, 10, "mup", optimizer=optimizer)
-    opt = train.make_optimizer(ctx.prog, ctx.hyper, ctx.scales.lr)
+    opt = executor.make_optimizer(ctx.prog, ctx.hyper, ctx.scales.lr)
     state = opt.init(params)
-    grad = jax.grad(obs_sharpness.training_loss_fn(ctx))
+    grad = jax.grad(_sharpness.training_loss_fn(ctx))
     for _ in range(steps):
         updates, state = opt.update(grad(params), state, params)
         params = optax.apply_updates(params, updates)
@@ -171,8 +177,8 @@ def test_preconditioned_sharpness_matches_explicit_matrix(x64, optimizer, steps)
     else:
         ref = _adam_preconditioner(ctx, opt, state, 6)
     eig = _hessian_spectrum(ctx, 6)(params, ref(params))
-    estimate = jax.jit(lambda p, v: obs_sharpness.preconditioned_sharpness(ctx, p, v, 40))
-    lam, res, vec = estimate(params, obs_sharpness.start_vector(ctx))
+    estimate = jax.jit(lambda p, v: _sharpness.preconditioned_sharpness(ctx, p, v, 40))
+    lam, res, vec = estimate(params, _sharpness.start_vector(ctx))
     # As for the plain Hessian: float64, 40 products on a ~50-dim problem converge to round-off; 1e-9 leaves
     # room for D's spread (Adam's 1/sqrt(nu_hat) spans several decades, which costs digits in D^1/2 H D^1/2).
     np.testing.assert_allclose(float(lam), eig[-1], rtol=1e-9)
@@ -183,7 +189,7 @@ def test_preconditioned_sharpness_matches_explicit_matrix(x64, optimizer, steps)
 
 def _run(model, sweep, monkeypatch, observables=("loss", "sharpness", "sharpness_err", "sharpness_32"), **kw):
     """20 steps recording the default sharpness, its residual and a converged reference (32 products per record)."""
-    monkeypatch.setitem(obs._REGISTRY, "sharpness_32", obs_sharpness.sharpness_observable("sharpness_32", products=32))
+    monkeypatch.setitem(_registry._REGISTRY, "sharpness_32", obs.sharpness_observable("sharpness_32", products=32))
     return ds.run(model, TASK, sweep, steps=20, record_every=5, progress=False, observables=observables, **kw)
 
 
@@ -195,7 +201,7 @@ def test_recorded_sharpness_tracks_the_hessian(x64, monkeypatch, depth):
     # Replay the member's plain GD (mup, SGD: every layer's lr multiplier is 1) and take the explicit Hessian's top
     # eigenvalue at every record.
     ctx, params = _member(model, 6, 6)
-    grad = jax.jit(jax.grad(obs_sharpness.training_loss_fn(ctx)))
+    grad = jax.jit(jax.grad(_sharpness.training_loss_fn(ctx)))
     spectrum = _hessian_spectrum(ctx, 6)
     top = []
     for step in range(21):
@@ -239,7 +245,7 @@ def test_training_loss_of_an_online_task_is_the_population_loss():
     model = MLP(d_in=3, depth=2)
     ctx, params = _member(model, 6, 6, task=online)
     value, _ = obs.get("loss").compute(ctx, params, None)
-    assert float(obs_sharpness.training_loss_fn(ctx)(params)) == float(value)
+    assert float(_sharpness.training_loss_fn(ctx)(params)) == float(value)
 
 
 @pytest.mark.slow
@@ -268,8 +274,8 @@ def test_sharpness_rises_to_and_hovers_at_the_edge_of_stability():
 
 def _run_adam(model, sweep, monkeypatch, **kw):
     """20 Adam steps recording the preconditioned sharpness, its residual and a converged reference."""
-    monkeypatch.setitem(obs._REGISTRY, "preconditioned_32",
-                        obs_sharpness.sharpness_observable("preconditioned_32", products=32, preconditioned=True))
+    monkeypatch.setitem(_registry._REGISTRY, "preconditioned_32",
+                        obs.sharpness_observable("preconditioned_32", products=32, preconditioned=True))
     names = ("loss", "preconditioned_sharpness", "preconditioned_sharpness_err", "preconditioned_32")
     return ds.run(model, TASK, sweep, steps=20, record_every=5, progress=False, observables=names, **kw)
 
@@ -281,9 +287,9 @@ def test_recorded_preconditioned_sharpness_follows_adam(x64, monkeypatch):
     alone = _run_adam(model, ds.Sweep(width=[6], lr=[LR], optimizer=["adam"]), monkeypatch, group=1).squeeze()
 
     ctx, params = _member(model, 6, 6, optimizer="adam")
-    opt = train.make_optimizer(ctx.prog, ctx.hyper, ctx.scales.lr)
+    opt = executor.make_optimizer(ctx.prog, ctx.hyper, ctx.scales.lr)
     state = opt.init(params)
-    grad = jax.jit(jax.grad(obs_sharpness.training_loss_fn(ctx)))
+    grad = jax.jit(jax.grad(_sharpness.training_loss_fn(ctx)))
     spectrum = _hessian_spectrum(ctx, 6)
     top = []
     for step in range(21):
@@ -328,16 +334,16 @@ def test_forward_difference_products_match_the_explicit_matrix(x64, optimizer, s
     ctx = _fd(exact_ctx)
     if optimizer == "sgd":
         eig = _hessian_spectrum(ctx, 6)(params)
-        estimate = obs_sharpness.sharpness
+        estimate = _sharpness.sharpness
     else:
         eig = _hessian_spectrum(ctx, 6)(params, _adam_preconditioner(ctx, opt, state, 6)(params))
-        estimate = obs_sharpness.preconditioned_sharpness
-    lam, _, vec = jax.jit(lambda p, v: estimate(ctx, p, v, 40))(params, obs_sharpness.start_vector(ctx))
+        estimate = _sharpness.preconditioned_sharpness
+    lam, _, vec = jax.jit(lambda p, v: estimate(ctx, p, v, 40))(params, _sharpness.start_vector(ctx))
     # Each product errs by about sqrt(eps) relative: truncation h/2 times a third derivative, round-off eps/h times
     # the gradient's terms (both O(1) here). 1e-6 is 60x that; a tangent product would meet 1e-9.
     np.testing.assert_allclose(float(lam), eig[-1], rtol=1e-6)
     # The setting reached the products: the exact ones give a value that differs at h's level, not round-off's.
-    exact = jax.jit(lambda p, v: estimate(exact_ctx, p, v, 40))(params, obs_sharpness.start_vector(ctx))[0]
+    exact = jax.jit(lambda p, v: estimate(exact_ctx, p, v, 40))(params, _sharpness.start_vector(ctx))[0]
     assert abs(float(lam) / float(exact) - 1) > 1e-12
     w_in, *hidden, w_out = jax.tree.map(np.asarray, ravel_pytree(params)[1](vec))
     assert np.all(w_in[6:] == 0) and np.all(w_out[:, 6:] == 0)
@@ -361,7 +367,7 @@ def test_padded_member_has_unpadded_sharpness_with_forward_differences(x64, monk
 
 
 def test_forward_difference_products_need_a_smooth_model(monkeypatch):
-    with pytest.raises(ds.engine.InputError, match="hvp 'fd' needs a smooth model"):
+    with pytest.raises(ds.InputError, match="hvp 'fd' needs a smooth model"):
         _run(MLP(d_in=3, depth=2, act="relu"), ds.Sweep(width=[6], lr=[LR]), monkeypatch, hvp="fd")
-    with pytest.raises(ds.engine.InputError, match="hvp must be one of tangent, fd"):
+    with pytest.raises(ds.InputError, match="hvp must be one of tangent, fd"):
         _run(MLP(d_in=3, depth=2, act="tanh"), ds.Sweep(width=[6], lr=[LR]), monkeypatch, hvp="exact")

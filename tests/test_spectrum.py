@@ -5,11 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
+from test_sharpness import LR, TASK, _member, _true_width
 
 import dynsim as ds
-from dynsim import obs_spectrum
+from dynsim import observables
 from dynsim.models import MLP
-from test_sharpness import TASK, LR, _member, _true_width
+from dynsim.observables import _spectrum
 
 WIDTH, N_PAD = 6, 10
 MODEL = MLP(d_in=3, depth=3, act="tanh")  # 18 + 36 + 6 = 60 parameters at width 6
@@ -44,11 +45,11 @@ def test_lanczos_topk_matches_eigvalsh(member):
     eig = np.linalg.eigvalsh(hess)[::-1]
     # With as many steps as parameters the Krylov space is the whole true-width space (the padded coordinates are
     # never reached), so Lanczos is exact: float64 round-off of a 60-dim eigenproblem, ~1e-13 relative.
-    top, err = jax.jit(lambda p: obs_spectrum.hessian_topk(ctx, p, 4, 60))(params)
+    top, err = jax.jit(lambda p: _spectrum.hessian_topk(ctx, p, 4, 60))(params)
     np.testing.assert_allclose(np.asarray(top), eig[:4], rtol=1e-9)
     # The default 20 steps: each Ritz value lies within its residual of an eigenvalue (the bound must hold), and the
     # top ones have converged far below the gaps.
-    top, err = (np.asarray(a) for a in jax.jit(lambda p: obs_spectrum.hessian_topk(ctx, p))(params))
+    top, err = (np.asarray(a) for a in jax.jit(lambda p: _spectrum.hessian_topk(ctx, p))(params))
     assert np.all(np.diff(top) <= 0) and np.all(err >= 0)
     for theta, r in zip(top, err):
         assert np.min(np.abs(eig - theta)) <= r * (1 + 1e-9) + 1e-12
@@ -58,12 +59,12 @@ def test_lanczos_topk_matches_eigvalsh(member):
 @pytest.mark.slow
 def test_hutchinson_trace_within_its_standard_error(member):
     ctx, params, hess = member
-    est, err = (float(a) for a in jax.jit(lambda p: obs_spectrum.hessian_trace(ctx, p, 32))(params))
+    est, err = (float(a) for a in jax.jit(lambda p: _spectrum.hessian_trace(ctx, p, 32))(params))
     exact = np.trace(hess)
     # Fixed probes make this deterministic; 3 standard errors is a 0.3% tail of the estimator's distribution.
     assert err > 0 and abs(est - exact) <= 3 * err, (est, exact, err)
     # The estimator itself, per probe: z^T H z with the explicit matrix.
-    z = np.stack([_true(params, v) for v in np.asarray(obs_spectrum.probes(ctx, 32))])
+    z = np.stack([_true(params, v) for v in np.asarray(_spectrum.probes(ctx, 32))])
     assert set(np.unique(z)) == {-1.0, 1.0}
     np.testing.assert_allclose(est, np.mean(np.einsum("pi,ij,pj->p", z, hess, z)), rtol=1e-10)
 
@@ -71,11 +72,11 @@ def test_hutchinson_trace_within_its_standard_error(member):
 def test_slq_density_moments(member):
     ctx, params, hess = member
     count = 8
-    nodes, weights = (np.asarray(a) for a in jax.jit(lambda p: obs_spectrum.hessian_density(ctx, p, count))(params))
-    assert nodes.shape == weights.shape == (count, obs_spectrum.LANCZOS_STEPS)
+    nodes, weights = (np.asarray(a) for a in jax.jit(lambda p: _spectrum.hessian_density(ctx, p, count))(params))
+    assert nodes.shape == weights.shape == (count, _spectrum.LANCZOS_STEPS)
     # Gauss quadrature with m nodes is exact for polynomials of degree <= 2m - 1, so with v = z / |z|, |z|^2 = dim:
     # sum_j w_j = 1, dim * sum_j w_j theta_j = z^T H z and dim * sum_j w_j theta_j^2 = |H z|^2 (float64 round-off).
-    z = np.stack([_true(params, v) for v in np.asarray(obs_spectrum.probes(ctx, count))])
+    z = np.stack([_true(params, v) for v in np.asarray(_spectrum.probes(ctx, count))])
     dim = z.shape[1]
     np.testing.assert_allclose(weights.sum(axis=1), 1.0, rtol=1e-12)
     np.testing.assert_allclose(dim * (weights * nodes).sum(axis=1), np.einsum("pi,ij,pj->p", z, hess, z),
@@ -84,14 +85,14 @@ def test_slq_density_moments(member):
     np.testing.assert_allclose(dim * (weights * nodes**2).sum(axis=1), np.sum((z @ hess) ** 2, axis=1), rtol=1e-9)
     # So the density's mean is Hutchinson's trace over dim from the same probes, and within its error of the exact
     # trace / dim: 3 standard errors, as for the trace.
-    est, err = (float(a) for a in obs_spectrum.hessian_trace(ctx, params, count))
+    est, err = (float(a) for a in _spectrum.hessian_trace(ctx, params, count))
     mean = float(np.mean((weights * nodes).sum(axis=1)))
     np.testing.assert_allclose(mean * dim, est, rtol=1e-9)
     assert abs(mean - np.trace(hess) / dim) <= 3 * err / dim
     # The smoothed density integrates to 1 and puts its mass where the spectrum is.
     eig = np.linalg.eigvalsh(hess)
     grid = np.linspace(eig[0] - 1, eig[-1] + 1, 4001)
-    phi = obs_spectrum.density(nodes, weights, grid, sigma=0.05)
+    phi = observables.density(nodes, weights, grid, sigma=0.05)
     assert np.sum(phi) * (grid[1] - grid[0]) == pytest.approx(1.0, abs=1e-6)  # Riemann sum of smooth Gaussians
 
 

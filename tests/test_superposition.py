@@ -10,18 +10,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import roundoff
 import xarray as xr
 
 import dynsim as ds
-import roundoff
-from dynsim import train
-from dynsim.engine import member_hyper
-from dynsim.experiments import _base
+from dynsim import executor, experiments
+from dynsim.executor import member_hyper
+from dynsim.experiments import _runner
 from dynsim.experiments import superposition as experiment
-from dynsim.models import MLP
+from dynsim.models import MLP, Superposition
 from dynsim.spec import SpecError
-from dynsim.superposition import SparseFeatures, Superposition, feature_probabilities
-from dynsim.tasks import TeacherStudent
+from dynsim.tasks import SparseFeatures, TeacherStudent, feature_probabilities
 from dynsim.theory import superposition as theory
 
 N = 64
@@ -78,13 +77,13 @@ def test_init_ignores_padding_and_padded_rows_stay_zero():
     # Feature directions start at norm about init_scale: entries N(0, 1/m), m = 12 rows. 64 columns: mean of a
     # chi^2_12 / 12 has standard error sqrt(2 / 12 / 64) = 0.05; 0.2 is 4 of them.
     assert np.mean(np.sum(np.asarray(small) ** 2, axis=0)) == pytest.approx(1.0, abs=0.2)
-    prog = train.Program(model=MODEL, task=TASK, optimizer="adamw", n_pad=40, record_every=5, records_per_segment=2,
-                         batch_size=32)
+    prog = executor.Program(model=MODEL, task=TASK, optimizer="adamw", n_pad=40, record_every=5,
+                            records_per_segment=2, batch_size=32)
     sweep = ds.Sweep(width=[12], lr=[0.05], optimizer=["adamw"], weight_decay=[-1.0])
     hyper = member_hyper(sweep, np.arange(1))
     data = TASK.make()
-    state, _ = train.init_group(prog, data, hyper)
-    state, _ = train.run_segment(prog, data, state, hyper, 0)
+    state, _ = executor.init_group(prog, data, hyper)
+    state, _ = executor.run_segment(prog, data, state, hyper, 0)
     w = np.asarray(state.params[0][0])
     assert np.abs(w[:12]).sum() > 0 and np.all(w[12:] == 0)
 
@@ -121,26 +120,26 @@ def test_sparse_features_follow_their_frequencies():
 
 
 def test_lr_schedules():
-    prog = lambda **kw: train.Program(model=MODEL, task=TASK, optimizer="adamw", n_pad=8, record_every=1,
-                                      records_per_segment=1, **kw)
-    assert train.lr_schedule(prog()) is None  # constant: no transform, today's programs unchanged
-    warm = train.lr_schedule(prog(warmup_steps=10))
+    prog = lambda **kw: executor.Program(model=MODEL, task=TASK, optimizer="adamw", n_pad=8, record_every=1,
+                                         records_per_segment=1, **kw)
+    assert prog().schedule_fn() is None  # constant: no transform, today's programs unchanged
+    warm = prog(warmup_steps=10).schedule_fn()
     np.testing.assert_allclose([warm(0), warm(5), warm(10), warm(500)], [0.0, 0.5, 1.0, 1.0], atol=1e-7)
     # Schedules are evaluated in float32: values in [0, 1] to round-off (eps 1.2e-7).
-    cos = train.lr_schedule(prog(schedule="cosine", warmup_steps=10, decay_steps=110))
+    cos = prog(schedule="cosine", warmup_steps=10, decay_steps=110).schedule_fn()
     np.testing.assert_allclose([cos(5), cos(10), cos(60), cos(110)], [0.5, 1.0, 0.5, 0.0], atol=1e-6)
-    with pytest.raises(ds.engine.InputError, match="warmup_steps"):
+    with pytest.raises(ds.InputError, match="warmup_steps"):
         _run(ds.Sweep(width=[8], lr=[0.01], optimizer=["adamw"]), warmup_steps=60)
 
 
 def _decay_update(model, params, gamma, optimizer="adamw"):
     """The update of one optimizer step on zero gradients: the weight-decay term alone, times -lr."""
     task = TeacherStudent(d_in=4) if isinstance(model, MLP) else TASK
-    prog = train.Program(model=model, task=task, optimizer=optimizer, n_pad=8, record_every=1,
-                         records_per_segment=1)
+    prog = executor.Program(model=model, task=task, optimizer=optimizer, n_pad=8, record_every=1,
+                            records_per_segment=1)
     hyper = member_hyper(ds.Sweep(width=[8], lr=[0.1], optimizer=[optimizer], weight_decay=[gamma]), np.zeros(1, int))
     hyper = jax.tree.map(lambda a: a[0], hyper)
-    opt = train.make_optimizer(prog, hyper, jnp.ones(len(params)))
+    opt = executor.make_optimizer(prog, hyper, jnp.ones(len(params)))
     zeros = jax.tree.map(jnp.zeros_like, params)
     return opt.update(zeros, opt.init(params), params)[0]
 
@@ -176,17 +175,17 @@ def test_lr_exponent_scales_w_and_not_b():
 
 def test_spec_errors_are_one_sentence():
     with pytest.raises(SpecError, match="lr_exponent"):
-        _base.resolve_spec("superposition", quick=True, sets=["model.lr_exponent=2"])
+        experiments.resolve_spec("superposition", quick=True, sets=["model.lr_exponent=2"])
     with pytest.raises(SpecError, match="sweep.alpha"):
-        _base.resolve_spec("lr-transfer", quick=True, sets=["sweep.alpha=[1.5]"])
+        experiments.resolve_spec("lr-transfer", quick=True, sets=["sweep.alpha=[1.5]"])
     with pytest.raises(SpecError, match="batch_size"):
-        _base.resolve_spec("superposition", quick=True, sets=["train.batch_size=0"])
-    exp, spec = _base.resolve_spec("superposition", quick=True, sets=["task.teacher=mlp"])
+        experiments.resolve_spec("superposition", quick=True, sets=["train.batch_size=0"])
+    exp, spec = experiments.resolve_spec("superposition", quick=True, sets=["task.teacher=mlp"])
     with pytest.raises(SpecError, match="task.teacher"):
-        _base.build(spec)
+        experiments.build(spec)
     with pytest.raises(SpecError, match="p_active"):
-        exp, spec = _base.resolve_spec("superposition", quick=True, sets=["task.p_active=5.0"])
-        _base.task_variants(spec, _base.build(spec)[1])
+        exp, spec = experiments.resolve_spec("superposition", quick=True, sets=["task.p_active=5.0"])
+        _runner.task_variants(spec, experiments.build(spec)[1])
 
 
 def test_analysis_needs_are_refused_before_training():
@@ -199,7 +198,7 @@ def test_analysis_needs_are_refused_before_training():
                       (["analysis.strong_alpha_max='x'"], "analysis.strong_alpha_max"),
                       (["analysis.n_boot=10"], "analysis.n_boot")):
         with pytest.raises(SpecError, match=key.replace(".", r"\.")) as err:
-            _base.resolve_spec("superposition", quick=True, sets=sets)
+            experiments.resolve_spec("superposition", quick=True, sets=sets)
         assert "\n" not in str(err.value)
 
 
@@ -233,7 +232,7 @@ def _law_dataset(n=1000, p_active=1.3):
 
 @pytest.fixture
 def quick_spec():
-    return _base.resolve_spec("superposition", quick=True)[1]
+    return experiments.resolve_spec("superposition", quick=True)[1]
 
 
 def test_analysis_of_the_laws_agrees_and_of_the_competing_laws_disagrees(quick_spec, tmp_path):
@@ -270,7 +269,7 @@ def test_analysis_of_the_laws_agrees_and_of_the_competing_laws_disagrees(quick_s
 def quick(tmp_path_factory):
     """One quick run (about 60 CPU-seconds) for the slow tests of this module."""
     out = tmp_path_factory.mktemp("superposition")
-    return _base.run("superposition", quick=True, out=out, progress=False, log=lambda *a: None)
+    return experiments.run("superposition", quick=True, out=out, progress=False, log=lambda *a: None)
 
 
 @pytest.mark.slow

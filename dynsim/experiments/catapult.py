@@ -81,16 +81,19 @@ import jax.numpy as jnp
 import numpy as np
 import xarray as xr
 
-from .. import engine as _engine
+from .. import executor as _executor
 from .. import io as _io
 from .. import param as _param
 from .. import spec as _spec
-from ..models import MLP, width_mask
+from ..executor import Sweep
+from ..models import MLP
+from ..padding import width_mask
 from ..plot import log_ticks, save, subplots, width_colors
-from ..sweep import Sweep
 from ..tasks import TeacherStudent
 from ..theory.stability import PHASES, uv_gd, uv_ntk_eigenvalue, uv_phases
-from ._base import Check, Experiment, Requirements, build, ci_errors, register, spec_error, squeeze_axes, table
+from ._contract import Check, Experiment, Requirements
+from ._report import ci_errors, squeeze_axes, table
+from ._runner import build, spec_error
 
 PEAK_FACTOR = 2.0  # a loss that doubles before converging has catapulted; lazy GD on one sample never rises
 # MLP members: a rise of the loss between two records by more than this factor marks a catapult. Below lr*lambda0 = 2
@@ -360,7 +363,7 @@ def mlp_parts(spec) -> tuple[MLP, TeacherStudent]:
 def ntk_lambda0(model: MLP, x, width: int, seeds) -> np.ndarray:
     """Top eigenvalue at initialisation of ``K / P`` for each seed, NTK parametrization, ``[seed]``.
 
-    ``K = J J^T`` is the empirical NTK on the ``P`` training inputs ``x`` (``[d, P]``; :mod:`dynsim.obs_ntk`), so
+    ``K = J J^T`` is the empirical NTK on the ``P`` training inputs ``x`` (``[d, P]``; :mod:`dynsim.observables`), so
     ``K / P`` has the nonzero spectrum of the Gauss-Newton part ``J^T J / P`` of the Hessian of the loss
     ``0.5 * mean((f - y)^2)``; it is the loss Hessian only up to the residual term ``sum_i r_i grad^2 f_i / P``,
     which is ``O(n^-1/2)`` at init. Under GD with one learning rate for every layer (SGD, ``c_l = 0``) the
@@ -393,7 +396,7 @@ def _sweep_runner(model, task, *, steps, record_every, observables, diverge_fact
 
     def run(widths, lrs, seeds):
         sweep = Sweep(width=widths, lr=lrs, seed=seeds, param=["ntk"], optimizer=["sgd"])
-        return _engine.run(model, task, sweep, steps=steps, record_every=record_every, observables=observables,
+        return _executor.run(model, task, sweep, steps=steps, record_every=record_every, observables=observables,
                            diverge_factor=diverge_factor, progress=False, **opts)
 
     return run
@@ -416,7 +419,7 @@ def run_mlp(spec, out, progress) -> tuple[xr.Dataset, dict]:
     lrs = (np.linspace(start, stop, count) / lam0[-1].mean()).tolist()
     sweep = Sweep(width=widths, lr=lrs, seed=seeds, param=["ntk"], optimizer=["sgd"])
     diverge = spec["train"].get("diverge_factor", 1e12)
-    ds = _engine.run(model, task, sweep, steps=a["mlp_steps"], record_every=a["mlp_record_every"],
+    ds = _executor.run(model, task, sweep, steps=a["mlp_steps"], record_every=a["mlp_record_every"],
                      observables=("loss",), diverge_factor=diverge, out=out, progress=progress, spec=spec)
     lam0 = xr.DataArray(lam0, coords={"width": widths, "seed": seeds}, dims=("width", "seed"),
                         attrs={"description": "top eigenvalue of the empirical NTK / P on the training set at init"})
@@ -441,7 +444,7 @@ def execute(spec, out, progress) -> xr.Dataset:
     """
     model, task, sweep, opts = build(spec)
     try:
-        uv = _engine.run(model, task, sweep, out=out / "uv", progress=progress, spec=spec, **opts)
+        uv = _executor.run(model, task, sweep, out=out / "uv", progress=progress, spec=spec, **opts)
         timing = json.loads(uv.attrs.get("timing", "{}"))
         lam0, f0 = initial_state(spec, uv["width"].values, uv["seed"].values)
         coords = {"width": uv["width"].values, "seed": uv["seed"].values}
@@ -455,7 +458,7 @@ def execute(spec, out, progress) -> xr.Dataset:
                            classify_fn=classify)
         uv = xr.merge([uv, extras], combine_attrs="override")
         mlp, t_mlp = run_mlp(spec, out / "mlp", progress)
-    except (_io.MetaMismatch, _engine.InputError) as e:
+    except (_io.MetaMismatch, _executor.InputError) as e:
         raise spec_error(e) from None
     for part in (t, t_mlp):
         for k, v in part.items():
@@ -506,7 +509,7 @@ def analyse(ds, spec, out):
     checks, regimes, rows, marks = [], {}, [], []
     for i, n in enumerate(widths):
         words, row = [], [int(n), float(lam0[i].mean()), float(lam0[i].std())]
-        for e, (lower, predicted, name, competitor, competing) in enumerate(UV_EDGES):
+        for e, (_, predicted, name, competitor, competing) in enumerate(UV_EDGES):
             mid, ci = boundary(measured[e][i])
             tol = float(np.max(np.abs(theory[i, :, e] - predicted))) if np.isfinite(theory[i, :, e]).all() \
                 else float("nan")
@@ -726,11 +729,11 @@ def _plot_mlp(mlp, rows, out):
 
 
 def _int_list(positive: bool):
-    ok = _spec._pos_int if positive else _spec._nonneg_int
+    ok = _spec.positive_int if positive else _spec.nonnegative_int
     return lambda v: isinstance(v, list) and bool(v) and all(ok(w)[0] for w in v) and len(set(v)) == len(v)
 
 
-_is_pos_int = lambda v: _spec._pos_int(v)[0]  # noqa: E731
+_is_pos_int = lambda v: _spec.positive_int(v)[0]  # noqa: E731
 ANALYSIS = {
     "mlp_depth": (lambda v: _is_pos_int(v) and v >= 2, "an integer >= 2"),
     "mlp_width": (_int_list(True), "a list of distinct positive integers"),
@@ -744,7 +747,7 @@ ANALYSIS = {
     "mlp_record_every": (_is_pos_int, "a positive integer"),
     "mlp_d_in": (_is_pos_int, "a positive integer"),
     "mlp_n_train": (_is_pos_int, "a positive integer"),
-    "bisect_rounds": (lambda v: _spec._nonneg_int(v)[0], "a non-negative integer (training rounds that halve each "
+    "bisect_rounds": (lambda v: _spec.nonnegative_int(v)[0], "a non-negative integer (training rounds that halve each "
                       "boundary's bracket)"),
 }
 REQUIRES = Requirements(
@@ -787,7 +790,7 @@ def validate(spec):
                         f"{hi:.3g}.")
 
 
-EXPERIMENT = register(Experiment("catapult", "uv model and ReLU MLPs under large learning rates: lazy / catapult / "
+EXPERIMENT = Experiment("catapult", "uv model and ReLU MLPs under large learning rates: lazy / catapult / "
                                  "divergent phases against lr*lambda0 = 2 and 4 (Lewkowycz et al. 2020)", DEFAULTS,
                                  QUICK, analyse, validate, execute,
-                                 required=("task.d_in", "train.steps", "sweep.width", "sweep.lr"), requires=REQUIRES))
+                                 required=("task.d_in", "train.steps", "sweep.width", "sweep.lr"), requires=REQUIRES)

@@ -10,7 +10,7 @@ non-monotonically. With heavy-ball momentum ``beta`` the threshold is ``(2 + 2 b
 (:func:`~dynsim.theory.stability.adam_threshold`, ``38 / lr`` at ``beta1 = 0.9``).
 
 The experiment trains small tanh MLPs in SP full-batch at several learning rates, momenta and optimizers, records
-``loss``, ``preconditioned_sharpness`` and its residual ``preconditioned_sharpness_err`` (:mod:`dynsim.obs_sharpness`)
+``loss``, ``preconditioned_sharpness`` and its residual ``preconditioned_sharpness_err`` (:mod:`dynsim.observables`)
 every few steps, and for each (optimizer, momentum, lr) compares the late-phase ratio
 ``preconditioned_sharpness / threshold`` (per seed the median over the last ``analysis.late_fraction`` of the records;
 then the mean over seeds, with a Student-t CI over seeds) with the prediction 1. The regimes say whether the sharpness
@@ -72,7 +72,7 @@ sharpening at step 1000). Adam has no heavy-ball coefficient, so the ``momentum`
 members at every momentum are the same run, and only the first momentum value is analysed.
 
 The Hessian-vector products are forward differences of gradients (``train.hvp = "fd"``,
-:func:`dynsim.obs_sharpness.hessian_matvec`), which the smooth tanh network allows: against a converged 32-product
+:func:`dynsim.observables.hessian_matvec`), which the smooth tanh network allows: against a converged 32-product
 reference on the quick sweep the recorded sharpness errs by 1.1e-4 / 2.7e-3 / 4.1e-2 (median / 90th / 99th
 percentile) against 6.7e-7 / 1.5e-3 / 4.1e-2 with exact (tangent) products, for about three quarters of their
 extra cost (``python -m benchmarks.sharpness``). A ReLU model needs ``--set train.hvp=tangent``.
@@ -98,7 +98,8 @@ import xarray as xr
 from .. import param as _param
 from ..plot import NullFormatter, colors, save, subplots
 from ..theory.stability import adam_threshold, gd_threshold, momentum_threshold
-from ._base import Check, Experiment, Requirements, ci_errors, register, squeeze_axes, table
+from ._contract import Check, Experiment, Requirements
+from ._report import ci_errors, squeeze_axes, table
 
 # Measured at full size (8 seeds) the per-seed late medians lie within 0.997-1.038 of the threshold for GD and
 # 0.995-1.017 for beta = 0.5 (quick size, 3 seeds: 1.013-1.043 and 0.984-1.014), while inside the window the
@@ -346,7 +347,7 @@ def check(row: dict, late_from: int, last: int) -> Check:
                  competitor=row["competitor"], competing=row["competing"], tolerance=row["tolerance"], reason=reason)
 
 
-def regime(row: dict, verdict: str, reach: float = REACH) -> str:
+def describe(row: dict, verdict: str, reach: float = REACH) -> str:
     """How the member got to (or missed) the edge, in words, and what its check's ``verdict`` says of the late phase."""
     ok = ~row["diverged"]
     n = int(ok.sum())
@@ -404,7 +405,7 @@ def analyse(ds, spec, out):
     checks, regimes = [], {}
     for row in rows:
         checks.append(check(row, late_from, int(steps[-1])))
-        regimes[row["label"]] = regime(row, checks[-1].verdict, reach)
+        regimes[row["label"]] = describe(row, checks[-1].verdict, reach)
     figures = [_plot_traces(ds, SHARPNESS, out, beta1), _plot_traces(ds, "loss", out, beta1),
                _plot_ratio(ratio, rows, out, late_from)]
     report = _report(rows, late_from, int(steps[-1]), ds.sizes["seed"], reach, beta1)
@@ -605,7 +606,7 @@ def validate(spec):
                         f"{steps} steps; edge-of-stability needs a late phase to take the median over.")
 
 
-EXPERIMENT = register(Experiment("edge-of-stability", "full-batch GD, heavy-ball momentum and Adam: late-phase "
+EXPERIMENT = Experiment("edge-of-stability", "full-batch GD, heavy-ball momentum and Adam: late-phase "
                                  "(preconditioned) sharpness against the stability thresholds 2/lr, (2+2 beta)/lr "
                                  "and (2+2 beta1)/((1-beta1) lr), with progressive sharpening", DEFAULTS, QUICK,
-                                 analyse, validate, requires=REQUIRES))
+                                 analyse, validate, requires=REQUIRES)

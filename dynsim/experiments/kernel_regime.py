@@ -3,7 +3,7 @@ parametrization?
 
 Two-layer networks are trained by full-batch GD on a teacher-student task at widths over two decades and several
 seeds, in NTK parametrization and in muP, recording the empirical NTK on fixed probe inputs
-(:mod:`dynsim.obs_ntk`). Three comparisons with theory, each against the law it exists to rule out:
+(:mod:`dynsim.observables`). Three comparisons with theory, each against the law it exists to rule out:
 
 1. **Kernel movement.** The relative distance ``||K_T - K_0||_F / ||K_0||_F`` of the empirical NTK at the end of
    training from its value at init, fitted as ``c n^-e`` over widths (95% CI over seeds, :func:`movement`).
@@ -58,7 +58,9 @@ import numpy as np
 from .. import fit as _fit
 from ..plot import log_ticks, save, subplots, width_colors
 from ..theory import ntk_regime
-from ._base import Check, Experiment, Requirements, build, final, register, squeeze_axes, table
+from ._contract import Check, Experiment, Requirements
+from ._report import final, squeeze_axes, table
+from ._runner import build
 
 N_BOOT = 1000
 OBSERVABLES = ["loss", "test_loss", "ntk_eigs", "ntk_distance", "output_distance"]
@@ -394,6 +396,6 @@ REQUIRES = Requirements(
     analysis={},
 )
 
-EXPERIMENT = register(Experiment("kernel-regime", "kernel and output movement vs width under NTK parametrization and "
+EXPERIMENT = Experiment("kernel-regime", "kernel and output movement vs width under NTK parametrization and "
                                  "muP, and the trained network against GD with its analytic NTK", DEFAULTS, QUICK,
-                                 analyse, validate, requires=REQUIRES))
+                                 analyse, validate, requires=REQUIRES)

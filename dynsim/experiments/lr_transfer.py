@@ -26,15 +26,16 @@ import math
 import numpy as np
 import xarray as xr
 
-from .. import engine as _engine
+from .. import executor as _executor
 from .. import fit as _fit
 from .. import io as _io
 from .. import spec as _spec
+from ..executor import Sweep
 from ..plot import log_ticks, save, subplots, width_colors
-from ..sweep import Sweep
 from ..theory.parametrization import lr_exponent
-from ._base import (Check, Experiment, Requirements, build, ci_errors, final, register, spec_error, squeeze_axes,
-                    table)
+from ._contract import Check, Experiment, Requirements
+from ._report import ci_errors, final, squeeze_axes, table
+from ._runner import build, spec_error
 
 N_BOOT = 300
 # The optimum is "flat" where the seed-mean final loss stays within this factor of its minimum over a decade or more
@@ -152,7 +153,7 @@ def calibrate(model, task, sweep, opts, out, progress) -> xr.Dataset:
     """Each (optimizer, param, width)'s learning-rate scale at initialisation, for the finite-width model error.
 
     SGD: the stability edge of the first steps is ``2 / lambda``, with ``lambda`` the top eigenvalue of ``D H``
-    (the loss Hessian scaled by the per-layer rates ``n^-c``, :mod:`dynsim.obs_sharpness`), measured at init.
+    (the loss Hessian scaled by the per-layer rates ``n^-c``, :mod:`dynsim.observables`), measured at init.
     Adam: its first step is sign descent, ``theta -= lr n^-c sign(g)``, and the rate at which the outputs move by
     a fixed amount is ``1 / s`` with ``s = rms(f_1 - f_0) / lr`` measured over one step at the grid's smallest rate.
     Both are computed for the first seed; returns ``scale[optimizer, param, width]`` (a learning rate, up to a
@@ -165,10 +166,10 @@ def calibrate(model, task, sweep, opts, out, progress) -> xr.Dataset:
     for opt in sweep.optimizer:
         sub = Sweep(width=sweep.width, lr=[lr0], seed=sweep.seed[:1], param=sweep.param, optimizer=[opt])
         if opt == "sgd":
-            r = _engine.run(model, task, sub, observables=("preconditioned_sharpness",), out=out / opt, **one)
+            r = _executor.run(model, task, sub, observables=("preconditioned_sharpness",), out=out / opt, **one)
             scale = 2.0 / r["preconditioned_sharpness"].isel(step=0)
         else:
-            r = _engine.run(model, task, sub, observables=("outputs",), out=out / opt, **one)
+            r = _executor.run(model, task, sub, observables=("outputs",), out=out / opt, **one)
             moved = np.sqrt(((r["outputs"].isel(step=1) - r["outputs"].isel(step=0)) ** 2).mean("sample"))
             scale = lr0 / moved
         scales.append(scale.squeeze([d for d in ("lr", "seed", "init_scale", "weight_decay", "momentum")]))
@@ -181,18 +182,18 @@ def execute(spec, out, progress) -> xr.Dataset:
     analysis = spec.get("analysis", {})
     metric = analysis.get("metric", "loss")
     try:
-        parts = [_engine.run(model, task, sweep, out=out / "grid", progress=progress, spec=spec, **opts)]
+        parts = [_executor.run(model, task, sweep, out=out / "grid", progress=progress, spec=spec, **opts)]
         for round_ in range(analysis.get("edge_rounds", EDGE_ROUNDS)):
             for o, p, w, lo, hi in edge_brackets(_merge(parts), metric):
                 points = analysis.get("edge_points", EDGE_POINTS)
                 fine = np.exp(np.linspace(math.log(lo), math.log(hi), points + 2)[1:-1])
                 sub = Sweep(width=[w], lr=fine, seed=sweep.seed, param=[p], optimizer=[o],
                             init_scale=sweep.init_scale, weight_decay=sweep.weight_decay, momentum=sweep.momentum)
-                parts.append(_engine.run(model, task, sub, out=out / "edge" / f"{round_}-{o}-{p}-{w}",
+                parts.append(_executor.run(model, task, sub, out=out / "edge" / f"{round_}-{o}-{p}-{w}",
                                          progress=progress, spec=spec, **opts))
         merged = _merge(parts)
         merged["lr_scale"] = calibrate(model, task, sweep, opts, out / "calibration", progress)
-    except (_io.MetaMismatch, _engine.InputError) as e:
+    except (_io.MetaMismatch, _executor.InputError) as e:
         raise spec_error(e) from None
     merged["lr_scale"].attrs["description"] = ("learning-rate scale at init: 2 / lambda_max(D H) for SGD, "
                                                "lr / rms(first step's output change) for Adam (first seed)")
@@ -357,7 +358,7 @@ REQUIRES = Requirements(
               "edge_points": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
               "edge_rounds": (lambda v: _is_int(v) and v >= 0, "a non-negative integer")})
 
-EXPERIMENT = register(Experiment("lr-transfer", "optimal learning rate vs width under SP, muP, NTK and mean field, "
+EXPERIMENT = Experiment("lr-transfer", "optimal learning rate vs width under SP, muP, NTK and mean field, "
                                  "with SGD and Adam, against the parametrization's predicted exponent", DEFAULTS, QUICK,
                                  analyse, validate, execute=execute, requires=REQUIRES,
-                                 required=("task.d_in", "train.steps", "sweep.width", "sweep.lr")))
+                                 required=("task.d_in", "train.steps", "sweep.width", "sweep.lr"))

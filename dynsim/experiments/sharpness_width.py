@@ -4,7 +4,7 @@ Noci et al. (2024), "Super consistency of neural network landscapes and learning
 sharpness follows a width-independent trajectory (including its progressive sharpening), while under the NTK
 parametrization it is width-independent only at initialisation and freezes as the width grows (lazy training),
 and under SP it grows with width. The experiment trains tanh MLPs of several widths in each parametrization with
-full-batch GD at one learning rate, records the sharpness (:mod:`dynsim.obs_sharpness`), and measures the width
+full-batch GD at one learning rate, records the sharpness (:mod:`dynsim.observables`), and measures the width
 exponent ``s`` of ``sharpness ~ n^s`` at the first and the last record, per parametrization: a least-squares slope
 in log-log over widths of the seed-mean, with a Student-t seed-bootstrap CI (:func:`dynsim.fit.power_law`).
 
@@ -63,7 +63,8 @@ import scipy.optimize
 
 from .. import fit as _fit
 from ..plot import save, subplots, width_colors
-from ._base import Check, Experiment, Requirements, register, squeeze_axes, table
+from ._contract import Check, Experiment, Requirements
+from ._report import squeeze_axes, table
 
 PREDICTED = {"sp": 1.0, "ntk": 0.0, "mup": 0.0}
 # The law each exponent check exists to rule out: the other side of the SP / (muP, NTK) divide.
@@ -313,6 +314,6 @@ def validate(spec):
                         f"the SGD tables), got {optimizers!r}.")
 
 
-EXPERIMENT = register(Experiment("sharpness-width", "sharpness trajectories across widths under SP, muP and NTK: "
+EXPERIMENT = Experiment("sharpness-width", "sharpness trajectories across widths under SP, muP and NTK: "
                                  "width exponents at init and late (1, 0, 0) and the spread across widths",
-                                 DEFAULTS, QUICK, analyse, validate, requires=REQUIRES))
+                                 DEFAULTS, QUICK, analyse, validate, requires=REQUIRES)

@@ -1,8 +1,8 @@
 """``superposition``: how the loss of a superposition toy model scales with its hidden dimension ``m``.
 
 Liu, Liu & Gore (2025), "Superposition yields robust neural scaling" (arXiv 2505.10465). The model
-``x' = ReLU(W^T W x + b)`` (:class:`dynsim.superposition.Superposition`) reconstructs ``n`` sparse features whose
-frequencies fall as ``p_i \\propto i^{-alpha}`` (:class:`dynsim.superposition.SparseFeatures`), trained with AdamW,
+``x' = ReLU(W^T W x + b)`` (:class:`dynsim.models.Superposition`) reconstructs ``n`` sparse features whose
+frequencies fall as ``p_i \\propto i^{-alpha}`` (:class:`dynsim.tasks.SparseFeatures`), trained with AdamW,
 linear warmup and cosine decay. The weight decay ``gamma`` selects the regime:
 
 - ``gamma > 0`` (weak superposition): unused directions decay to 0 and about ``m`` features are represented, so the
@@ -93,12 +93,13 @@ import warnings
 import numpy as np
 
 from .. import fit as _fit
+from ..executor import AXES
 from ..plot import log_ticks, save, subplots
 from ..spec import SpecError
-from ..superposition import feature_probabilities
-from ..sweep import AXES
+from ..tasks import feature_probabilities
 from ..theory import superposition as _theory
-from ._base import Check, Experiment, Requirements, ci_errors, register, squeeze_axes, table
+from ._contract import Check, Experiment, Requirements
+from ._report import ci_errors, squeeze_axes, table
 
 # Premises (see the module docstring): strong superposition represents at least this fraction of the n features;
 # weak superposition between m and WEAK_PER_DIM * m of them; both reconstruct, L <= RECONSTRUCTED * L0.
@@ -112,7 +113,7 @@ MIN_POINTS = 4
 MIN_SPAN = 4.0
 N_BOOT = 1000
 # W's learning rate 0.02 (8/m)^1/4, Liu et al.'s rule for their large runs (App. B.1): lr * m^-1/4 with
-# model.lr_exponent = 0.25. A constant 0.02 fails from m = 256 up (see dynsim.superposition.Superposition).
+# model.lr_exponent = 0.25. A constant 0.02 fails from m = 256 up (see dynsim.models.Superposition).
 LR = 0.02 * 8**0.25
 _KEEP = ("m", "weight_decay", "seed")
 
@@ -161,7 +162,7 @@ def premise(strong: bool, m, k, loss, l0, n: int) -> np.ndarray:
     return ok & (k >= STRONG_FRACTION * n) if strong else ok & (k >= m) & (k <= WEAK_PER_DIM * m)
 
 
-def regime(fraction: np.ndarray, m: np.ndarray, n: int) -> str:
+def regime_label(fraction: np.ndarray, m: np.ndarray, n: int) -> str:
     """Label from the represented fraction at each ``m`` (seed-mean): strong, weak or intermediate."""
     k = np.asarray(fraction) * n
     if np.all(k >= STRONG_FRACTION * n):
@@ -203,7 +204,7 @@ def measure(ds, n: int, p_active: float, n_boot: int = N_BOOT, seed: int = 0) ->
             grid = mu if enough else m
             row = {"alpha": float(alpha), "gamma": float(gamma), "strong": strong, "m": m, "seeds": y.shape[0],
                    "loss": mean, "k": k, "l0": l0, "use": use, "steps": (int(steps[ref]), int(steps[-1])),
-                   "regime": regime(k / n, m, n), "fit": None,
+                   "regime": regime_label(k / n, m, n), "fit": None,
                    "tail": law_exponent(grid, _theory.weak_loss(grid.astype(int), probs)),
                    "welch": law_exponent(grid, _theory.welch_bound(n, grid))}
             if enough:
@@ -421,8 +422,8 @@ def validate(spec):
                         "error).")
 
 
-EXPERIMENT = register(Experiment("superposition", "loss vs hidden dimension m of superposition toy models, weak "
+EXPERIMENT = Experiment("superposition", "loss vs hidden dimension m of superposition toy models, weak "
                                  "(gamma > 0) against the unrepresented tail and strong (gamma <= 0) against a tight "
                                  "frame's interference (~1/m), each against the other, and the trained frame against "
                                  "random directions", DEFAULTS, QUICK, analyse, validate,
-                                 required=("sweep.alpha",), requires=REQUIRES))
+                                 required=("sweep.alpha",), requires=REQUIRES)

@@ -1,6 +1,6 @@
 """``width-scaling``: the four scaling regimes of Bahri et al. in the power-law random-feature model.
 
-Random-feature ridge regression (:mod:`dynsim.random_features`, solved in closed form) is measured along four
+Random-feature ridge regression (:mod:`dynsim.ridge`, solved in closed form) is measured along four
 curves, each over seeds:
 
 ============================  ============================  =========================================
@@ -20,7 +20,7 @@ another limit.
 Estimators. Each seed's draws are nested (the first ``N`` features and the first ``P`` samples of the largest), and
 every point also has a *one-side-infinite* loss ``z`` of the same draws: ``L(P = inf)`` on the curves in width
 (same projection), ``L(N = inf)`` on the curves in ``P`` (same samples). ``z`` is exact and cheap
-(:func:`dynsim.random_features.limit_losses`: one factorisation, no eigendecomposition of the finite problem), so it
+(:func:`dynsim.ridge.limit_losses`: one factorisation, no eigendecomposition of the finite problem), so it
 is drawn for ``limit_seeds`` seeds, many more than the ``seeds`` (``variance_seeds``) full solves. The mean of the
 plotted quantity ``y`` at a point is the control-variate (double-sampling) estimate
 
@@ -35,7 +35,7 @@ Gaussian and independent of them, so it acts as noise): ``b = (P - 1) / (P - N -
 ``P >> N``, and ``b = N / (P - N - 1)`` for ``y = L - z`` on the curve in ``P`` at ``N >> P``. On the curve in ``P``
 at ``N >> P``, ``b = 1`` (``L - z`` is the ``O(P / N)`` finite-width part). On the curve in width at ``N >> P``,
 ``y = L - z - width_fluctuation`` (the zero-mean first-order part of ``L - z`` in the fluctuation of ``W W^T``,
-:func:`dynsim.random_features.member_losses`) and ``b = 0``. Confidence intervals: a stratified seed bootstrap
+:func:`dynsim.ridge.member_losses`) and ``b = 0``. Confidence intervals: a stratified seed bootstrap
 (full-solve seeds and limit-only seeds resampled separately), Student-t at the Welch-Satterthwaite degrees of
 freedom of the two strata's variances, each inflated by ``n / (n - 1)`` as in :func:`dynsim.fit.power_law`.
 
@@ -90,13 +90,14 @@ import xarray as xr
 
 from .. import fit as _fit
 from .. import io as _io
-from .. import random_features as _rf
-from ..engine import versions
+from .. import ridge as _rf
+from ..executor import versions
 from ..plot import log_ticks, save, subplots
 from ..progress import tracker
 from ..spec import SpecError
 from ..theory import kernel_regression as _kr
-from ._base import Check, Experiment, Requirements, ci_errors, register, table
+from ._contract import Check, Experiment, Requirements
+from ._report import ci_errors, table
 
 N_BOOT = 1000
 LEVEL = 0.95
@@ -177,7 +178,7 @@ def execute(spec: dict, out, progress=None) -> xr.Dataset:
     for limit, sizes in needed.items():  # one program per kind of limit, all its sizes from one draw per seed
         drawn[limit] = dict(zip(sizes, _rf.limit_losses(model, sizes, seeds, limit)))
         bar.update()
-    for curve, (varied, side, _) in CURVES.items():
+    for curve, (_, side, _) in CURVES.items():
         n, p = points[curve]
         limit = curve_limit(curve)
         losses = _rf.member_losses(model, n, p, seeds[:curve_seeds(analysis, curve)], [analysis["ridge"]],
@@ -193,7 +194,7 @@ def execute(spec: dict, out, progress=None) -> xr.Dataset:
                     coords={"width": widths, "n_train": n_trains, "seed": seeds},
                     attrs={"spec": json.dumps(spec), "timing": json.dumps({"run_s": time.perf_counter() - t0}),
                            **{k: (int(v) if isinstance(v, bool) else v) for k, v in versions().items()}})
-    _io._atomic_write_dataset(ds, out / "results.nc")
+    _io.write_results(ds, out / "results.nc")
     return ds
 
 
@@ -344,7 +345,7 @@ def analyse(ds, spec, out):
         laws = _exponents(analysis, varied)
         other = next(k for k in laws if k != regime)
         predicted = laws[regime]
-        measured, lo, hi = estimate(samples, lambda m, z: _exponent(x, m), rng)
+        measured, lo, hi = estimate(samples, lambda m, z, x=x: _exponent(x, m), rng)
         own = float(_exponent(x, theory))
         tolerance = abs(own - predicted)
         check = Check(name=f"exponent, {curve}", measured=float(measured), ci=(float(lo), float(hi)),
@@ -521,7 +522,7 @@ def validate(spec):
                         "N -> inf limit of P samples is computed for P below the latent dimension).")
 
 
-EXPERIMENT = register(Experiment("width-scaling", "the four scaling regimes (variance/resolution-limited in width "
+EXPERIMENT = Experiment("width-scaling", "the four scaling regimes (variance/resolution-limited in width "
                                  "and data) of random-feature regression, against their exponents and the "
                                  "deterministic equivalent", DEFAULTS, QUICK, analyse, validate, execute,
-                                 requires=REQUIRES))
+                                 requires=REQUIRES)

@@ -48,7 +48,8 @@ linear kernel of nearly orthogonal inputs, say, is a float dot product that canc
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

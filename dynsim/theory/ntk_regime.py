@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..models import _ACTS
+from ..models import ACTIVATIONS
 from . import kernel_regression as _kr
 from . import kernels as _kernels
 
@@ -53,7 +53,7 @@ def two_layer_kernels(x1, x2, act: str = "relu", init_scale: float = 1.0) -> _ke
     if act not in _KERNELS:
         raise ValueError(f"two_layer_kernels covers act in {', '.join(_KERNELS)}, got {act!r}.")
     d = x1.shape[1]
-    gain2, s2 = _ACTS[act][1] ** 2, init_scale**2
+    gain2, s2 = ACTIVATIONS[act][1] ** 2, init_scale**2
     sigma, theta = _KERNELS[act](x1, x2, depth=1, w_std=init_scale)
     return _kernels.Kernels(nngp=gain2 * sigma, ntk=sigma / s2 + gain2 * d * (theta - sigma) / s2)
 

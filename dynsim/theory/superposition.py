@@ -1,8 +1,8 @@
 """Loss scaling of superposition toy models with the hidden dimension ``m``, and the geometry behind it.
 
 Liu, Liu & Gore (2025), "Superposition yields robust neural scaling" (arXiv 2505.10465), study the model
-``x' = ReLU(W^T W x + b)`` (:class:`dynsim.superposition.Superposition`) on features with frequencies
-``p_i \\propto i^{-alpha}`` (:class:`dynsim.superposition.SparseFeatures`):
+``x' = ReLU(W^T W x + b)`` (:class:`dynsim.models.Superposition`) on features with frequencies
+``p_i \\propto i^{-alpha}`` (:class:`dynsim.tasks.SparseFeatures`):
 
 - *weak superposition* (large positive weight decay): only the most frequent features are represented, each
   without interference, and the loss is what the unrepresented tail leaves, ``L \\propto m^{-(alpha - 1)}``;
@@ -173,7 +173,8 @@ def random_overlap(m):
 
     .. math::
 
-        \\mathbb E[(u \\cdot v)^2] = \\sum_{k,l} \\mathbb E[u_k u_l]\\,\\mathbb E[v_k v_l] = \\sum_k \\frac{1}{m^2} = \\frac1m,
+        \\mathbb E[(u \\cdot v)^2] = \\sum_{k,l} \\mathbb E[u_k u_l]\\,\\mathbb E[v_k v_l]
+        = \\sum_k \\frac{1}{m^2} = \\frac1m,
 
     since ``E[u u^T] = I/m``. Exact for every ``m >= 1``; its variance is ``2(m - 1) / (m^2 (m + 2))`` (the
     squared overlap is ``Beta(1/2, (m - 1)/2)``-distributed; Vershynin 2018, "High-Dimensional Probability", §3.3).

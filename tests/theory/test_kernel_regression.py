@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dynsim import random_features as rf
+from dynsim import ridge as rf
 from dynsim.theory import kernel_regression as kr
 
 MODEL = rf.PowerLawRF(n_latent=1024, alpha=0.75, beta=0.5, noise_var=0.05)

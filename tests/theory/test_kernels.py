@@ -3,7 +3,7 @@ evaluation of the textbook recursion in float32 and float64 (the statistical and
 
 import decimal
 from decimal import Decimal
-from functools import lru_cache
+from functools import cache
 
 import jax
 import jax.numpy as jnp
@@ -186,7 +186,7 @@ def _atan2(y: Decimal, x: Decimal) -> Decimal:
     return pi / 2 if y > 0 else Decimal(0)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _exact_kernels(x_bytes: bytes, d: int, act: str, w_std: float, b_std: float, depth: int) -> np.ndarray:
     """``[nngp/ntk, depth + 1, n, n]`` of ``x`` against itself at every depth up to ``depth``: the textbook recursion
     (module docstring of :mod:`dynsim.theory.kernels`, the angle as ``atan2(sqrt(q1 q2 - c^2), c)``) on the exact

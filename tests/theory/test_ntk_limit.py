@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 
 import dynsim as ds
-from dynsim import train
-from dynsim.engine import member_hyper
-from dynsim.models import MLP, width_mask
-from dynsim.obs import Context
-from dynsim.obs_ntk import empirical_ntk
+from dynsim import executor
+from dynsim.executor import member_hyper
+from dynsim.models import MLP
+from dynsim.observables import Context, empirical_ntk
+from dynsim.padding import width_mask
 from dynsim.tasks import TeacherStudent
 from dynsim.theory import ntk_regime
 
@@ -21,8 +21,8 @@ TASK = TeacherStudent(d_in=8, n_train=32, n_test=64, teacher="mlp", teacher_widt
 
 def _at_init(model, width, seeds, x, init_scale, what):
     """``what(ctx, params, scales, mask)`` of members of one width, one per seed, at init (NTK parametrization)."""
-    prog = train.Program(model=model, task=TASK, optimizer="sgd", n_pad=width, record_every=1,
-                         records_per_segment=1)
+    prog = executor.Program(model=model, task=TASK, optimizer="sgd", n_pad=width, record_every=1,
+                            records_per_segment=1)
     sweep = ds.Sweep(width=[width], lr=[1.0], seed=list(seeds), param=["ntk"], init_scale=[init_scale])
     hyper = member_hyper(sweep, np.arange(len(seeds)))
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from dynsim import experiments, io
-from dynsim import random_features as rf
+from dynsim import ridge as rf
 from dynsim.experiments import width_scaling
 from dynsim.spec import SpecError
 from dynsim.theory import kernel_regression as kr
@@ -217,7 +217,7 @@ def test_control_variate_intervals_cover_the_mean():
     # Draws shaped like the P >> N curve's: z log-normal with 35% spread (a heavy right tail), y = b z plus 1% noise,
     # 8 full seeds and 256 limit-only ones. The estimate is unbiased and its 95% interval covers the true mean.
     rng = np.random.default_rng(1)
-    x, b, truth = np.array([16.0, 32.0]), np.array([1.01, 1.02]), []
+    x, b = np.array([16.0, 32.0]), np.array([1.01, 1.02])
     mean_z = np.exp(0.35**2 / 2)  # E[exp(0.35 g)]
     covered, estimates = 0, []
     for _ in range(200):
@@ -276,7 +276,7 @@ def test_padding_does_not_change_a_member():
 
 def test_sweep_returns_the_grid():
     model = rf.PowerLawRF(n_latent=64)
-    ds = rf.sweep(model, [16], [10, 20, 40], ridges=[0.0, 1e-2], seeds=[0, 1], progress=False)  # one program
+    ds = rf.solve(model, [16], [10, 20, 40], ridges=[0.0, 1e-2], seeds=[0, 1], progress=False)  # one program
     assert ds["test_loss"].dims == ("width", "n_train", "ridge", "seed")
     assert ds["test_loss"].shape == (1, 3, 2, 2) and np.all(np.isfinite(ds["test_loss"]))
     # The grid holds the same numbers as the members computed alone.

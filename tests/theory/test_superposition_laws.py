@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 
 import dynsim as ds
-from dynsim.obs_superposition import mean_sq_overlap
-from dynsim.superposition import SparseFeatures, Superposition, feature_probabilities
+from dynsim.models import Superposition
+from dynsim.observables import mean_sq_overlap
+from dynsim.tasks import SparseFeatures, feature_probabilities
 from dynsim.theory import superposition as theory
 
 

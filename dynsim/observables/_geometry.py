@@ -1,4 +1,4 @@
-"""Geometry of superposition: which features a :class:`~dynsim.superposition.Superposition` model represents, and
+"""Geometry of superposition: which features a :class:`~dynsim.models.Superposition` model represents, and
 how much their directions overlap.
 
 Feature ``i``'s direction is the column ``w_i = W_{:,i}`` of ``W [m, n]``. A feature counts as *represented* when
@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from .obs import Context, Observable, register
+from ._registry import Context, Observable
 
-__all__ = ["REPRESENTED_NORM", "represented", "mean_sq_overlap"]
+__all__ = ["REPRESENTED_NORM", "represented", "mean_sq_overlap", "OBSERVABLES"]
 
 REPRESENTED_NORM = 0.5
 
@@ -30,7 +30,8 @@ def mean_sq_overlap(w) -> jnp.ndarray:
     .. math::
 
         \\overline{\\cos^2} = \\frac{1}{k(k-1)} \\sum_{i \\ne j} r_i r_j (\\hat w_i \\cdot \\hat w_j)^2
-        = \\frac{\\|S\\|_F^2 - k}{k (k-1)},\\qquad S = \\sum_i r_i \\hat w_i \\hat w_i^\\top \\in \\mathbb R^{m\\times m},
+        = \\frac{\\|S\\|_F^2 - k}{k (k-1)},\\qquad
+        S = \\sum_i r_i \\hat w_i \\hat w_i^\\top \\in \\mathbb R^{m\\times m},
 
     with ``r`` from :func:`represented` and ``k = sum_i r_i``; the frame operator ``S`` costs ``m^2 n`` instead of
     the ``m n^2`` of the Gram matrix. NaN when fewer than two features are represented.
@@ -61,20 +62,18 @@ def _dims_per_feature(ctx: Context, params, extra):
     return ctx.hyper.width.astype(params[0].dtype) / jnp.sum(params[0] ** 2), None
 
 
-def _is_superposition(model) -> bool:
-    return hasattr(model, "n_features")
+def _has_feature_directions(model) -> bool:
+    return model.feature_directions
 
 
-register(Observable("represented_fraction", _represented_fraction,
-                    f"fraction of features whose direction has norm above {REPRESENTED_NORM} (superposition model)",
-                    applies=_is_superposition, applies_to="the superposition model"))
-register(Observable("mean_sq_overlap", _overlap, "mean squared cosine between the directions of represented features, "
-                    "over pairs i != j (superposition model)",
-                    applies=_is_superposition, applies_to="the superposition model"))
-register(Observable("feature_loss", _feature_loss, "per-feature loss 0.5*mean((x'_i - x_i)^2) on the evaluation "
-                    "set, unweighted (superposition model)", dims=("feature",),
-                    shape=lambda prog: (prog.model.n_features,),
-                    applies=_is_superposition, applies_to="the superposition model"))
-register(Observable("dims_per_feature", _dims_per_feature, "hidden dimensions per feature m / |W|_F^2 (Elhage et "
-                    "al. 2022; superposition model)",
-                    applies=_is_superposition, applies_to="the superposition model"))
+_WHO = dict(applies=_has_feature_directions, applies_to="models with one direction per feature (superposition)")
+OBSERVABLES = (
+    Observable("represented_fraction", _represented_fraction,
+               f"fraction of features whose direction has norm above {REPRESENTED_NORM} (superposition model)", **_WHO),
+    Observable("mean_sq_overlap", _overlap, "mean squared cosine between the directions of represented features, "
+               "over pairs i != j (superposition model)", **_WHO),
+    Observable("feature_loss", _feature_loss, "per-feature loss 0.5*mean((x'_i - x_i)^2) on the evaluation set, "
+               "unweighted (superposition model)", dims=("feature",), shape=lambda prog: (prog.model.d_out,), **_WHO),
+    Observable("dims_per_feature", _dims_per_feature, "hidden dimensions per feature m / |W|_F^2 (Elhage et al. 2022; "
+               "superposition model)", **_WHO),
+)

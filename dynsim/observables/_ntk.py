@@ -31,7 +31,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from . import obs as _obs
+from . import _registry as _obs
 
 __all__ = ["PROBES", "CHUNK", "n_probes", "probe_inputs", "empirical_ntk", "ntk_observables"]
 
@@ -111,5 +111,4 @@ def ntk_observables(suffix: str = "", *, probes: int = PROBES, chunk: int = CHUN
     )
 
 
-for _observable in ntk_observables():
-    _obs.register(_observable)
+OBSERVABLES = ntk_observables()

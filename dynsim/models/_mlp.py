@@ -1,107 +1,33 @@
-"""Toy models as frozen, hashable specs with pure ``init`` / ``apply`` functions.
+"""Fully connected networks: :class:`MLP` (any depth; :func:`uv` and :func:`random_feature_model` are special cases)
+and :class:`Linearized`.
 
 Layout: activations are stored *width-major*, ``[features, samples]``. XLA:CPU runs the weight gradient of
-``W @ X`` with ``X`` of shape ``[d, P]`` several times faster than the usual ``X @ W.T`` form (DESIGN.md section 9),
-and on accelerators the layout is neutral.
+``W @ X`` with ``X`` of shape ``[d, P]`` several times faster than the usual ``X @ W.T`` form
+(``docs/measurements.md``), and on accelerators the layout is neutral.
 
-Padding: a model is built at a *padded* width ``n_pad`` (static, shared by a bucket of members) and a *true* width
-``n`` (traced, per member). Unit ``i >= n`` is zero at init, is multiplied by a 0/1 mask after its activation, and so
-receives zero gradient and zero update. Unit ``i``'s weights are drawn from a key folded with ``i``, and each row is a
-1-D draw whose prefix does not depend on its length (``jax_threefry_partitionable``), so a member's initial weights
-do not depend on ``n_pad``. Every parametrization factor uses ``n``.
+Padding (:mod:`dynsim.padding`): a model is built at a *padded* width ``n_pad`` (static, shared by a bucket of
+members) and a *true* width ``n`` (traced, per member). Unit ``i >= n`` is zero at init, is multiplied by a 0/1 mask
+after its activation, and so receives zero gradient and zero update. Unit ``i``'s weights are drawn from a key folded
+with ``i``, and each row is a 1-D draw whose prefix does not depend on its length (``jax_threefry_partitionable``),
+so a member's initial weights do not depend on ``n_pad``. Every parametrization factor uses ``n``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import NamedTuple, Protocol
 
 import jax
 import jax.numpy as jnp
 
-__all__ = ["Model", "MLP", "Linearized", "uv", "random_features", "Scales", "width_mask"]
+from ..padding import width_mask
+from ._base import ACTIVATIONS, Model, Scales
 
-# Activation and its init gain. ReLU's sqrt(2) (He) and erf's 1 / sqrt(E[erf(z)^2]) = 1 / sqrt((2/pi) arcsin(2/3))
-# (z ~ N(0, 1), Williams 1997) keep the second moment of a unit-variance pre-activation through the layer.
-_ACTS = {
-    "relu": (jax.nn.relu, math.sqrt(2.0)),
-    "tanh": (jnp.tanh, 1.0),
-    "erf": (jax.scipy.special.erf, 1.0 / math.sqrt(2.0 / math.pi * math.asin(2.0 / 3.0))),
-    "linear": (lambda h: h, 1.0),
-}
-
-
-class Scales(NamedTuple):
-    """Per-layer factors of one member, evaluated from its true width.
-
-    Attributes:
-      mult: forward multipliers ``n^-a`` per layer, shape ``[depth]``.
-      std: init standard deviations per layer, shape ``[depth]``.
-      lr: learning-rate multipliers ``n^-c`` per layer, shape ``[depth]``.
-    """
-
-    mult: jax.Array
-    std: jax.Array
-    lr: jax.Array
-
-
-def width_mask(width, n_pad: int, dtype=None) -> jax.Array:
-    """0/1 mask of length ``n_pad`` whose first ``width`` entries are 1."""
-    dtype = dtype or jnp.result_type(float)
-    return (jnp.arange(n_pad) < width).astype(dtype)
-
-
-class Model(Protocol):
-    """What the engine needs of a model: :class:`MLP`, :class:`Linearized` and
-    :class:`dynsim.superposition.Superposition` are examples. A model is a frozen dataclass (hashable by value: it
-    keys compiled programs) whose width axis is padded to ``n_pad`` with the member's true ``width`` traced.
-
-    Optional attributes, read with defaults: ``smooth`` (False; whether ``hvp="fd"`` is allowed), ``packable``
-    (False; the packed layout), ``parametrized`` (True; False refuses a sweep over ``param``), ``width_name``
-    (``"width"``; what experiments call the width axis), ``decay_term(params, coefficient)`` (weight decay other
-    than ``coefficient * w``).
-    """
-
-    d_in: int
-    d_out: int
-
-    @property
-    def depth(self) -> int:
-        """Number of weight layers (rows of ``scales``' outputs)."""
-
-    @property
-    def roles(self) -> tuple[int, ...]:
-        """Parametrization role of each layer: 0 input, 1 hidden, 2 output."""
-
-    @property
-    def decayed(self) -> tuple[bool, ...]:
-        """Which parameters weight decay applies to."""
-
-    def scales(self, width, abc, init_scale) -> Scales:
-        """Per-layer multipliers, init stds and lr multipliers of a member of true width ``width``."""
-
-    def init(self, key, n_pad: int, width, std) -> tuple:
-        """Initial parameters at padded width ``n_pad``, padded units zero and independent of ``n_pad``."""
-
-    def apply(self, params, x, mult, mask):
-        """Outputs ``[d_out, P]`` on inputs ``[d_in, P]``; ``mask`` zeroes padded units."""
-
-    def loss(self, out, y):
-        """The training objective on outputs and targets."""
-
-    def activation_units(self, n_pad: int) -> int:
-        """Activations per sample at ``n_pad`` (sizes groups and the memory estimate)."""
-
-    def n_params(self, width: int) -> int:
-        """Parameters at true width ``width``."""
-
-    def flops(self, width: int, n_samples: int) -> float:
-        """FLOPs of one forward and backward pass on ``n_samples`` at true width."""
+__all__ = ["MLP", "Linearized", "uv", "random_feature_model"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class MLP:
+class MLP(Model):
     """A fully connected network ``d_in -> n -> ... -> n -> d_out`` with ``depth`` weight layers, no biases.
 
     .. math::
@@ -116,7 +42,7 @@ class MLP:
       frozen: indices of weight layers that keep their initial value: their learning-rate multiplier is 0 (so no
         optimizer, momentum or weight decay moves them) and the forward pass stops their gradient, so observables
         built on gradients (sharpness, the empirical NTK) see the trained layers only. ``frozen=(0,)`` with
-        ``depth=2`` is random-feature regression (:func:`random_features`).
+        ``depth=2`` is random-feature regression (:func:`random_feature_model`).
 
     The spec hashes by value, so re-creating it never recompiles a program that takes it as a static argument.
     """
@@ -127,15 +53,15 @@ class MLP:
     d_out: int = 1
     frozen: tuple[int, ...] = ()
 
-    width_name = "width"  # name of the width axis in results
+    returns_preacts = True
 
     def __post_init__(self):
         if not (isinstance(self.d_in, int) and self.d_in >= 1):
             raise ValueError(f"model d_in must be a positive integer, got {self.d_in!r}.")
         if not (isinstance(self.depth, int) and self.depth >= 2):
             raise ValueError(f"model depth must be an integer >= 2, got {self.depth!r}.")
-        if self.act not in _ACTS:
-            raise ValueError(f"model act must be one of {', '.join(_ACTS)}, got {self.act!r}.")
+        if self.act not in ACTIVATIONS:
+            raise ValueError(f"model act must be one of {', '.join(ACTIVATIONS)}, got {self.act!r}.")
         if not (isinstance(self.d_out, int) and self.d_out >= 1):
             raise ValueError(f"model d_out must be a positive integer, got {self.d_out!r}.")
         object.__setattr__(self, "frozen", tuple(sorted(set(self.frozen))))
@@ -173,7 +99,7 @@ class MLP:
 
     @property
     def packable(self) -> bool:
-        """Whether :mod:`dynsim.packed` can run this model (two-layer networks)."""
+        """Whether the packed layout (:mod:`dynsim.executor`) can run this model: two-layer networks."""
         return self.depth == 2
 
     def n_params(self, width: int) -> int:
@@ -202,7 +128,7 @@ class MLP:
         abc = jnp.asarray(abc, dtype)
         roles = jnp.asarray(self.roles)
         a, b, c = abc[0, roles], abc[1, roles], abc[2, roles]
-        gain = _ACTS[self.act][1]
+        gain = ACTIVATIONS[self.act][1]
         # The input dimension is a constant of the task; it normalises the first layer only. Layers that read an
         # activation get the activation's gain (He init for ReLU).
         fan0 = jnp.asarray([1.0 / math.sqrt(self.d_in)] + [gain] * (self.depth - 1), dtype)
@@ -246,8 +172,8 @@ class MLP:
         """Hidden unit ``unit``'s input weights ``[d_in]`` and output weights ``[d_out]``, standard normal (before
         the layers' init stds): one draw from ``fold_in(key, unit)``.
 
-        :meth:`init` and the packed layout (:func:`dynsim.packed.init_packed`) both draw through this, so a member
-        starts from the same weights in either layout.
+        :meth:`init` and the packed layout (:mod:`dynsim.executor`) both draw through this, so a member starts from
+        the same weights in either layout.
         """
         ends = jax.random.normal(jax.random.fold_in(key, unit), (self.d_in + self.d_out,), jnp.result_type(float))
         return ends[: self.d_in], ends[self.d_in :]
@@ -257,7 +183,7 @@ class MLP:
 
         With ``return_preacts=True`` also returns the list of hidden pre-activations ``h_l`` (``[n_pad, P]`` each).
         """
-        phi = _ACTS[self.act][0]
+        phi = ACTIVATIONS[self.act][0]
         z = x
         preacts = []
         params = [jax.lax.stop_gradient(w) if i in self.frozen else w for i, w in enumerate(params)]
@@ -278,7 +204,7 @@ def uv(d_in: int = 1) -> MLP:
     return MLP(d_in=d_in, depth=2, act="linear", d_out=1)
 
 
-def random_features(d_in: int, act: str = "relu", d_out: int = 1) -> MLP:
+def random_feature_model(d_in: int, act: str = "relu", d_out: int = 1) -> MLP:
     """Random-feature regression (Rahimi & Recht 2007): a two-layer network whose first layer is frozen at init.
 
     .. math::
@@ -295,7 +221,7 @@ def random_features(d_in: int, act: str = "relu", d_out: int = 1) -> MLP:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class Linearized:
+class Linearized(Model):
     """The linearization of a network around its initialization (Lee et al. 2019, "Wide neural networks of any
     depth evolve as linear models under gradient descent").
 
@@ -320,11 +246,11 @@ class Linearized:
             raise ValueError(f"Linearized needs an MLP to linearize, got {self.base!r}.")
 
     smooth = True  # linear in its trained weights, whatever the activation
+    returns_preacts = False
     d_in = property(lambda self: self.base.d_in)
     d_out = property(lambda self: self.base.d_out)
     depth = property(lambda self: self.base.depth)
     roles = property(lambda self: self.base.roles)
-    packable = property(lambda self: False)
 
     @property
     def decayed(self) -> tuple[bool, ...]:

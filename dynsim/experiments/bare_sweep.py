@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..plot import save, subplots, width_colors
-from ._base import Experiment, Requirements, register, table
+from ._contract import Experiment, Requirements
+from ._report import table
 
 DEFAULTS = {
     "experiment": "sweep",
@@ -67,5 +68,5 @@ def analyse(ds, spec, out):
     return {"checks": [], "regimes": {}, "figures": figures, "report": report}
 
 
-EXPERIMENT = register(Experiment("sweep", "a bare sweep from a TOML spec: results and loss curves, no theory",
-                                 DEFAULTS, QUICK, analyse, requires=Requirements(observables=("loss",), analysis={})))
+EXPERIMENT = Experiment("sweep", "a bare sweep from a TOML spec: results and loss curves, no theory",
+                                 DEFAULTS, QUICK, analyse, requires=Requirements(observables=("loss",), analysis={}))

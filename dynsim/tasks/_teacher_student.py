@@ -14,13 +14,15 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from typing import NamedTuple, Protocol
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["Task", "TeacherStudent", "Data"]
+from ._base import Task
+
+__all__ = ["TeacherStudent", "Data"]
 
 
 class Data(NamedTuple):
@@ -46,33 +48,8 @@ class Data(NamedTuple):
     key: jax.Array
 
 
-class Task(Protocol):
-    """What the engine needs of a task: :class:`TeacherStudent` and
-    :class:`dynsim.superposition.SparseFeatures` are examples. A task is a frozen dataclass (it keys compiled
-    programs); ``program_task()``, if defined, returns the task the programs are keyed by instead.
-    """
-
-    d_in: int
-    d_out: int
-    n_train: int
-    n_test: int
-
-    @property
-    def online(self) -> bool:
-        """Whether every step draws a fresh batch (then the training loss is measured on the test set)."""
-
-    def make(self):
-        """The task's arrays (training and test sets and whatever ``batch`` reads), made once per run."""
-
-    def batch(self, data, step, batch_size: int):
-        """Inputs ``[d_in, B]`` and targets ``[d_out, B]`` of step ``step`` (traced)."""
-
-    def validate_batch_size(self, batch_size: int) -> None:
-        """Raise ``ValueError`` (one sentence) for a batch size the task cannot serve."""
-
-
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class TeacherStudent:
+class TeacherStudent(Task):
     """Teacher-student regression.
 
     .. math::

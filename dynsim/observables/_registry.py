@@ -1,8 +1,9 @@
-"""Observables recorded inside the compiled program at record points, vmapped over members.
+"""The observable registry: :class:`Observable`, :class:`Shared`, :class:`Context`, :func:`register`, :func:`record`.
 
 An observable is a pure function ``compute(ctx, params, extra) -> (value, new_extra)``: ``ctx`` holds the member's
-program, data, hyperparameters, scales, width mask and optimizer state; ``extra`` is the observable's own state
-carried between records (``None`` for stateless ones), so iterative estimators can warm-start. ``value`` has a fixed
+program, data, hyperparameters, scales, width mask, optimizer state and its outputs on the task's inputs; ``extra``
+is the observable's own state carried between records (``None`` for stateless ones), so iterative estimators can
+warm-start. ``value`` has a fixed
 shape per observable (:attr:`Observable.shape`). New observables register with :func:`register`.
 
 Several observables can read one computation (:class:`Shared`): an estimate and its error bound, or the eigenvalues
@@ -14,30 +15,31 @@ nothing more than ``sharpness`` alone.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-__all__ = ["Context", "Shared", "Observable", "register", "get", "names", "record", "init_extras", "coord_check"]
+__all__ = ["Context", "Shared", "Observable", "register", "get", "names", "record", "init_extras", "version",
+           "builtin", "seal"]
 
 
 class Context(NamedTuple):
     """What an observable may read about its member besides the parameters.
 
-    ``opt_state`` is the optax state after the last step (the freshly initialised state at step 0); ``None`` where
-    a caller has none to give.
+    ``outputs(params, split)`` is the member's network output ``[d_out, P]`` on the task's ``"train"`` or ``"test"``
+    inputs; an observable that reads nothing else (``outputs_only``) runs in both layouts of the executor. The other
+    fields are ``None`` in the packed layout. ``opt_state`` is the optax state after the last step (the freshly
+    initialised state at step 0); ``None`` where a caller has none to give.
     """
 
     prog: Any
     data: Any
     hyper: Any
     scales: Any
-    mask: jax.Array
+    mask: jax.Array | None
     opt_state: Any = None
+    outputs: Callable | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,8 +73,11 @@ class Observable:
       init_extra: ``(ctx, params) -> extra`` or None (taken from ``shared`` where it is set).
       shared: the computation this observable reads its value from, as ``values[part]``.
       part: which of ``shared``'s values this observable is.
-      applies: ``(model) -> bool``, whether the observable can be recorded for a model (None: any model).
+      applies: ``(model) -> bool``, whether the observable can be recorded for a model (None: any model), read
+        from the model's declared capabilities (:class:`dynsim.models.Model`).
       applies_to: the models it applies to, in words, for the error raised when ``applies`` is false.
+      outputs_only: ``compute`` reads only ``ctx.outputs``, ``ctx.prog`` and ``ctx.data`` and carries no state, so
+        the packed layout can record it; the executor's planner picks the vmapped layout for any other.
     """
 
     name: str
@@ -85,9 +90,12 @@ class Observable:
     part: str | None = None
     applies: Callable | None = None
     applies_to: str = ""
+    outputs_only: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "dims", tuple(self.dims))
+        if self.outputs_only and (self.init_extra is not None or self.shared is not None):
+            raise ValueError(f"observable {self.name!r}: an outputs-only observable carries no state.")
         if (self.shared is None) == (self.compute is None):
             raise ValueError(f"observable {self.name!r} needs exactly one of compute and shared.")
         if self.shared is not None:
@@ -110,7 +118,7 @@ class Observable:
 
 _REGISTRY: dict[str, Observable] = {}
 _VERSIONS: dict[str, int] = {}  # how often each name has been registered: part of the compiled programs' key
-_BUILTIN: frozenset[str] = frozenset()  # the names dynsim defines, set once its observables are registered
+_BUILTIN: set[str] = set()  # the names dynsim defines (seal)
 
 
 def register(observable: Observable) -> Observable:
@@ -130,6 +138,13 @@ def register(observable: Observable) -> Observable:
         _VERSIONS[observable.name] = _VERSIONS.get(observable.name, 0) + 1
     _REGISTRY[observable.name] = observable
     return observable
+
+
+def seal(observables) -> None:
+    """Register dynsim's own ``observables`` and mark them as built in: they cannot be replaced."""
+    for o in observables:
+        register(o)
+        _BUILTIN.add(o.name)
 
 
 def version(name: str) -> int:
@@ -185,78 +200,3 @@ def record(names, ctx: Context, params, extra: dict) -> tuple[dict, dict]:
         if new is not None:
             extra[o.state_key] = new
     return values, extra
-
-
-def _mse(ctx: Context, params, x, y):
-    return ctx.prog.model.loss(ctx.prog.model.apply(params, x, ctx.scales.mult, ctx.mask), y)
-
-
-def _train_loss(ctx, params, extra):
-    data = ctx.data
-    if ctx.prog.task.online:  # the population loss is the training loss of an online task
-        return _mse(ctx, params, data.x_test, data.y_test), None
-    return _mse(ctx, params, data.x_train, data.y_train), None
-
-
-def _test_loss(ctx, params, extra):
-    return _mse(ctx, params, ctx.data.x_test, ctx.data.y_test), None
-
-
-def _output_rms(ctx, params, extra):
-    out = ctx.prog.model.apply(params, ctx.data.x_test, ctx.scales.mult, ctx.mask)
-    return jnp.sqrt(jnp.mean(out**2)), None
-
-
-def _preact_rms(ctx, params, extra):
-    _, pre = ctx.prog.model.apply(params, ctx.data.x_test, ctx.scales.mult, ctx.mask, return_preacts=True)
-    width = ctx.hyper.width.astype(pre[0].dtype)
-    # RMS over the member's true units only: padded units are exactly zero.
-    return jnp.stack([jnp.sqrt(jnp.sum(h**2) / (width * h.shape[1])) for h in pre]), None
-
-
-register(Observable("loss", _train_loss, "training loss 0.5*mean((f-y)^2) on the full training set (on the test "
-                    "set, i.e. the population loss, for online tasks)"))
-register(Observable("test_loss", _test_loss, "test loss 0.5*mean((f-y)^2) on the held-out set"))
-register(Observable("output_rms", _output_rms, "root mean square of the network output on the test inputs"))
-register(Observable("preact_rms", _preact_rms, "RMS of each hidden layer's pre-activations on the test inputs",
-                    dims=("layer",), shape=lambda prog: (prog.model.depth - 1,),
-                    applies=lambda model: "return_preacts" in inspect.signature(model.apply).parameters,
-                    applies_to="models whose apply returns pre-activations (MLPs)"))
-
-
-def coord_check(model, parametrization, widths, *, lr: float, steps: int = 3, optimizer: str = "sgd",
-                seeds=(0, 1, 2), d_in: int = 16, n_train: int = 64, layers: str = "all"):
-    """Coordinate check (Yang et al. 2022): activation and output scales after ``0..steps`` steps, per width.
-
-    Runs a sweep through the engine and returns an ``xarray.Dataset`` with ``preact_rms`` (per hidden layer),
-    ``output_rms`` and ``delta_out_rms``, the RMS of ``f_t - f_0`` on the test inputs, over dims ``width``,
-    ``seed`` and ``step``. Under muP and NTK these are width-independent; under SP the output update grows with
-    width.
-    """
-    from .engine import run
-    from .sweep import Sweep
-    from .tasks import TeacherStudent
-
-    task = TeacherStudent(d_in=d_in, n_train=n_train, n_test=n_train, seed=0)
-    sweep = Sweep(width=tuple(widths), lr=(lr,), seed=tuple(seeds), param=(parametrization,),
-                  optimizer=(optimizer,))
-    ds = run(model, task, sweep, steps=steps, record_every=1, observables=("output_rms", "preact_rms", "outputs"),
-             progress=False)
-    out = ds["outputs"]
-    delta = out - out.isel(step=0)
-    ds["delta_out_rms"] = np.sqrt((delta**2).mean("sample"))
-    return ds
-
-
-def _outputs(ctx, params, extra):
-    return ctx.prog.model.apply(params, ctx.data.x_test, ctx.scales.mult, ctx.mask)[0], None
-
-
-register(Observable("outputs", _outputs, "network output (first component) on each test input",
-                    dims=("sample",), shape=lambda prog: (prog.task.n_test,)))
-from . import obs_sharpness as _obs_sharpness  # noqa: E402,F401  (registers sharpness observables)
-from . import obs_superposition as _obs_superposition  # noqa: E402,F401  (superposition geometry)
-from . import obs_ntk as _obs_ntk  # noqa: E402,F401  (registers empirical-NTK observables)
-from . import obs_spectrum as _obs_spectrum  # noqa: E402,F401  (registers Hessian spectrum observables)
-
-_BUILTIN = frozenset(_REGISTRY)

@@ -11,7 +11,9 @@ Members stay independent: the objective is the sum of the members' losses over d
 unit's gradient is its member's gradient; optimizer state is elementwise; per-member numbers (learning rates,
 parametrization factors, weight decay, momentum) are gathered per unit. Unit ``i`` of a member draws its weights
 with :meth:`dynsim.models.MLP.unit_weights`, as :meth:`dynsim.models.MLP.init` does, so a member's trajectory
-equals its trajectory in the vmapped layout to round-off (a test checks this).
+equals its trajectory in the vmapped layout to round-off (a test checks this). The optimizer is the same chain
+(:func:`dynsim.optim.chain`) with per-unit trees, the divergence test the same function, and the observables the
+same definitions: those that read only the member's outputs (``Observable.outputs_only``) run here.
 """
 
 from __future__ import annotations
@@ -23,12 +25,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from .models import _ACTS
+from .. import observables as _obs
+from .. import optim as _optim
+from ..models import ACTIVATIONS
+from ._program import TRACE_COUNT, MemberState, divergence
 
-__all__ = ["Pack", "SUPPORTED_OBSERVABLES", "pack_members", "pack_arrays", "init_packed", "run_packed",
-           "choose_capacity"]
-
-SUPPORTED_OBSERVABLES = frozenset({"loss", "test_loss", "outputs", "output_rms"})
+__all__ = ["Pack", "PackedLayout", "pack_members", "pack_arrays", "init_packed", "run_packed", "choose_capacity"]
 
 
 class Pack(NamedTuple):
@@ -112,7 +114,7 @@ def _forward(prog, params, lay: _Layout, x):
     never forms ``0 * inf``, so one member's overflow stays in that member.
     """
     w_in, w_out = params
-    phi = _ACTS[prog.model.act][0]
+    phi = ACTIVATIONS[prog.model.act][0]
     h = lay.mult[lay.slot, 0][:, None] * (w_in @ x)
     z = phi(h) * lay.valid[:, None]
     slots = lay.mult.shape[0]
@@ -136,44 +138,13 @@ def _per_unit_tree(values, lay: _Layout):
     return (u[:, None], u[None, :])
 
 
-def _tree_transform(fn, stateful: bool):
-    def init_fn(params):
-        return jax.tree.map(jnp.zeros_like, params) if stateful else optax.EmptyState()
-
-    def update_fn(updates, state, params=None):
-        return fn(updates, state, params)
-
-    return optax.GradientTransformation(init_fn, update_fn)
-
-
 def _optimizer(prog, hyper, lay: _Layout) -> optax.GradientTransformation:
-    """Same chain as :func:`dynsim.train.make_optimizer`, with per-unit learning rates, decay and momentum."""
+    """The members' optimizer (:func:`dynsim.optim.chain`) with per-unit learning rates, decay and momentum."""
     steps = (-(hyper.lr[lay.slot] * lay.lr[lay.slot, 0])[:, None], -(hyper.lr[lay.slot] * lay.lr[lay.slot, 1])[None, :])
-    scale = _tree_transform(lambda u, s, p: (jax.tree.map(lambda a, b: a * b, u, steps), s), False)
-    decay = []
-    if prog.weight_decay:
-        wd = _per_unit_tree(hyper.weight_decay, lay)
-        decay = [_tree_transform(lambda u, s, p: (jax.tree.map(lambda g, w, c: g + c * w, u, p, wd), s), False)]
-    from .train import lr_schedule
-
-    schedule = lr_schedule(prog)
-    step = ([optax.scale_by_schedule(schedule)] if schedule is not None else []) + [scale]
-    if prog.optimizer == "sgd":
-        momentum = []
-        if prog.momentum:
-            beta = _per_unit_tree(hyper.momentum, lay)
-
-            def trace(u, s, p):
-                t = jax.tree.map(lambda g, old, b: g + b * old, u, s, beta)
-                return t, t
-
-            momentum = [_tree_transform(trace, True)]
-        return optax.chain(*decay, *momentum, *step)
-    b1, b2 = prog.betas
-    adam = optax.scale_by_adam(b1, b2, prog.eps)
-    if prog.optimizer == "adam":
-        return optax.chain(*decay, adam, *step)
-    return optax.chain(adam, *decay, *step)
+    decay = _optim.weight_decay(_per_unit_tree(hyper.weight_decay, lay)) if prog.weight_decay else None
+    momentum = (_per_unit_tree(hyper.momentum, lay) if prog.optimizer == "sgd" and prog.momentum else None)
+    return _optim.chain(prog.optimizer, steps, decay=decay, momentum=momentum, betas=prog.betas, eps=prog.eps,
+                        schedule=prog.schedule_fn())
 
 
 def _keep(tree, alive_units, shapes):
@@ -191,21 +162,20 @@ def _keep(tree, alive_units, shapes):
 
 
 def _records(prog, data, lay, state):
+    """The observables of every member slot: each reads its slot's outputs (``Context.outputs``), computed once per
+    record for the whole pack on the training and the test inputs (XLA drops the ones no observable reads)."""
+    outs = {"train": _forward(prog, state.params, lay, data.x_train),
+            "test": _forward(prog, state.params, lay, data.x_test)}
+
+    def one(member_outs):
+        ctx = _obs.Context(prog=prog, data=data, hyper=None, scales=None, mask=None,
+                           outputs=lambda params, split: member_outs[split])
+        return _obs.record(prog.observables, ctx, None, {})[0]
+
+    values = jax.vmap(one)(outs)
     out = {}
-    need_test = {"test_loss", "outputs", "output_rms"} & set(prog.observables)
-    f_test = _forward(prog, state.params, lay, data.x_test) if need_test else None
     for name in prog.observables:
-        if name == "loss":
-            x, y = (data.x_test, data.y_test) if prog.task.online else (data.x_train, data.y_train)
-            value = _losses(prog, state.params, lay, x, y)
-        elif name == "test_loss":
-            value = _member_losses(prog, f_test, data.y_test)
-        elif name == "outputs":
-            value = f_test[:, 0, :]
-        elif name == "output_rms":
-            value = jnp.sqrt(jnp.mean(f_test**2, axis=(1, 2)))
-        else:
-            raise ValueError(f"observable {name!r} is not available in the packed layout.")
+        value = values[name]
         alive = state.alive.reshape(state.alive.shape + (1,) * (value.ndim - 1))
         out[name] = jnp.where(alive, value, jnp.nan)
     return out
@@ -213,8 +183,6 @@ def _records(prog, data, lay, state):
 
 def init_packed(prog, data, hyper, pack: Pack):
     """States of the members in one pack and their records at step 0 (leading axis ``M`` on per-member leaves)."""
-    from .train import TRACE_COUNT, MemberState
-
     TRACE_COUNT["init"] += 1
     lay = _layout(prog, hyper, pack)
     keys = hyper.key[lay.slot]
@@ -233,8 +201,6 @@ def init_packed(prog, data, hyper, pack: Pack):
 
 def run_packed(prog, data, state, hyper, pack: Pack, step0):
     """Advance one pack by ``prog.steps_per_segment`` steps; records have shape ``[records_per_segment, M, ...]``."""
-    from .train import TRACE_COUNT
-
     TRACE_COUNT["segment"] += 1
     lay = _layout(prog, hyper, pack)
     opt = _optimizer(prog, hyper, lay)
@@ -246,12 +212,10 @@ def run_packed(prog, data, state, hyper, pack: Pack, step0):
         (_, per), grads = jax.value_and_grad(total, has_aux=True)(st.params)
         updates, opt_state = opt.update(grads, st.opt_state, st.params)
         params = optax.apply_updates(st.params, updates)
-        bad = ~jnp.isfinite(per) | (per > prog.diverge_factor * jnp.maximum(st.loss0, 1.0))
-        newly = st.alive & bad
-        alive = st.alive & ~bad
+        alive, diverged_at = divergence(prog, per, st.loss0, st.alive, st.diverged_at, t)
         alive_units = alive[lay.slot] & (lay.valid > 0)
         return st._replace(params=_keep(params, alive_units, shapes), opt_state=_keep(opt_state, alive_units, shapes),
-                           alive=alive, diverged_at=jnp.where(newly, t, st.diverged_at).astype(jnp.int32)), None
+                           alive=alive, diverged_at=diverged_at), None
 
     def interval(st, r):
         start = step0 + r * prog.record_every
@@ -263,3 +227,29 @@ def run_packed(prog, data, state, hyper, pack: Pack, step0):
 
 init_packed = jax.jit(init_packed, static_argnums=0)
 run_packed = jax.jit(run_packed, static_argnums=0, donate_argnums=2)
+
+
+class PackedLayout:
+    """The packed layout behind the executor's layout interface (:class:`dynsim.executor.Layout`)."""
+
+    name = "packed"
+
+    @staticmethod
+    def supports(model, observables) -> bool:
+        """Two-layer networks (``model.packable``) and observables that read only the outputs."""
+        return model.packable and all(_obs.get(name).outputs_only for name in observables)
+
+    @staticmethod
+    def place(prog, hyper, widths: np.ndarray):
+        """The pack's unit layout from its members' true widths (in slot order); a pack runs on one device."""
+        return hyper, pack_arrays(np.asarray(widths, int), prog.n_pad, hyper.width.shape[0])
+
+    @staticmethod
+    def init(prog, data, placed):
+        hyper, pack = placed
+        return init_packed(prog, data, hyper, pack)
+
+    @staticmethod
+    def advance(prog, data, state, placed, step0):
+        hyper, pack = placed
+        return run_packed(prog, data, state, hyper, pack, step0)

@@ -34,10 +34,11 @@ import numpy as np
 import xarray as xr
 
 from . import progress as _progress
+from .padding import width_mask
 from .theory import kernel_regression as _kr
 
 __all__ = ["PowerLawRF", "FEATURES", "NAMES", "DESCRIPTIONS", "draw", "ridge_readouts", "member_losses",
-           "limit_losses", "sweep", "to_dataset"]
+           "limit_losses", "solve", "to_dataset"]
 
 NAMES = ("test_loss", "infinite_data_loss", "infinite_width_loss", "width_fluctuation")
 DESCRIPTIONS = {"test_loss": "excess test risk sum_j lambda_j (beta_hat - beta*)_j^2 (exact for linear features, "
@@ -198,8 +199,8 @@ def _member_losses(model: PowerLawRF, width_pad: int, n_train_pad: int, limits: 
         seed, n, p = member[0], member[1], member[2]
         key = jax.random.key(seed)
         w, x, y = draw(model, key, width_pad, n_train_pad)
-        w = jnp.where((jnp.arange(width_pad) < n)[None, :], w, 0.0)  # padded features: zero columns
-        rows = (jnp.arange(n_train_pad) < p)[:, None]
+        w = jnp.where(width_mask(n, width_pad, bool)[None, :], w, 0.0)  # padded features: zero columns
+        rows = width_mask(p, n_train_pad, bool)[:, None]
         x, y = jnp.where(rows, x, 0.0), jnp.where(rows[:, 0], y, 0.0)  # padded samples: zero rows
         phi = jnp.where(rows, act(x @ w), 0.0)
         v = ridge_readouts(phi, y, ridges, n_rows=p)  # [R, N]
@@ -254,7 +255,7 @@ def member_losses(model: PowerLawRF, widths, n_trains, seeds, ridges, limits=NAM
     widths, n_trains = np.asarray(widths, dtype=int), np.asarray(n_trains, dtype=int)
     if widths.ndim != 1 or widths.shape != n_trains.shape:
         raise ValueError(f"widths and n_trains are the (N, P) of each point, so they need one length; got shapes "
-                         f"{widths.shape} and {n_trains.shape} (use sweep() for a grid).")
+                         f"{widths.shape} and {n_trains.shape} (use solve() for a grid).")
     seeds = np.asarray(list(seeds), dtype=int)
     members = np.stack(np.broadcast_arrays(seeds[None, :], widths[:, None], n_trains[:, None]), -1).reshape(-1, 3)
     with _float64():
@@ -328,7 +329,7 @@ def limit_losses(model: PowerLawRF, sizes, seeds, limit: str) -> np.ndarray:
         return np.asarray(out).T
 
 
-def sweep(model: PowerLawRF, widths, n_trains, ridges=(0.0,), seeds=range(4), *,
+def solve(model: PowerLawRF, widths, n_trains, ridges=(0.0,), seeds=range(4), *,
           progress: bool | None = None) -> xr.Dataset:
     """Excess test risk over the grid ``width x n_train x ridge x seed`` as an ``xarray.Dataset``.
 

@@ -23,36 +23,15 @@ Ritz value maximises the Rayleigh quotient over it, so it converges to the *alge
 Power iteration would find the eigenvalue of largest *magnitude*: at a muP init of a tanh network the Hessian's
 spectrum can be nearly symmetric or even dominated by its negative end (the residual term ``(f - y) d^2 f``
 outweighs the Gauss-Newton term), and power iteration then stalls between the two ends or lands on the negative
-one (``tests/test_sharpness.py`` has such a case). Block-one LOBPCG (Knyazev 2001), which also maximises the
-Rayleigh quotient, needs ``2 k`` products for an iterate in the ``(k + 1)``-dimensional Krylov space: on the
-``edge-of-stability`` quick sweep 4 LOBPCG iterations (8 products) and 5 Krylov products had the same error
-(90th percentile 1.7e-3 and 1.5e-3 of a 40-product reference, 99th 4.2e-2 and 4.2e-2).
+one (``tests/test_sharpness.py`` has such a case).
 
-Caveats:
-
-- The estimate is a Rayleigh quotient, so it never exceeds ``lambda_max`` (up to round-off; with forward-difference
-  products by up to their own error, 1e-4 typically and 0.4% at most on that sweep); a near-degenerate top
-  pair converges more slowly and is underestimated until it does, and so is a top eigenvector that turns fast
-  between records (at a catapult). Error against a 40-product reference on the ``edge-of-stability`` quick sweep
-  (24 members, 100 records each), 90th / 99th percentile / largest: 6.9e-2 / 0.48 / 0.99 with 2 products,
-  2.0e-2 / 0.23 / 0.69 with 3, 6.4e-3 / 9.3e-2 / 0.52 with 4, 1.5e-3 / 4.2e-2 / 0.28 with the default 5; the
-  median is 6e-7 with 5. A larger space per record: ``register(sharpness_observable("sharpness_16",
-  products=16))``.
-- Memory: a record holds ``2 * PRODUCTS`` parameter-sized vectors per member (the Krylov basis and its image),
-  plus one carried between records.
-- Cost: on the ``edge-of-stability`` quick sweep (MLP of depth 3, width 64, 128 samples, 18 members, 2 CPU
-  cores; ``python -m benchmarks.sharpness --breakdown``) recording every 10 steps with 5 products costs 2.2x plain
-  training with tangent products (2.3 training steps per product, 0.8 for the rest of a record) and 1.9x with
-  forward-difference products (``hvp="fd"``, :func:`hessian_matvec`: 1.6 steps per product, of which about 1 is
-  the gradient and the rest the product's and the Gram-Schmidt passes over the vectors, which this small network
-  makes as dear as its matmuls). One product per record costs 1.3x and 1.24x: the bare Rayleigh quotient of the
-  previous eigenvector. Forward-difference records of 2 / 3 / 4 products cost 1.44x / 1.58x / 1.71x, so the 1.5x
-  of a plain run that issue 5 asks for leaves room for two products per record at this interval, with 90th /
-  99th-percentile errors of 7% / 48% (first caveat). The tangent products run near their arithmetic: XLA's cost analysis of this MLP counts
-  2.0 training steps of FLOPs per product (per weight matrix two matmuls in the tangent forward pass and four in
-  the tangent backward pass, against the step's one and two) and 0.7 for the primal pass.
-- ``sharpness`` and ``sharpness_err`` read one iteration (:class:`dynsim.obs.Shared`): recording both costs what
-  recording one does.
+The estimate is a Rayleigh quotient, so it never exceeds ``lambda_max`` (up to round-off, or the products' own
+error with forward differences); a near-degenerate top pair converges more slowly and is underestimated until it
+does, and so is a top eigenvector that turns fast between records (at a catapult). A record holds ``2 * PRODUCTS``
+parameter-sized vectors per member, plus one carried between records. ``sharpness`` and ``sharpness_err`` read one
+iteration (:class:`dynsim.observables.Shared`): recording both costs what recording one does. Measured accuracy
+and cost against the number of products, and against LOBPCG: ``docs/measurements.md``; a larger space per record:
+``register(sharpness_observable("sharpness_16", products=16))``.
 
 Preconditioned sharpness (``preconditioned_sharpness``, ``preconditioned_sharpness_err``): the top eigenvalue of
 ``D H``, where ``D`` is the diagonal of per-parameter step sizes (in units of the base learning rate ``lr``) that the
@@ -92,7 +71,8 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from . import obs as _obs
+from .. import optim as _optim
+from . import _registry as _obs
 
 __all__ = ["PRODUCTS", "WARMUP", "HVP_METHODS", "training_loss_fn", "hessian_matvec", "top_eigenpair", "start_vector",
            "sharpness", "step_preconditioner", "preconditioned_sharpness", "sharpness_observable"]
@@ -256,8 +236,9 @@ def hessian_matvec(ctx, params, root=None, method: str | None = None):
       measured 1.6e-4 relative on the Rayleigh quotient of the top eigenvector at the edge of stability (a tanh
       MLP of width 64). On that sweep's recorded sharpness the median error is 1.1e-4 and the 90th percentile
       2.7e-3 (1.5e-3 with tangent products), and a value can exceed ``lambda_max`` (by 0.4% at most there). A
-      weight above about ``1 / sqrt(eps)`` (100 in float32) loses the step to its own round-off. The round-off also makes results depend on summation order at that level
-      (a padded member agrees with its unpadded self to about 1e-4 in float32, not 1e-7). Only for smooth
+      weight above about ``1 / sqrt(eps)`` (100 in float32) loses the step to its own round-off. The round-off also
+      makes results depend on summation order at that level (a padded member agrees with its unpadded self to about
+      1e-4 in float32, not 1e-7). Only for smooth
       models: a ReLU unit whose pre-activation crosses zero within ``h`` adds a jump of order ``1 / h``.
     """
     return _hessian(ctx, params, method)[1](root)
@@ -325,9 +306,7 @@ def step_preconditioner(ctx, params, grads=None):
     if grads is None:
         grads = jax.grad(training_loss_fn(ctx))(params)
     if prog.optimizer == "adam" and prog.weight_decay:  # coupled decay: Adam sees the decayed gradient
-        from .train import _decayed_weights  # the optimizer's own decay term (train imports this module)
-
-        decay = _decayed_weights(prog.model, ctx.hyper.weight_decay)
+        decay = _optim.layer_decay(prog.model, ctx.hyper.weight_decay)  # the optimizer's own decay term
         grads = decay.update(grads, decay.init(params), params)[0]
     b2 = prog.betas[1]
     count = (adam.count + 1).astype(ravel_pytree(params)[0].dtype)
@@ -352,7 +331,7 @@ def _preconditioned_matvec(ctx, params):
 
 def sharpness_observable(name: str = "sharpness", *, products: int = PRODUCTS, warmup: int = WARMUP,
                          residual: bool = False, preconditioned: bool = False) -> _obs.Observable:
-    """An :class:`~dynsim.obs.Observable` recording the sharpness (or, with ``residual=True``, its residual).
+    """An :class:`~dynsim.observables.Observable` recording the sharpness (or, with ``residual=True``, its residual).
 
     Args:
       name: variable name.
@@ -389,7 +368,9 @@ def sharpness_observable(name: str = "sharpness", *, products: int = PRODUCTS, w
     return _obs.Observable(name, None, doc, shared=shared, part="residual" if residual else "value")
 
 
-_obs.register(sharpness_observable("sharpness"))
-_obs.register(sharpness_observable("sharpness_err", residual=True))
-_obs.register(sharpness_observable("preconditioned_sharpness", preconditioned=True))
-_obs.register(sharpness_observable("preconditioned_sharpness_err", residual=True, preconditioned=True))
+OBSERVABLES = (
+    sharpness_observable("sharpness"),
+    sharpness_observable("sharpness_err", residual=True),
+    sharpness_observable("preconditioned_sharpness", preconditioned=True),
+    sharpness_observable("preconditioned_sharpness_err", residual=True, preconditioned=True),
+)

@@ -1,16 +1,17 @@
 """Hessian spectrum observables: top-k eigenvalues (Lanczos), trace (Hutchinson) and density (stochastic Lanczos
 quadrature), each with an estimate of its own error.
 
-All act on the Hessian ``H`` of the member's full-training-set loss (:func:`dynsim.obs_sharpness.training_loss_fn`)
+All act on the Hessian ``H`` of the member's full-training-set loss (:func:`dynsim.observables.training_loss_fn`)
 with respect to its trained parameters, through Hessian-vector products
-(:func:`dynsim.obs_sharpness.hessian_matvec`, always the exact tangent products: the residual bounds below hold
-for exact products only, so the program's ``hvp = "fd"`` setting does not apply here); ``dim`` below is the member's number of (unpadded) parameters. They
-are computed inside the compiled program at record points, vmapped over members, and are stateless: every record
-starts from the same vectors, so a record costs what it costs at step 0.
+(:func:`dynsim.observables.hessian_matvec`, always the exact tangent products: the residual bounds below hold
+for exact products only, so the program's ``hvp = "fd"`` setting does not apply here); ``dim`` below is the
+member's number of (unpadded) parameters. They are computed inside the compiled program at record points, vmapped
+over members, and are stateless: every record starts from the same vectors, so a record costs what it costs at
+step 0.
 
 - ``hessian_topk`` / ``hessian_topk_err`` (dims ``("eig",)``, largest first): the top :data:`TOPK` Ritz values of
   :data:`LANCZOS_STEPS` Lanczos steps with full reorthogonalisation from the fixed start vector of
-  :func:`~dynsim.obs_sharpness.start_vector`, and their residual norms ``|H y_i - theta_i y_i| = beta_m |s_mi|``
+  :func:`~dynsim.observables.start_vector`, and their residual norms ``|H y_i - theta_i y_i| = beta_m |s_mi|``
   (``beta_m`` the last off-diagonal, ``s_mi`` the last component of the i-th eigenvector of the tridiagonal
   ``T``): some eigenvalue of ``H`` lies within the residual of each Ritz value (Parlett 1998, "The symmetric
   eigenvalue problem", Thm 13.1.1 for the Kaniel-Paige bound and 11.4 for the residual). Cost: ``LANCZOS_STEPS``
@@ -47,8 +48,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from . import obs as _obs
-from .obs_sharpness import hessian_matvec, start_vector
+from . import _registry as _obs
+from ._sharpness import hessian_matvec, start_vector
 
 __all__ = ["LANCZOS_STEPS", "TOPK", "PROBES", "lanczos", "ritz", "probes", "hessian_topk", "hessian_trace",
            "hessian_density", "density", "topk_observable", "trace_observable", "density_observable"]
@@ -214,14 +215,16 @@ def density_observable(name: str, *, count: int = PROBES, steps: int = LANCZOS_S
 
     what = "quadrature weights" if weights else "quadrature nodes (Ritz values)"
     return _obs.Observable(name, None, f"stochastic Lanczos quadrature {what} of the Hessian spectral density "
-                           f"({count} probes x {steps} Lanczos steps); dynsim.obs_spectrum.density smooths them",
+                           f"({count} probes x {steps} Lanczos steps); dynsim.observables.density smooths them",
                            dims=("probe", "node"), shape=lambda prog: (count, steps),
                            shared=_obs.Shared(f"slq:{count}:{steps}", compute), part="weights" if weights else "nodes")
 
 
-_obs.register(topk_observable("hessian_topk"))
-_obs.register(topk_observable("hessian_topk_err", error=True))
-_obs.register(trace_observable("hessian_trace"))
-_obs.register(trace_observable("hessian_trace_err", error=True))
-_obs.register(density_observable("hessian_density_nodes"))
-_obs.register(density_observable("hessian_density_weights", weights=True))
+OBSERVABLES = (
+    topk_observable("hessian_topk"),
+    topk_observable("hessian_topk_err", error=True),
+    trace_observable("hessian_trace"),
+    trace_observable("hessian_trace_err", error=True),
+    density_observable("hessian_density_nodes"),
+    density_observable("hessian_density_weights", weights=True),
+)

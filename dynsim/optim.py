@@ -1,0 +1,110 @@
+"""The optimizer chain every layout trains with: SGD (heavy-ball momentum, coupled L2 decay), Adam (coupled L2
+decay) and AdamW (decoupled decay), per-parameter learning rates, and a learning-rate schedule.
+
+One member's update of parameter ``w`` of layer ``l`` is ``-lr * s(t) * n^-c_l`` times the optimizer's direction,
+where ``s(t)`` is :func:`lr_schedule`. The per-parameter numbers (``steps``, decay coefficients, momentum
+coefficients) are trees matching the parameters, whose leaves broadcast against them: one number per layer in the
+vmapped layout, one per unit in the packed layout (:mod:`dynsim.executor`), the same chain either way.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+
+__all__ = ["OPTIMIZERS", "SCHEDULES", "lr_schedule", "scale_by_tree", "weight_decay", "heavy_ball", "chain",
+           "layer_decay"]
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_schedule(schedule: str, warmup_steps: int = 0, decay_steps: int = 0) -> optax.Schedule | None:
+    """The learning-rate multiplier of step ``t``, peaking at 1 (``None``: constant 1, no transform needed).
+
+    .. math::
+
+        s(t) = \\frac{t}{T_w}\\ (t < T_w),\\qquad
+        s(t) = \\tfrac12\\Big(1 + \\cos\\frac{\\pi (t - T_w)}{T - T_w}\\Big)\\ (\\text{cosine}, t \\ge T_w),
+
+    and ``s(t) = 1`` after warmup for ``"constant"``; ``T_w`` is ``warmup_steps`` and ``T`` is ``decay_steps``.
+    Loshchilov & Hutter (2017), "SGDR: stochastic gradient descent with warm restarts", for the cosine form; the
+    linear warmup follows Goyal et al. (2017).
+    """
+    if schedule == "cosine":
+        return optax.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps, max(decay_steps, warmup_steps + 1), 0.0)
+    if warmup_steps:
+        return optax.join_schedules([optax.linear_schedule(0.0, 1.0, warmup_steps), optax.constant_schedule(1.0)],
+                                    [warmup_steps])
+    return None
+
+
+def _transform(update, init=None) -> optax.GradientTransformation:
+    return optax.GradientTransformation(init or (lambda params: optax.EmptyState()), update)
+
+
+def scale_by_tree(scales) -> optax.GradientTransformation:
+    """Multiply each update leaf by the matching leaf of ``scales`` (per-parameter learning rates)."""
+    return _transform(lambda updates, state, params=None: (jax.tree.map(lambda u, s: s * u, updates, scales),
+                                                          state))
+
+
+def weight_decay(coefficients=None, decay_term=None) -> optax.GradientTransformation:
+    """Add the decay term to the updates: ``coefficient * w`` per leaf (a ``None`` leaf of ``coefficients`` is not
+    decayed), or ``decay_term(params)`` where a model defines its own (:attr:`dynsim.models.Model.custom_decay`)."""
+    if decay_term is not None:
+        return _transform(lambda updates, state, params=None: (jax.tree.map(jnp.add, updates, decay_term(params)),
+                                                              state))
+
+    def update(updates, state, params=None):
+        return tuple(g if c is None else g + c * w for g, w, c in zip(updates, params, coefficients)), state
+
+    return _transform(update)
+
+
+def layer_decay(model, coefficient):
+    """The decay transform of a model with one coefficient for every parameter it decays (:attr:`decayed`)."""
+    if model.custom_decay:
+        return weight_decay(decay_term=lambda params: model.decay_term(params, coefficient))
+    return weight_decay(tuple(coefficient if d else None for d in model.decayed))
+
+
+def heavy_ball(momentum) -> optax.GradientTransformation:
+    """Heavy-ball momentum ``t <- g + beta t``, the direction being ``t`` (``optax.trace``), with a tree of
+    coefficients ``beta``."""
+
+    def update(updates, state, params=None):
+        trace = jax.tree.map(lambda g, old, b: g + b * old, updates, state, momentum)
+        return trace, trace
+
+    return _transform(update, lambda params: jax.tree.map(jnp.zeros_like, params))
+
+
+def chain(optimizer: str, steps, *, decay: optax.GradientTransformation | None = None, momentum=None,
+          betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+          schedule: optax.Schedule | None = None) -> optax.GradientTransformation:
+    """One member's optimizer (or a pack's, with per-unit trees).
+
+    ``sgd``: coupled decay, heavy-ball momentum, per-parameter step. ``adam``: decay added to the gradient before
+    Adam's scaling. ``adamw``: decoupled weight decay (Loshchilov & Hutter), scaled by the parameter's learning rate
+    as in ``optax.adamw``. The schedule multiplies the whole step, decay term included.
+
+    Args:
+      optimizer: ``"sgd"``, ``"adam"`` or ``"adamw"``.
+      steps: tree of ``-lr * n^-c`` per parameter.
+      decay: the decay transform (:func:`weight_decay`, :func:`layer_decay`); ``None`` leaves it out of the program.
+      momentum: tree of heavy-ball coefficients for ``sgd``; ``None`` carries no momentum buffer.
+      betas, eps: Adam's constants.
+      schedule: :func:`lr_schedule`; ``None`` for a constant rate.
+    """
+    decays = [decay] if decay is not None else []
+    step = ([optax.scale_by_schedule(schedule)] if schedule is not None else []) + [scale_by_tree(steps)]
+    if optimizer == "sgd":
+        return optax.chain(*decays, *([heavy_ball(momentum)] if momentum is not None else []), *step)
+    adam = optax.scale_by_adam(*betas, eps)
+    if optimizer == "adam":
+        return optax.chain(*decays, adam, *step)
+    if optimizer == "adamw":
+        return optax.chain(adam, *decays, *step)
+    raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}.")
