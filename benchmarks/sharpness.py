@@ -1,4 +1,4 @@
-"""Cost of recording sharpness: the ``edge-of-stability`` quick sweep with and without it (DESIGN.md section 9).
+"""Cost of recording sharpness: the ``edge-of-stability`` quick sweep with and without it (docs/measurements.md).
 
 Both runs train the same members for the same steps in one process, recording every ``train.record_every`` steps
 (10 in the experiment's spec):

@@ -1,4 +1,4 @@
-"""Ensemble throughput of the dynsim engine versus the loop a researcher writes (DESIGN.md section 9).
+"""Ensemble throughput of the dynsim executor versus the loop a researcher writes (docs/measurements.md).
 
 Everything is measured in one process, as ratios:
 
