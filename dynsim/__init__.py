@@ -16,12 +16,15 @@ from . import optim as optim
 from . import padding as padding
 from . import param as param
 from . import ridge as ridge
+from . import sensitivity as sensitivity
 from . import tasks as tasks
 from . import theory as theory
 from ._version import __version__ as __version__
 from .executor import InputError as InputError
 from .executor import Sweep as Sweep
+from .executor import hypergrad as hypergrad
 from .executor import run as run
 
-__all__ = ["executor", "fit", "io", "models", "observables", "optim", "padding", "param", "ridge", "tasks", "theory",
-           "run", "Sweep", "InputError", "__version__"]
+__all__ = ["executor", "fit", "io", "models", "observables", "optim", "padding", "param", "ridge", "sensitivity",
+           "tasks", "theory",
+           "run", "hypergrad", "Sweep", "InputError", "__version__"]

@@ -1,4 +1,4 @@
-"""``dynsim`` command line: ``list``, ``run NAME|SPEC.toml``, ``show DIR``."""
+"""``dynsim`` command line: ``list``, ``run NAME|SPEC.toml``, ``plan NAME|SPEC.toml``, ``show DIR``, ``fit DATA``."""
 
 from __future__ import annotations
 
@@ -25,8 +25,44 @@ def _parser() -> argparse.ArgumentParser:
                    help="override a spec key, e.g. --set width=[64,256] or --set train.steps=500 (repeatable)")
     r.add_argument("--out", help="output directory (default runs/NAME); rerun with the same one to resume")
     r.add_argument("--no-progress", action="store_true", help="hide progress (the bar on a terminal, lines in logs)")
+    d = r.add_argument_group("several processes", "Run over several processes or hosts on JAX's distributed runtime: "
+                             "start every process with the same arguments and an --out they all reach; each trains "
+                             "its share of the chunks and process 0 writes the results and the report.")
+    d.add_argument("--coordinator", metavar="HOST:PORT", help="the coordinator's address, which process 0 serves")
+    d.add_argument("--num-processes", type=int, metavar="N", help="how many processes take part")
+    d.add_argument("--process-id", type=int, metavar="I", help="this process's index, 0 to N-1")
+    d.add_argument("--distributed", action="store_true",
+                   help="join a distributed run that the environment describes (JAX_COORDINATOR_ADDRESS, or a "
+                        "launcher JAX detects: Slurm, Open MPI, Kubernetes, Cloud TPU); implied by the flags above "
+                        "and by JAX_COORDINATOR_ADDRESS")
+    d.add_argument("--init-timeout", type=float, default=300.0, metavar="SECONDS",
+                   help="how long to wait for the coordinator and every process to join (default 300)")
+    pl = sub.add_parser("plan", help="print what a run would compile and train, the memory per device and the time "
+                        "on this machine, without training")
+    pl.add_argument("target", help="experiment name (see `dynsim list`) or path to a SPEC.toml")
+    pl.add_argument("--quick", action="store_true", help="plan the quick size")
+    pl.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a spec key, as for `dynsim run` (repeatable)")
+    pl.add_argument("--no-calibration", action="store_true",
+                    help="skip the short timing run of one group per bucket (no time estimates)")
+    pl.add_argument("--json", metavar="PATH", help="also write the plan as JSON")
     s = sub.add_parser("show", help="print the checks of a finished run")
     s.add_argument("dir")
+    f = sub.add_parser("fit", help="fit a scaling law (dynsim.fit.law) to a CSV table or a results folder")
+    f.add_argument("data", help="DATA.csv, or a results folder (dynsim.io.load)")
+    f.add_argument("--form", required=True, help="chinchilla, kaplan, bottleneck, power, broken_power or annealing")
+    f.add_argument("--x", required=True, metavar="VAR=COLUMN,...",
+                   help="the form's variables as columns or expressions of them, e.g. "
+                        "'N=Model Size,D=Training FLOP/(6*Model Size)'")
+    f.add_argument("--y", default="loss", metavar="COLUMN", help="the fitted column (default loss)")
+    f.add_argument("--runs", metavar="COLUMN", help="the column naming each point's run (the bootstrap's unit)")
+    f.add_argument("--drop-top", type=int, default=0, metavar="K", help="leave out the K points of highest y")
+    f.add_argument("--loss", choices=("huber", "lsq"), default="huber", help="Huber on log residuals, or lsq")
+    f.add_argument("--delta", type=float, default=1e-3, help="the Huber threshold (default 1e-3)")
+    f.add_argument("--bootstrap", type=int, default=0, metavar="B", help="bootstrap refits over runs for the CIs")
+    f.add_argument("--top", type=int, default=32, metavar="S", help="L-BFGS starts: the S best grid points")
+    f.add_argument("--json", metavar="OUT", help="write {form, params, ci, objective, n_points} as JSON")
+    f.add_argument("--figure", metavar="PNG", help="the figure (default: OUT with .png, or fit.png)")
     return p
 
 
@@ -59,6 +95,19 @@ def main(argv=None) -> int:
         return 0
     if args.command == "show":
         return _show(pathlib.Path(args.dir))
+    if args.command == "fit":
+        from .fit._cli import main as fit_main
+
+        return fit_main(args)
+    if args.command == "plan":
+        return _plan(args)
+    if args.command == "run" and _distributed(args):
+        from .executor import DistributedError, initialize_distributed
+
+        try:  # before any JAX computation
+            initialize_distributed(args.coordinator, args.num_processes, args.process_id, timeout=args.init_timeout)
+        except DistributedError as e:
+            return _error(str(e))
     from . import experiments
     from . import io as _io
     from .spec import SpecError
@@ -77,9 +126,94 @@ def main(argv=None) -> int:
         return _error(str(e))
     except OSError as e:
         return _error(f"cannot access {str(e.filename or args.out)!r}: {e.strerror or e}.")
+    if summary is None:  # a process other than 0 of a distributed run
+        from .executor import process_index
+
+        print(f"dynsim: process {process_index()}: its chunks are stored in {out}; process 0 writes the report.")
+        return 0
     _print_checks(summary)
     print(f"report: {out / 'report.md'}")
     return 0
+
+
+def _bytes(n) -> str:
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{int(n)} B"
+
+
+def _seconds(t) -> str:
+    return "-" if t is None else f"{t:.2g} s" if t < 10 else f"{t:.0f} s"
+
+
+def _widths(widths) -> str:
+    return ",".join(map(str, widths)) if len(widths) <= 4 else f"{widths[0]}..{widths[-1]} ({len(widths)})"
+
+
+def _plan(args) -> int:
+    """``dynsim plan``: the buckets, groups, layout and chunks of a run, with memory and time estimates."""
+    from . import executor, experiments
+    from .experiments._runner import task_variants
+    from .spec import SpecError
+
+    try:
+        exp, spec = experiments.resolve_spec(args.target, quick=args.quick, sets=args.sets)
+        if "sweep" not in spec:
+            return _error(f"{exp.name} builds each of its runs in its own stages and has no sweep of its own to "
+                          "plan; plan a spec file of one of its runs instead.")
+        model, task, sweep, opts = experiments.build(spec)
+        variants = max(len(task_variants(spec, task)), 1)
+        p = executor.run(model, task, sweep, dry_run=True, progress=False, **opts)
+    except (SpecError, executor.InputError) as e:
+        return _error(str(e))
+    if not args.no_calibration:
+        p.calibrate()
+    head = f"{exp.name}{' (quick)' if args.quick else ''}: {p.members} members"
+    head += f" x {variants} task variants (one run each)" if variants > 1 else ""
+    print(f"{head}, {p.steps} steps, layout {p.layout}")
+    limit = "unknown" if p.memory_limit is None else _bytes(p.memory_limit)
+    print(f"this machine: backend {p.backend}, {p.local_devices} local device{'s' if p.local_devices > 1 else ''} "
+          f"({limit} each), {p.processes} process{'es' if p.processes > 1 else ''}")
+    cols = ("#", "optimizer", "batch", "n_pad" if p.layout == "vmap" else "units", "widths", "members",
+            "group" if p.layout == "vmap" else "slots", "groups" if p.layout == "vmap" else "packs", "chunks",
+            "memory/device", "compile", "per group", "total")
+    rows = [[str(k + 1), r["optimizer"], str(r["batch_size"] or "full"), str(r["n_pad"]), _widths(r["widths"]),
+             str(r["members"]), str(r["group"]), str(r["groups"]), str(r["chunks"]), _bytes(r["memory_bytes"]),
+             _seconds(r["compile_s"]),
+             _seconds(None if r["seconds"] is None else (r["seconds"] - r["compile_s"]) / r["groups"]),
+             _seconds(r["seconds"])] for k, r in enumerate(p.rows())]
+    width = [max(len(c), *(len(row[i]) for row in rows)) for i, c in enumerate(cols)]
+    for row in [list(cols), *rows]:
+        print("  ".join(v.ljust(w) if i in (1, 4) else v.rjust(w) for i, (v, w) in enumerate(zip(row, width))))
+    n_groups, n_chunks = sum(b.bucket.n_groups for b in p.buckets), sum(b.chunks for b in p.buckets)
+    peak = max(b.memory for b in p.buckets)
+    print(f"total: {len(p.buckets)} bucket{'s' if len(p.buckets) > 1 else ''}, {n_groups} "
+          f"group{'s' if n_groups > 1 else ''}, {n_chunks} chunk{'s' if n_chunks > 1 else ''}; at most {_bytes(peak)} "
+          f"per device{'' if p.memory_limit is None else f' ({100 * peak / p.memory_limit:.2g}% of {limit})'}")
+    seconds = None
+    if p.seconds is not None:
+        compile_s = sum(b.compile_s for b in p.buckets)
+        seconds = compile_s + variants * (p.seconds - compile_s)
+        print(f"time: about {_seconds(seconds)} on this {p.backend} backend ({_seconds(compile_s)} compiling), from "
+              "timing one group of each bucket; N processes with the same devices take about 1/N of the rest")
+    if exp.execute is not None:
+        print(f"note: {exp.name} runs further stages after this sweep, which depend on its results and are not "
+              "planned here")
+    if args.json:
+        from .io import write_json
+
+        write_json(args.json, {"experiment": exp.name, "task_variants": variants, "estimated_seconds": seconds,
+                               **p.to_dict()})
+    return 0
+
+
+def _distributed(args) -> bool:
+    """Whether ``dynsim run`` joins a distributed run: a flag of its own, or JAX's coordinator variable."""
+    import os
+
+    flags = (args.coordinator, args.num_processes, args.process_id)
+    return args.distributed or any(v is not None for v in flags) or bool(os.environ.get("JAX_COORDINATOR_ADDRESS"))
 
 
 def _enable_compilation_cache() -> None:

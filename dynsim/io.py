@@ -43,9 +43,11 @@ Other runs skip a claimed chunk and, after their own work, wait for it to appear
 is stale, and the first run to notice takes it over (renames it aside, checks that it renamed what it judged, and
 claims anew), when its owner process is gone (on the same machine and process namespace ``ns``: no process ``pid``
 started at ``start``) or its modification time, which the owner refreshes every ``HEARTBEAT_S`` seconds, is older
-than ``STALE_S`` seconds. ``results.claim`` is held the same way while ``results.nc`` and its checksum are written,
-so they stay a pair. A run opening the directory deletes stale claims, and temporary files only when their owner
-process, named in the file name, is gone, or when they are older than ``TMP_STALE_S`` seconds.
+than ``STALE_S`` seconds. In a distributed run a claim also records the coordinator's address and the process index
+(``job``, ``process``), and one carrying this process's own pair that this process does not hold is stale: it was
+left by the killed process this one restarts. ``results.claim`` is held the same way while ``results.nc`` and its
+checksum are written, so they stay a pair. A run opening the directory deletes stale claims, and temporary files
+only when their owner process, named in the file name, is gone, or when they are older than ``TMP_STALE_S`` seconds.
 """
 
 from __future__ import annotations
@@ -142,10 +144,17 @@ def _alive(pid, start=None) -> bool:
     return now != "" and (start is None or now is None or now == start)
 
 
+# In a distributed run, the coordinator's address and this process's index ({"job": ..., "process": ...}), set by
+# dynsim.executor._distributed. At most one live process holds a given index of a given coordinator, so a claim
+# carrying this process's own pair that this process does not hold was left by its killed predecessor, whichever
+# machine ran it: a restarted run takes it over at once instead of after STALE_S.
+_JOB: dict = {}
+
+
 def _owner() -> dict:
     pid = os.getpid()
     return {"pid": pid, "start": _started(pid), "host": socket.gethostname(), "ns": _namespace(), "time": time.time(),
-            "token": uuid.uuid4().hex}
+            "token": uuid.uuid4().hex, **_JOB}
 
 
 # -- atomic writes ------------------------------------------------------------------------------------------------
@@ -235,8 +244,11 @@ def _atomic_write_dataset(ds: xr.Dataset, path: pathlib.Path) -> None:
 
 def write_results(ds: xr.Dataset, path) -> None:
     """Write a results ``Dataset`` to a netCDF file atomically (a killed write leaves the old file or none), with
-    its checksum file ``PATH.sha256``."""
-    _atomic_write_dataset(ds, pathlib.Path(path))
+    its checksum file ``PATH.sha256``. Runs writing the same file (the processes of a distributed run) take turns,
+    holding ``PATH.claim``, so that file and checksum stay a pair."""
+    path = pathlib.Path(path)
+    with _holding(path.with_name(path.name + ".claim")):
+        _atomic_write_dataset(ds, path)
 
 
 def _remove_stale_tmp(folder: pathlib.Path) -> None:
@@ -421,6 +433,9 @@ def _read_claim(claim: pathlib.Path):
 def _stale(claim: pathlib.Path, owner, age: float) -> bool:
     if age > STALE_S:
         return True
+    if owner is not None and _JOB and all(owner.get(k) == v for k, v in _JOB.items()):
+        with _HELD_LOCK:
+            return claim.absolute() not in _HELD  # left by this process's predecessor in the same distributed slot
     if owner is None or owner.get("ns") != _namespace():
         return False
     if owner.get("pid") == os.getpid():
@@ -486,6 +501,22 @@ def _claimant(claim: pathlib.Path) -> str:
         if owner is not None:
             return f"pid {owner.get('pid')} on {owner.get('host')}"
     return "another run"
+
+
+@contextlib.contextmanager
+def _holding(claim: pathlib.Path):
+    """Hold ``claim`` for a ``with`` block, waiting (up to ``WAIT_S`` seconds) while another run holds it."""
+    start, pause = time.monotonic(), 0.05
+    while (owner := _claim(claim)) is None:
+        if time.monotonic() - start > WAIT_S:
+            raise ClaimTimeout(f"{claim} stayed held by {_claimant(claim)} for {WAIT_S:g} s; run again when "
+                               f"that run has finished.")
+        time.sleep(pause)
+        pause = min(2 * pause, 1.0)
+    try:
+        yield
+    finally:
+        _release(claim, owner)
 
 
 def _stderr(message: str) -> None:
@@ -587,20 +618,8 @@ class Store:
                 time.sleep(pause)
                 pause = min(2 * pause, 2.0)
 
-    @contextlib.contextmanager
     def _holding(self, claim: pathlib.Path):
-        """Hold ``claim`` for a ``with`` block, waiting (up to ``WAIT_S`` seconds) while another run holds it."""
-        start, pause = time.monotonic(), 0.05
-        while (owner := _claim(claim)) is None:
-            if time.monotonic() - start > WAIT_S:
-                raise ClaimTimeout(f"{claim} stayed held by {_claimant(claim)} for {WAIT_S:g} s; run again when "
-                                   f"that run has finished.")
-            time.sleep(pause)
-            pause = min(2 * pause, 1.0)
-        try:
-            yield
-        finally:
-            _release(claim, owner)
+        return _holding(claim)
 
     def write_chunk(self, members: np.ndarray, variables: dict[str, np.ndarray], diverged_at: np.ndarray) -> None:
         """Write the records of ``members`` (flat indices) as one chunk file, with its checksum."""

@@ -13,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "lr_schedule", "scale_by_tree", "weight_decay", "heavy_ball", "chain",
-           "layer_decay"]
+__all__ = ["OPTIMIZERS", "SCHEDULES", "lr_schedule", "scale_by_tree", "weight_decay", "heavy_ball", "scale_by_adam",
+           "chain", "layer_decay"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
@@ -81,6 +81,42 @@ def heavy_ball(momentum) -> optax.GradientTransformation:
     return _transform(update, lambda params: jax.tree.map(jnp.zeros_like, params))
 
 
+@jax.custom_jvp
+def _sqrt(x):
+    return jnp.sqrt(x)
+
+
+@_sqrt.defjvp
+def _sqrt_jvp(primals, tangents):
+    # sqrt's derivative is infinite at 0, where Adam's second moment sits for a parameter whose gradient has been
+    # exactly 0 (a padded unit, a frozen layer): there the update m / (sqrt(v) + eps) has m = 0 and moves by
+    # dm / eps to first order, which a zero tangent of sqrt(v) gives, while sqrt's own gives 0 * inf = NaN.
+    (x,), (dx,) = primals, tangents
+    y = jnp.sqrt(x)
+    return y, jnp.where(x > 0, dx / (2 * jnp.where(x > 0, y, 1)), 0)
+
+
+def _bias_correction(moment, decay, count):
+    # optax's bias correction, operation for operation (its helper moved between optax releases)
+    correction = 1 - decay**count
+    return jax.tree.map(lambda t: t / correction.astype(t.dtype), moment)
+
+
+def scale_by_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8) -> optax.GradientTransformation:
+    """``optax.scale_by_adam`` (its state and its update ``m_hat / (sqrt(v_hat) + eps)``, the same arithmetic), with
+    a derivative that stays finite where the second moment is 0, so that training can be differentiated in its
+    hyperparameters (:func:`dynsim.hypergrad`)."""
+    adam = optax.scale_by_adam(b1, b2, eps)
+
+    def update(updates, state, params=None):
+        _, state = adam.update(updates, state, params)
+        m_hat = _bias_correction(state.mu, b1, state.count)
+        v_hat = _bias_correction(state.nu, b2, state.count)
+        return jax.tree.map(lambda m, v: m / (_sqrt(v) + eps), m_hat, v_hat), state
+
+    return optax.GradientTransformation(adam.init, update)
+
+
 def chain(optimizer: str, steps, *, decay: optax.GradientTransformation | None = None, momentum=None,
           betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
           schedule: optax.Schedule | None = None) -> optax.GradientTransformation:
@@ -102,7 +138,7 @@ def chain(optimizer: str, steps, *, decay: optax.GradientTransformation | None =
     step = ([optax.scale_by_schedule(schedule)] if schedule is not None else []) + [scale_by_tree(steps)]
     if optimizer == "sgd":
         return optax.chain(*decays, *([heavy_ball(momentum)] if momentum is not None else []), *step)
-    adam = optax.scale_by_adam(*betas, eps)
+    adam = scale_by_adam(*betas, eps)
     if optimizer == "adam":
         return optax.chain(*decays, adam, *step)
     if optimizer == "adamw":

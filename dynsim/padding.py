@@ -14,10 +14,17 @@ padded (only the order of float sums changes, see ``docs/architecture.md``).
    - in the forward pass the activations of padded units are multiplied by the mask, so they contribute zero and
      receive zero gradient: their weights stay zero, whatever the optimizer;
    - every width-dependent factor (a parametrization's ``n^-a``, ``n^-b``, ``n^-c``) uses the true ``n``, never
-     ``n_pad`` (:mod:`dynsim.param`).
+     ``n_pad`` (:mod:`dynsim.param`);
+   - a normalisation over units takes its statistics over the true units only, dividing by ``n = sum(mask)``, and
+     masks what centring puts on padded units back to zero (:class:`dynsim.models.MLP`'s ``norm``,
+     :func:`dynsim.models._mlp.normalise`).
 
 2. **Members.** A vectorised group has a static size ``G``; a bucket whose member count is not a multiple of ``G``
    fills its last group by repeating its last member (:func:`pad_group`). The repeats are computed and dropped.
+
+A model whose padded units are not provably inert declares ``paddable = False`` (:class:`dynsim.models.Model`;
+:class:`dynsim.models.FlaxModel`, whose modules may hold biases, normalisations or activations with ``phi(0) != 0``):
+the planner gives each of its widths its own bucket, so it runs at ``n_pad = n`` with an all-ones mask.
 
 The packed layout (:mod:`dynsim.executor`) does not pad units: each member owns exactly ``n`` unit slots of a pack;
 its empty slots are masked like padded units. The closed-form random-feature solver (:mod:`dynsim.ridge`) pads

@@ -3,13 +3,13 @@
 A spec has five tables::
 
     experiment = "lr-transfer"      # which analysis runs on the results ("sweep": none beyond figures)
-    [model]  kind ("mlp", "uv", "random_features", "linearized", "superposition"), depth, act, importance_decay,
-             lr_exponent
+    [model]  kind ("mlp", "uv", "random_features", "linearized", "superposition"), depth, act, norm, decay,
+             importance_decay, lr_exponent
     [task]   kind ("teacher_student"): d_in, d_out, n_train, n_test, teacher, teacher_width, noise, input_alpha, seed
              kind ("sparse_features"): n_features, alpha, p_active, n_test, seed
     [train]  steps, record_every, batch_size, observables, diverge_factor, betas, group, chunk_members, layout,
              schedule, warmup_steps, hvp
-    [sweep]  width, lr, seed, param, optimizer, init_scale, weight_decay, momentum; alpha (a task axis: one
+    [sweep]  width, batch_size, lr, seed, param, optimizer, init_scale, weight_decay, momentum; alpha (a task axis: one
              engine run per value, see :data:`TASK_AXES`)
     [analysis]  experiment-specific settings
 
@@ -93,7 +93,8 @@ SCHEMA: dict[str, dict[str, Callable]] = {
               "depth": lambda v: (_is_int(v) and v >= 2, "an integer >= 2"),
               "act": _choice("relu", "tanh", "erf", "linear"),
               "importance_decay": lambda v: (_is_num(v) and 0 < v <= 1, "a number in (0, 1]"),
-              "lr_exponent": lambda v: (_is_num(v) and 0 <= v <= 1, "a number in [0, 1]")},
+              "lr_exponent": lambda v: (_is_num(v) and 0 <= v <= 1, "a number in [0, 1]"),
+              "norm": _choice("none", "rms", "layer"), "decay": _choice("all", "hidden")},
     "task": {"kind": _choice("teacher_student", "sparse_features"), "d_in": positive_int, "n_train": nonnegative_int,
              "n_test": positive_int, "teacher": _choice("linear", "mlp"), "teacher_width": positive_int,
              "noise": _nonneg_num, "input_alpha": _nonneg_num, "seed": nonnegative_int, "d_out": positive_int,
@@ -108,8 +109,9 @@ SCHEMA: dict[str, dict[str, Callable]] = {
     "analysis": {},  # free-form, checked by the experiment
 }
 TOP_KEYS = {"experiment": _str}
-AXIS_KINDS = {"width": "int+", "lr": "num+", "seed": "int0", "param": "param", "optimizer": "optimizer",
-              "init_scale": "num+", "weight_decay": "num", "momentum": "unit", "alpha": "num0"}
+AXIS_KINDS = {"width": "int+", "batch_size": "int0", "lr": "num+", "seed": "int0", "param": "param",
+              "optimizer": "optimizer", "init_scale": "num+", "weight_decay": "num", "momentum": "unit",
+              "alpha": "num0"}
 # Sweep axes that are fields of the task, not of the engine's member table: they change the data every member of a
 # run shares, so each value is its own engine run (the results are concatenated along the axis).
 TASK_AXES = {"alpha": "sparse_features"}
@@ -216,7 +218,8 @@ def validate(spec: dict, *, required: Iterable[str] = ()) -> dict:
     for axis, owner in TASK_AXES.items():
         if axis in out.get("sweep", {}) and kind != owner:
             raise SpecError(f"spec key 'sweep.{axis}' sweeps a field of task.kind = {owner!r}, not of {kind!r}.")
-    if kind == "sparse_features" and train.get("batch_size", 0) == 0:
+    swept = "batch_size" in out.get("sweep", {})  # checked with the axis below
+    if kind == "sparse_features" and train.get("batch_size", 0) == 0 and not swept:
         raise SpecError("spec key 'train.batch_size' must be positive for task.kind = 'sparse_features' (fresh "
                         "batches every step).")
     if out.get("model", {}).get("kind") == "random_features" and out["model"].get("depth", 2) != 2:
@@ -224,11 +227,24 @@ def validate(spec: dict, *, required: Iterable[str] = ()) -> dict:
                         "'random_features'.")
     if out.get("model", {}).get("kind") == "uv" and task.get("d_out", 1) != 1:
         raise SpecError(f"spec key 'task.d_out' ({task['d_out']}) must be 1 for the scalar model.kind = 'uv'.")
-    if kind == "teacher_student" and task.get("n_train", 1) == 0 and train.get("batch_size", 0) == 0:
+    if kind == "teacher_student" and task.get("n_train", 1) == 0 and train.get("batch_size", 0) == 0 and not swept:
         raise SpecError("spec key 'train.batch_size' must be positive for an online task (task.n_train = 0).")
     if task.get("n_train", 0) and train.get("batch_size", 0) > task.get("n_train", 0):
         raise SpecError(f"spec key 'train.batch_size' ({train['batch_size']}) exceeds 'task.n_train' "
                         f"({task['n_train']}).")
+    sizes = out.get("sweep", {}).get("batch_size")
+    if sizes is not None:
+        if train.get("batch_size", 0):
+            raise SpecError(f"spec keys 'train.batch_size' ({train['batch_size']}) and 'sweep.batch_size' "
+                            f"({sizes}) both set the batch size; give one.")
+        online = kind == "sparse_features" or (kind == "teacher_student" and task.get("n_train", 1) == 0)
+        if online and 0 in sizes:
+            raise SpecError("spec key 'sweep.batch_size' holds 0 (full batch), which a task drawing fresh batches "
+                            "every step cannot serve.")
+        too_big = [b for b in sizes if task.get("n_train", 0) and b > task["n_train"]]
+        if too_big:
+            raise SpecError(f"spec key 'sweep.batch_size' holds {too_big[0]}, more than 'task.n_train' "
+                            f"({task['n_train']}).")
     return out
 
 
@@ -262,7 +278,9 @@ def apply_sets(spec: dict, sets: Iterable[str]) -> dict:
             raise SpecError(f"spec key {key!r} is a table; --set one of its keys as {key}.KEY=VALUE.")
         else:
             owners = [s for s, keys in SCHEMA.items() if key in keys] + (["sweep"] if key in AXIS_KINDS else [])
-            if "sweep" in owners and len(owners) > 1:
+            if key == "batch_size":
+                owners = ["train"]  # as before batch size was an axis too: sweep it as sweep.batch_size
+            elif "sweep" in owners and len(owners) > 1:
                 owners = ["sweep"]  # `seed`: a bare name means the sweep axis; use task.seed for the data seed
             if len(owners) > 1:
                 raise SpecError(f"spec key {key!r} in --set is ambiguous; write "

@@ -8,9 +8,21 @@
   :func:`member_hyper`), :class:`MemberState`;
 - the two layouts behind one interface, :class:`Layout`: :class:`VmapLayout` (members padded to their bucket's width,
   :mod:`dynsim.padding`) and :class:`PackedLayout` (two-layer members' units side by side);
-- :class:`CompileClock` and :func:`versions` (instrumentation).
+- :func:`hypergrad`: derivatives of members' training outcomes in their hyperparameters
+  (:mod:`dynsim.executor._hypergrad`);
+- :class:`RunPlan` (``run(..., dry_run=True)``: the plan without the run, with memory and time estimates);
+- :class:`CompileClock` and :func:`versions` (instrumentation);
+- :func:`initialize_distributed` and :func:`process_index`: a run over several processes on JAX's distributed
+  runtime, each training its share of the chunks into one results directory (:mod:`dynsim.executor._distributed`).
 """
 
+from ._distributed import DistributedError as DistributedError
+from ._distributed import initialize as initialize_distributed
+from ._distributed import process_index as process_index
+from ._dryrun import BucketPlan as BucketPlan
+from ._dryrun import RunPlan as RunPlan
+from ._hypergrad import group_hypergrad as group_hypergrad
+from ._hypergrad import hypergrad as hypergrad
 from ._layout import Layout as Layout
 from ._packed import PackedLayout as PackedLayout
 from ._packed import choose_capacity as choose_capacity
@@ -47,4 +59,6 @@ __all__ = ["run", "Sweep", "AXES", "InputError", "plan", "Bucket", "group_size",
            "choose_layout", "fit_groups", "check_memory", "memory_estimate", "memory_limit", "Program", "Hyper",
            "MemberState", "member_hyper", "member_table", "TRACE_COUNT", "Layout", "LAYOUTS", "VmapLayout",
            "PackedLayout", "init_group", "run_segment", "make_optimizer", "choose_capacity", "pack_members",
-           "CompileClock", "versions"]
+           "hypergrad", "group_hypergrad",
+           "CompileClock", "versions", "initialize_distributed", "DistributedError", "process_index",
+           "RunPlan", "BucketPlan"]

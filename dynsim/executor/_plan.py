@@ -1,9 +1,10 @@
 """Planning: members -> width buckets -> groups -> storage chunks, the layout, and the memory they need.
 
-:func:`plan` sorts members into width buckets, each padded to its largest width (:mod:`dynsim.padding`), choosing
-the buckets by dynamic programming over a cost model (padded FLOPs plus compile time), and picks how many members
-share one vectorised step (:func:`group_size`) from the backend and the activation footprint. The packed layout
-puts the members of one optimizer into packs instead (:func:`choose_capacity`, :func:`pack_members`).
+:func:`plan` sorts the members of each optimizer and batch size (both shape the program) into width buckets, each
+padded to its largest width (:mod:`dynsim.padding`), choosing the buckets by dynamic programming over a cost model
+(padded FLOPs plus compile time), and picks how many members share one vectorised step (:func:`group_size`) from the
+backend and the activation footprint. The packed layout puts the members of one optimizer and batch size into packs
+instead (:func:`choose_capacity`, :func:`pack_members`).
 :func:`choose_layout` picks the layout, :func:`fit_groups` shrinks groups that would not fit a device, and
 :func:`chunks` splits a bucket into the chunks the store writes.
 """
@@ -11,6 +12,7 @@ puts the members of one optimizer into packs instead (:func:`choose_capacity`, :
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 from collections.abc import Sequence
@@ -30,7 +32,7 @@ __all__ = ["Bucket", "plan", "group_size", "balanced", "chunks", "choose_layout"
 
 @dataclasses.dataclass(frozen=True)
 class Bucket:
-    """Members that run in one compiled program: one optimizer, one padded width.
+    """Members that run in one compiled program: one optimizer, one batch size, one padded width.
 
     Attributes:
       optimizer: the optimizer family.
@@ -39,6 +41,7 @@ class Bucket:
       group: members per vectorised step (the last group is padded by repeating a member); for the packed
         layout, member slots per pack.
       packs: packed layout only: the members of each pack (``n_pad`` is then the units per pack).
+      batch_size: samples per step of these members (0: full batch).
     """
 
     optimizer: str
@@ -46,6 +49,7 @@ class Bucket:
     members: np.ndarray
     group: int
     packs: tuple | None = None
+    batch_size: int = 0
 
     @property
     def n_groups(self) -> int:
@@ -114,16 +118,19 @@ def plan(sweep: Sweep, model, *, steps: int, batch: int, done: np.ndarray | None
       sweep: the sweep.
       model: model spec (needs ``flops(width, n_samples)``).
       steps: training steps (weights the FLOP term of the cost model).
-      batch: samples per step.
+      batch: samples per step of members whose batch size is 0 (full batch: the training set's size).
       done: boolean mask of members already computed (resume); they are skipped.
       backend: ``"cpu"``, ``"gpu"`` or ``"tpu"``; default: JAX's default backend.
       group: force the members per vectorised step (default: :func:`group_size`).
       compile_seconds, flop_rate: cost-model constants; compile time is charged as
         ``compile_seconds * flop_rate`` FLOPs per bucket.
-      buckets: force the width buckets (lists of widths), bypassing the cost model.
+      buckets: force the width buckets (lists of widths), bypassing the cost model. A model that is not
+        ``paddable`` (:class:`dynsim.models.Model`) gets one bucket per width, and a forced bucket of several
+        widths is refused.
       layout: ``"vmap"`` (width buckets) or ``"packed"`` (one bucket per optimizer, members packed by unit count).
     Returns:
-      Buckets, per optimizer in order of increasing padded width (packed: one bucket per optimizer).
+      Buckets, per optimizer and batch size in order of increasing padded width (packed: one bucket per optimizer
+      and batch size).
     """
     backend = backend or jax.default_backend()
     # Measured on a 2-core CPU: about 1-1.5 s to compile a bucket's init and segment programs.
@@ -133,21 +140,27 @@ def plan(sweep: Sweep, model, *, steps: int, batch: int, done: np.ndarray | None
     table = sweep.members()
     todo = np.ones(sweep.size, bool) if done is None else ~np.asarray(done, bool)
     out = []
-    for opt in sweep.optimizer:
-        sel = todo & (table["optimizer"] == opt)
+    for opt, batch_size in itertools.product(sweep.optimizer, sweep.batch_size):
+        sel = todo & (table["optimizer"] == opt) & (table["batch_size"] == batch_size)
         widths = sorted(set(table["width"][sel].tolist()))
         if not widths:
             continue
         counts = [int(np.sum(sel & (table["width"] == w))) for w in widths]
+        samples = batch_size or batch
         if layout == "packed":
             idx = np.flatnonzero(sel)
-            units, slots = choose_capacity(table["width"][idx], model.d_in, batch)
+            units, slots = choose_capacity(table["width"][idx], model.d_in, samples)
             slots = min(slots, len(idx))
             packs = tuple(idx[p] for p in pack_members(table["width"][idx], units, slots))
-            out.append(Bucket(opt, units, np.concatenate(packs), slots, packs))
+            out.append(Bucket(opt, units, np.concatenate(packs), slots, packs, batch_size))
             continue
-        if buckets is None:
-            parts = _bucket_widths(widths, counts, lambda n: steps * model.flops(n, batch),
+        if not model.paddable:  # each width at its exact size (dynsim.models.Model.paddable)
+            if buckets is not None and any(len(set(b) & set(widths)) > 1 for b in buckets):
+                raise ValueError(f"{type(model).__name__} cannot be padded, so a forced bucket holds one "
+                                 f"width; got buckets {list(map(list, buckets))}.")
+            parts = [[w] for w in widths]
+        elif buckets is None:
+            parts = _bucket_widths(widths, counts, lambda n, b=samples: steps * model.flops(n, b),
                                    compile_seconds * flop_rate)
         else:
             listed = [w for b in buckets for w in b]
@@ -163,13 +176,13 @@ def plan(sweep: Sweep, model, *, steps: int, batch: int, done: np.ndarray | None
         for part in parts:
             n_pad = max(part)
             idx = np.flatnonzero(sel & np.isin(table["width"], part))
-            g = group or group_size(n_pad, batch, len(idx), backend=backend, slab_bytes=slab_bytes,
+            g = group or group_size(n_pad, samples, len(idx), backend=backend, slab_bytes=slab_bytes,
                                     units=model.activation_units(n_pad))
             g = min(g, len(idx))
             n_dev = jax.local_device_count()
             if n_dev > 1:  # the member axis is sharded over local devices: a multiple of their count
                 g = -(-g // n_dev) * n_dev
-            out.append(Bucket(opt, n_pad, idx, g))
+            out.append(Bucket(opt, n_pad, idx, g, batch_size=batch_size))
     return out
 
 
@@ -195,14 +208,17 @@ def choose_layout(layout: str, model, observables, sweep: Sweep, batch: int) -> 
     members are small (``batch * max_width * d_in <= 2**22`` multiply-adds per step) or a pack holds few members
     for its input dimension (``4 * M * d_out <= d_in``); on FLOP-bound shapes vmapped groups in cache-sized slabs are
     faster, and the rule keeps them (``docs/measurements.md``). With several local devices ``auto`` vmaps: only
-    vmapped groups are sharded over devices, and a pack would run on one.
+    vmapped groups are sharded over devices, and a pack would run on one. Packs are not sharded because a pack's
+    members share one matmul over their units: splitting a pack splits that matmul and adds a cross-device sum to
+    every step of a program sized to stay in one core's cache, while vmapped members need no communication at all
+    (``tests/test_plan.py`` checks both choices and the memory each device then holds).
     """
     packable = model.packable and all(_obs.get(name).outputs_only for name in observables)
     if layout == "auto":
         if not packable or jax.local_device_count() > 1:
             return "vmap"
         widths = np.asarray(sweep.width)
-        n_members = sweep.size // max(len(sweep.optimizer), 1)
+        n_members = sweep.size // max(len(sweep.optimizer) * len(sweep.batch_size), 1)  # members of one pack run
         _, slots = choose_capacity(widths, model.d_in, batch)
         slots = min(slots, n_members)
         small = batch * widths.max() * model.d_in <= 2**22

@@ -28,12 +28,14 @@ from .. import optim as _optim
 from .. import param as _param
 from .. import progress as _progress
 from .._version import __version__
-from ..models import Model
+from ..models import Model, WithLoss
 from ..tasks import Task
+from ._distributed import agree, check_out, finish, share
+from ._dryrun import RunPlan
 from ._packed import PackedLayout
 from ._plan import Bucket, check_memory, choose_layout, chunks, device_share, fit_groups, packs_fit, plan
 from ._program import InputError, Program, member_hyper, member_table
-from ._sweep import AXES, Sweep
+from ._sweep import Sweep
 from ._vmap import VmapLayout
 
 __all__ = ["run", "versions", "CompileClock", "LAYOUTS"]
@@ -115,10 +117,21 @@ def _arguments(model, task, sweep, *, steps, record_every, batch_size, observabl
         raise InputError(f"betas must be two numbers in [0, 1) and eps positive, got betas={betas!r}, eps={eps!r}.")
     if steps % record_every:
         raise InputError(f"steps ({steps}) must be a positive multiple of record_every ({record_every}).")
-    try:
-        task.validate_batch_size(batch_size)
-    except ValueError as e:
-        raise InputError(str(e)) from None
+    if batch_size and sweep.batch_size != (0,):
+        raise InputError(f"batch_size is given both to run ({batch_size}) and as the sweep's batch_size axis "
+                         f"{list(sweep.batch_size)}; give it in one place.")
+    swept = sweep.batch_size != (0,)
+    if batch_size:  # the run's batch size is a sweep axis with one value
+        sweep = dataclasses.replace(sweep, batch_size=(batch_size,))
+    for b in sweep.batch_size:
+        if swept and not task.online and b > task.n_train:
+            raise InputError(f"sweep batch_size {b} exceeds the training set (n_train = {task.n_train}); use at "
+                             "most n_train, or 0 for full batch.")
+        try:
+            task.validate_batch_size(b)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+    batch_size = sweep.batch_size[0] if len(sweep.batch_size) == 1 else 0  # swept: the sweep's key holds them
     if model.d_in != task.d_in or model.d_out != task.d_out:
         raise InputError(f"model d_in/d_out ({model.d_in}, {model.d_out}) must match the task's "
                          f"({task.d_in}, {task.d_out}).")
@@ -145,10 +158,11 @@ def _arguments(model, task, sweep, *, steps, record_every, batch_size, observabl
     if layout == "auto" and (group is not None or buckets is not None):
         layout = "vmap"  # group sizes and width buckets are settings of the vmapped layout
     auto = layout == "auto"
-    batch = batch_size or task.n_train
+    batch = max(b or task.n_train for b in sweep.batch_size)
     layout = choose_layout(layout, model, observables, sweep, batch)
-    if sample_chunk < 0 or (sample_chunk and batch % sample_chunk):
-        raise InputError(f"sample_chunk ({sample_chunk}) must be 0 or divide the batch ({batch}).")
+    for batch in sorted({b or task.n_train for b in sweep.batch_size}):
+        if sample_chunk < 0 or (sample_chunk and batch % sample_chunk):
+            raise InputError(f"sample_chunk ({sample_chunk}) must be 0 or divide the batch ({batch}).")
     return _Args(sweep, steps, record_every, batch_size, observables, group, chunk_members, sample_chunk,
                  warmup_steps, layout, auto)
 
@@ -222,7 +236,8 @@ def run(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, record_eve
         group: int | None = None, buckets=None, slab_bytes: float | None = None,
         diverge_factor: float = 1e4, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
         chunk_members: int = 256, layout: str = "auto", sample_chunk: int = 0, schedule: str = "constant",
-        warmup_steps: int = 0, hvp: str = "tangent", spec: dict | None = None, log=None) -> xr.Dataset:
+        warmup_steps: int = 0, hvp: str = "tangent", spec: dict | None = None, log=None,
+        dry_run: bool = False) -> xr.Dataset:
     """Train every member of ``sweep`` and return its records.
 
     Args:
@@ -232,7 +247,8 @@ def run(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, record_eve
       sweep: the axes to sweep: a :class:`~dynsim.Sweep`, or a dict of its arguments.
       steps: training steps (a multiple of ``record_every``).
       record_every: steps between records; records are taken at steps ``0, k, 2k, ..., steps``.
-      batch_size: samples per step; 0 is full batch.
+      batch_size: samples per step; 0 is full batch. The same as the sweep's ``batch_size`` axis with this one
+        value (give one or the other); to compare batch sizes, sweep that axis.
       observables: names from :func:`dynsim.observables.names` (a repeated name is recorded once). They replace the
         default ``("loss", "test_loss")``: list those too to keep them.
       out: a results directory. Each finished chunk is written there at once; a run started again with the same
@@ -263,10 +279,13 @@ def run(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, record_eve
         :func:`dynsim.observables.hessian_matvec`.
       spec: the full experiment spec, stored in the results' attributes.
       log: optional callable receiving one-line progress messages.
+      dry_run: plan without training: check the arguments, plan as a run would, and return a
+        :class:`dynsim.executor.RunPlan` (buckets, groups, chunks, memory per device; ``calibrate()`` adds time
+        estimates) instead of results. Give no ``out``: nothing is read or written.
     Returns:
       ``xarray.Dataset`` with dims ``optimizer, param, width, lr, seed, init_scale, weight_decay, momentum, step``
-      (plus the observables' own dims), a variable per observable, ``diverged_at``, and attributes ``spec`` and
-      versions.
+      (``batch_size`` after ``width`` when the sweep holds several; plus the observables' own dims), a variable per
+      observable, ``diverged_at``, and attributes ``spec`` and versions.
 
     Example::
 
@@ -275,6 +294,8 @@ def run(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, record_eve
                      ds.Sweep(width=[64, 256], lr=[0.1, 0.3], seed=[0, 1]), steps=100)
         res["loss"].isel(step=-1).mean("seed")
     """
+    if isinstance(task, Task) and task.loss is not None:  # the task's loss; None: the model's, unchanged
+        model = WithLoss(model, task.loss)
     a = _arguments(model, task, sweep, steps=steps, record_every=record_every, batch_size=batch_size,
                    observables=observables, group=group, buckets=buckets, diverge_factor=diverge_factor,
                    betas=betas, eps=eps, chunk_members=chunk_members, layout=layout, sample_chunk=sample_chunk,
@@ -287,23 +308,25 @@ def run(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, record_eve
 
     def make_prog(bucket):
         return Program(model=model, task=program_task, optimizer=bucket.optimizer, n_pad=bucket.n_pad,
-                       record_every=a.record_every, records_per_segment=n_rec, batch_size=a.batch_size,
+                       record_every=a.record_every, records_per_segment=n_rec, batch_size=bucket.batch_size,
                        observables=a.observables, diverge_factor=diverge_factor, betas=tuple(betas), eps=eps,
                        weight_decay=any(v != 0 for v in sweep.weight_decay),
                        momentum=any(v != 0 for v in sweep.momentum), layout=layout,
                        sample_chunk=a.sample_chunk if layout == "vmap" else 0, schedule=schedule,
                        warmup_steps=a.warmup_steps, decay_steps=steps if schedule == "cosine" else 0, hvp=hvp)
 
-    probe = make_prog(Bucket(sweep.optimizer[0], 1, np.zeros(1, int), 1))
+    probe = make_prog(Bucket(sweep.optimizer[0], 1, np.zeros(1, int), 1, batch_size=sweep.batch_size[0]))
     variables = {o.name: {"dims": list(o.dims), "shape": list(o.shape(probe)), "description": o.doc}
                  for o in map(_obs.get, a.observables)}
     identity = _identity(model, task, a, diverge_factor=diverge_factor, betas=betas, eps=eps, schedule=schedule,
                          hvp=hvp)
     record_steps = (np.arange(intervals + 1) * a.record_every).tolist()
-    meta = {"axes": list(AXES), "coords": sweep.to_dict(), "steps": record_steps, "variables": variables,
+    meta = {"axes": list(sweep.dims), "coords": sweep.to_dict(), "steps": record_steps, "variables": variables,
             "key": _spec_key(identity), "spec": json.dumps(spec if spec is not None else identity, default=str),
             **versions()}
 
+    check_out(out)  # several processes (dynsim.executor._distributed) share their chunks through `out`
+    agree("the spec (the key of the results directory)", meta["key"], "start every process with the same spec")
     store = _io.Store(out, meta) if out is not None else _MemoryStore(meta)
     done = store.done()
     source = sweep.sources()
@@ -320,7 +343,12 @@ def run(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, record_eve
     # missing members are written.
     trained = done.copy()  # a source member counts as done once it and all its copies are stored
     np.logical_and.at(trained, source, done)
-    work = [(b, c) for b in all_buckets for c in chunks(b, a.chunk_members) if not trained[np.concatenate(c)].all()]
+    work = share([(b, c) for b in all_buckets for c in chunks(b, a.chunk_members)],  # this process's order
+                 lambda w: f"{w[0].n_pad} {w[0].group} {_io.chunk_id(np.concatenate(w[1]))}")
+    work = [(b, c) for b, c in work if not trained[np.concatenate(c)].all()]
+    if dry_run:
+        return RunPlan.of(task, sweep, layout, all_buckets, make_prog, chunk_members=a.chunk_members, steps=steps,
+                          copies=copies, layouts=LAYOUTS)
     data = task.make()
     timing = {"compile_s": 0.0, "run_s": 0.0, "members": int(sum(len(g) for _, c in work for g in c))}
     t_start = time.perf_counter()
@@ -339,13 +367,15 @@ def run(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, record_eve
         new = ~done[stored]
         store.write_chunk(stored[new], {n: v[new] for n, v in values.items()}, div[new])
         if log is not None:
-            log(f"bucket n_pad={bucket.n_pad} ({bucket.optimizer}): stored {len(stored)} members")
+            log(f"bucket n_pad={bucket.n_pad} ({bucket.optimizer}, batch {bucket.batch_size or batch}): stored "
+                f"{len(stored)} members")
     bar.close()
     timing["compile_s"] = clock.total
     timing["run_s"] = time.perf_counter() - t_start
-    return store.finalize({"timing": json.dumps(timing), "layout": layout,
-                           "buckets": json.dumps([[b.optimizer, b.n_pad, len(b.members), b.group]
-                                                  for b in all_buckets])})
+    return finish(store, {"timing": json.dumps(timing), "layout": layout,
+                          "buckets": json.dumps([[b.optimizer, b.n_pad, len(b.members), b.group]
+                                                 + ([b.batch_size] if len(sweep.batch_size) > 1 else [])
+                                                 for b in all_buckets])})
 
 
 class CompileClock:

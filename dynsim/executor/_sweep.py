@@ -1,8 +1,9 @@
 """Sweeps: the axes of an ensemble and its members.
 
 A :class:`Sweep` is the Cartesian product of its axes. Each point is a *member*, identified by its flat index in C
-order over :data:`AXES`. ``optimizer`` and ``width`` are *static*: they change the compiled program (the optimizer's
-state, the padded width). Everything else is *traced*: a member's learning rate, seed, init scale, weight decay,
+order over :data:`AXES`. ``optimizer``, ``width`` and ``batch_size`` are *static*: they change the compiled program
+(the optimizer's state, the padded width, the shape of a step's batch), so members that differ in them run in
+different programs. Everything else is *traced*: a member's learning rate, seed, init scale, weight decay,
 momentum and parametrization exponents are arrays with a leading member axis, so members that differ only in those
 share one compiled program.
 """
@@ -19,7 +20,7 @@ from ..optim import OPTIMIZERS
 
 __all__ = ["Sweep", "AXES"]
 
-AXES = ("optimizer", "param", "width", "lr", "seed", "init_scale", "weight_decay", "momentum")
+AXES = ("optimizer", "param", "width", "batch_size", "lr", "seed", "init_scale", "weight_decay", "momentum")
 
 
 def _tuple(name, values, kind):
@@ -63,6 +64,8 @@ class Sweep:
 
     Attributes:
       width: hidden widths (static: bucketed and padded).
+      batch_size: samples per step, 0 for full batch (static: one program per batch size); default ``(0,)``. A
+        single batch size is a setting of the run, not a dimension of its results (:attr:`dims`).
       lr: base learning rates.
       seed: initialisation seeds.
       param: parametrizations, by name (see :mod:`dynsim.param`) or as :class:`~dynsim.param.Parametrization`
@@ -77,6 +80,7 @@ class Sweep:
     width: tuple[int, ...]
     lr: tuple[float, ...]
     seed: tuple[int, ...] = (0,)
+    batch_size: tuple[int, ...] = (0,)
     param: tuple[str, ...] = ("mup",)
     optimizer: tuple[str, ...] = ("sgd",)
     init_scale: tuple[float, ...] = (1.0,)
@@ -84,13 +88,16 @@ class Sweep:
     momentum: tuple[float, ...] = (0.0,)
 
     def __post_init__(self):
-        kinds = dict(optimizer=str, param=str, width=int, lr=float, seed=int, init_scale=float,
+        kinds = dict(optimizer=str, param=str, width=int, batch_size=int, lr=float, seed=int, init_scale=float,
                      weight_decay=float, momentum=float)
         for name, kind in kinds.items():
             object.__setattr__(self, name, _tuple(name, getattr(self, name), kind))
         for w in self.width:
             if w < 1:
                 raise ValueError(f"sweep width must be positive, got {w}.")
+        for b in self.batch_size:
+            if b < 0:
+                raise ValueError(f"sweep batch_size must be >= 0 (0 = full batch), got {b}.")
         for v in self.lr:
             if not (v > 0 and math.isfinite(v)):
                 raise ValueError(f"sweep lr must be positive and finite, got {v}.")
@@ -111,6 +118,13 @@ class Sweep:
         for s in self.seed:
             if not 0 <= s < 2**32:  # without x64 a PRNG key keeps 32 bits of its seed: larger ones repeat smaller
                 raise ValueError(f"sweep seed must lie in [0, 2**32), got {s}.")
+
+    @property
+    def dims(self) -> tuple[str, ...]:
+        """The axes that are dimensions of the results: :data:`AXES`, less ``batch_size`` when it holds one value
+        (results of a run at one batch size keep the dimensions they had before batch size became an axis). Flat
+        member indices are the same over :data:`AXES` and over these."""
+        return tuple(a for a in AXES if a != "batch_size" or len(self.batch_size) > 1)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -143,4 +157,5 @@ class Sweep:
         return np.asarray([first.setdefault(k, i) for i, k in enumerate(keys)], np.int64)
 
     def to_dict(self) -> dict:
-        return {a: list(getattr(self, a)) for a in AXES}
+        """The values of the results' axes (:attr:`dims`)."""
+        return {a: list(getattr(self, a)) for a in self.dims}

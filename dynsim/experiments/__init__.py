@@ -9,12 +9,17 @@ from ..spec import SpecError
 from . import (
     _runner,
     bare_sweep,
+    batch_size,
     catapult,
+    data_pruning,
     edge_of_stability,
+    hyper_descent,
     kernel_regime,
+    lr_sensitivity,
     lr_transfer,
     sharpness_width,
     superposition,
+    weight_decay_transfer,
     width_scaling,
 )
 from ._contract import VERDICTS as VERDICTS
@@ -31,7 +36,10 @@ from ._runner import build as build
 # Every named experiment, by its command-line name.
 EXPERIMENTS = {e.name: e for e in (lr_transfer.EXPERIMENT, edge_of_stability.EXPERIMENT, catapult.EXPERIMENT,
                                    superposition.EXPERIMENT, kernel_regime.EXPERIMENT, width_scaling.EXPERIMENT,
-                                   sharpness_width.EXPERIMENT, bare_sweep.EXPERIMENT)}
+                                   sharpness_width.EXPERIMENT, bare_sweep.EXPERIMENT,
+                                   data_pruning.EXPERIMENT, weight_decay_transfer.EXPERIMENT,
+                                   lr_sensitivity.EXPERIMENT, batch_size.EXPERIMENT,
+                                   hyper_descent.EXPERIMENT)}
 
 
 def names() -> tuple[str, ...]:

@@ -207,7 +207,10 @@ def spec_error(e: Exception) -> _spec.SpecError:
 
 
 def _finish(exp: Experiment, spec: dict, ds, out: pathlib.Path, t0: float, t_train: float):
-    """Analyse the results and write ``summary.json`` and ``report.md``."""
+    """Analyse the results and write ``summary.json`` and ``report.md`` (process 0 of a distributed run alone; the
+    others return ``(out, None)``)."""
+    if _executor.process_index() != 0:
+        return out, None
     result = exp.analyse(ds, spec, out)
     timing = json.loads(ds.attrs.get("timing", "{}"))
     timing.update({"train_s": t_train, "analysis_s": time.perf_counter() - t0 - t_train})

@@ -3,7 +3,8 @@
 Sweeps width x learning rate x seed under SP, muP, NTK and mean field with SGD and with Adam, finds the optimal
 learning rate of each width by interpolating the final training loss in log-lr, and fits the slope of ``log lr*``
 against ``log width`` with a bootstrap CI over seeds. Theory (:func:`dynsim.theory.parametrization.lr_exponent`): 0 for
-muP, NTK and mean field, -1 for SP.
+muP, NTK and mean field, -1 for SP. The report also tabulates each curve's learning-rate sensitivity (Wortsman et al.
+2023; :func:`lr_sensitivity`), reported, not checked.
 
 Metric. The default is the final training loss on a fixed set of 256 samples. Adam fits it to 1e-8-1e-7 within
 150 steps, and under NTK parametrization that floor spans most of a decade of learning rates, so lr* there is weakly
@@ -29,6 +30,7 @@ import xarray as xr
 from .. import executor as _executor
 from .. import fit as _fit
 from .. import io as _io
+from .. import sensitivity as _sensitivity
 from .. import spec as _spec
 from ..executor import Sweep
 from ..plot import log_ticks, save, subplots, width_colors
@@ -112,6 +114,18 @@ def flat_decades(ds, metric: str = "loss", factor: float = FLAT_FACTOR):
     hi = np.where(near, log_lr, -np.inf).max(axis=-1)
     lo = np.where(near, log_lr, np.inf).min(axis=-1)
     return np.where(near.any(axis=-1), hi - lo, np.nan)
+
+
+def lr_sensitivity(ds, metric: str = "loss") -> np.ndarray:
+    """Learning-rate sensitivity (:func:`dynsim.sensitivity.lr_sensitivity`, Wortsman et al. 2023) of the final
+    ``metric`` per (optimizer, param, width): over the rates every curve computed (the grid, not the edge refinement
+    of some curves), a diverged run counted as the loss at init, averaged over seeds."""
+    values, done = _curves(ds, metric)  # [O, P, W, S, L], [O, P, W, L]
+    grid = done.all(axis=(0, 1, 2))
+    keep = ("optimizer", "param", "width", "seed")
+    init = squeeze_axes(ds[metric].isel(step=0).isel(lr=np.flatnonzero(grid)), keep=keep + ("lr",))
+    init = init.transpose(*keep, "lr").values
+    return _sensitivity.lr_sensitivity(ds["lr"].values[grid], values[..., grid], init).mean(axis=-1)
 
 
 def edge_brackets(ds, metric: str = "loss") -> list[tuple[str, str, int, float, float]]:
@@ -229,6 +243,7 @@ def analyse(ds, spec, out):
     metric = spec.get("analysis", {}).get("metric", "loss")
     point, boot = optimal_lr(ds, metric)
     flat = flat_decades(ds, metric)
+    sens = lr_sensitivity(ds, metric)
     widths = ds["width"].values.astype(float)
     opts, params = [str(o) for o in ds["optimizer"].values], [str(p) for p in ds["param"].values]
     edges = {(o, p) for o, p, *_ in edge_brackets(ds, metric)}
@@ -288,6 +303,12 @@ def analyse(ds, spec, out):
               f"{FLAT_FACTOR:g}x of its best (a decade or more: lr* is weakly determined there).\n\n"
               + table(["optimizer / param"] + [f"width {int(w)}" for w in widths],
                       [[f"{opt} / {par}"] + [f"{v:.2g}" for v in flat[i, j]]
+                       for i, opt in enumerate(opts) for j, par in enumerate(params)])
+              + "\n\nLearning-rate sensitivity (Wortsman et al. 2023): the mean over the lr grid of the final "
+              f"`{metric}`, clipped at its value at init (a diverged run counts as that), minus its best over the "
+              "grid; seed mean. 0: every rate reaches the best loss.\n\n"
+              + table(["optimizer / param"] + [f"width {int(w)}" for w in widths],
+                      [[f"{opt} / {par}"] + [f"{v:.3g}" for v in sens[i, j]]
                        for i, opt in enumerate(opts) for j, par in enumerate(params)]))
     return {"checks": checks, "regimes": regimes, "figures": figures, "report": report}
 

@@ -45,6 +45,9 @@ class Model:
     - ``smooth = False``: the loss is smooth in the weights, so Hessian-vector products may be forward differences
       of gradients (``hvp="fd"``).
     - ``packable = False``: the packed layout can run it (two-layer networks whose units are independent).
+    - ``paddable = True``: padded units are provably inert (zero at init, masked in the forward pass, no width
+      factor read from ``n_pad``), so members of several widths may share a program; ``False`` compiles each
+      width at its exact size (:func:`dynsim.executor.plan` gives every width its own bucket).
     - ``parametrized = True``: it reads the parametrization's exponents (``False`` refuses a sweep over ``param``,
       which would train identical copies).
     - ``returns_preacts = False``: ``apply(..., return_preacts=True)`` also returns the hidden pre-activations.
@@ -56,6 +59,7 @@ class Model:
 
     smooth: bool = False
     packable: bool = False
+    paddable: bool = True
     parametrized: bool = True
     returns_preacts: bool = False
     feature_directions: bool = False

@@ -23,7 +23,37 @@ import jax.numpy as jnp
 from ..padding import width_mask
 from ._base import ACTIVATIONS, Model, Scales
 
-__all__ = ["MLP", "Linearized", "uv", "random_feature_model"]
+__all__ = ["MLP", "Linearized", "uv", "random_feature_model", "normalise", "NORMS"]
+
+NORMS = ("none", "rms", "layer")
+# Added to the mean square before its root: it keeps a zero pre-activation finite and is negligible (below 1e-6
+# relative) for any RMS above 1e-3, so the block stays scale-invariant over the weight norms training reaches.
+NORM_EPS = 1e-12
+
+
+def normalise(h, mask, kind: str):
+    """RMSNorm or LayerNorm without gain over the member's true units, at every sample.
+
+    .. math::
+
+        \\mathrm{rms}(h) = \\frac{h}{\\sqrt{\\tfrac1n \\sum_{i<n} h_i^2 + \\epsilon}},\\qquad
+        \\mathrm{layer}(h) = \\mathrm{rms}(h - \\bar h),\\quad \\bar h = \\tfrac1n \\sum_{i<n} h_i,
+
+    with ``n`` the true width, ``n = sum(mask)``: the statistics run over real units only, so padding does not
+    change them (padded units of ``h`` are zero, and LayerNorm's centred padded units are masked back to zero).
+    Zhang & Sennrich (2019), "Root mean square layer normalization"; Ba, Kiros & Hinton (2016), "Layer
+    normalization".
+
+    Args:
+      h: pre-activations ``[n_pad, P]``.
+      mask: ``[n_pad]`` 0/1 width mask.
+      kind: ``"rms"`` or ``"layer"``.
+    """
+    n = jnp.sum(mask)
+    m = mask[:, None]
+    if kind == "layer":
+        h = (h - jnp.sum(h * m, axis=0, keepdims=True) / n) * m
+    return h * jax.lax.rsqrt(jnp.sum(h * h, axis=0, keepdims=True) / n + NORM_EPS)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -43,6 +73,13 @@ class MLP(Model):
         optimizer, momentum or weight decay moves them) and the forward pass stops their gradient, so observables
         built on gradients (sharpness, the empirical NTK) see the trained layers only. ``frozen=(0,)`` with
         ``depth=2`` is random-feature regression (:func:`random_feature_model`).
+      norm: ``"none"`` (the default), ``"rms"`` or ``"layer"``: normalise every hidden pre-activation over the
+        member's units before the activation, without a gain (:func:`normalise`). Every weight matrix but the
+        readout then feeds a scale-invariant block: the output does not change when the matrix is multiplied by a
+        positive number, so its norm is set by the optimizer and weight decay alone (Fan et al. 2025).
+      decay: which weight layers weight decay applies to: ``"all"`` (the default) or ``"hidden"``, the ``n x n``
+        matrices only. The input and readout layers have one dimension that does not grow with width
+        ("vector-like"); Fan et al. (2025) leave them undecayed.
 
     The spec hashes by value, so re-creating it never recompiles a program that takes it as a static argument.
     """
@@ -52,6 +89,8 @@ class MLP(Model):
     act: str = "relu"
     d_out: int = 1
     frozen: tuple[int, ...] = ()
+    norm: str = "none"
+    decay: str = "all"
 
     returns_preacts = True
 
@@ -69,6 +108,12 @@ class MLP(Model):
             raise ValueError(f"model frozen must list layer indices in [0, {self.depth}), got {self.frozen!r}.")
         if len(self.frozen) == self.depth:
             raise ValueError("model frozen lists every layer; at least one layer must be trained.")
+        if self.norm not in NORMS:
+            raise ValueError(f"model norm must be one of {', '.join(NORMS)}, got {self.norm!r}.")
+        if self.decay not in ("all", "hidden"):
+            raise ValueError(f"model decay must be 'all' or 'hidden', got {self.decay!r}.")
+        if self.decay == "hidden" and self.depth < 3:
+            raise ValueError("model decay = 'hidden' needs a hidden n x n matrix, so depth >= 3.")
 
     @property
     def smooth(self) -> bool:
@@ -82,7 +127,10 @@ class MLP(Model):
 
     @property
     def decayed(self) -> tuple[bool, ...]:
-        """Which parameters weight decay applies to: every weight matrix (there are no biases)."""
+        """Which parameters weight decay applies to: every weight matrix (there are no biases), or the hidden
+        ``n x n`` ones with ``decay="hidden"``."""
+        if self.decay == "hidden":
+            return tuple(role == 1 for role in self.roles)
         return (True,) * self.depth
 
     def activation_units(self, n_pad: int) -> int:
@@ -99,8 +147,9 @@ class MLP(Model):
 
     @property
     def packable(self) -> bool:
-        """Whether the packed layout (:mod:`dynsim.executor`) can run this model: two-layer networks."""
-        return self.depth == 2
+        """Whether the packed layout (:mod:`dynsim.executor`) can run this model: two-layer networks without a norm
+        (the packed forward pass has no per-member statistics over units)."""
+        return self.depth == 2 and self.norm == "none"
 
     def n_params(self, width: int) -> int:
         """Number of (unpadded) parameters at width ``width``, frozen ones included."""
@@ -181,7 +230,8 @@ class MLP(Model):
     def apply(self, params, x, mult, mask, *, return_preacts: bool = False):
         """Forward pass on ``x`` of shape ``[d_in, P]``; returns ``[d_out, P]``.
 
-        With ``return_preacts=True`` also returns the list of hidden pre-activations ``h_l`` (``[n_pad, P]`` each).
+        With ``return_preacts=True`` also returns the list of hidden pre-activations ``h_l`` (``[n_pad, P]`` each),
+        the activation's inputs (after the norm, where there is one).
         """
         phi = ACTIVATIONS[self.act][0]
         z = x
@@ -189,6 +239,8 @@ class MLP(Model):
         params = [jax.lax.stop_gradient(w) if i in self.frozen else w for i, w in enumerate(params)]
         for layer, w in enumerate(params[:-1]):
             h = mult[layer] * (w @ z)
+            if self.norm != "none":
+                h = normalise(h, mask, self.norm)
             preacts.append(h)
             z = phi(h) * mask[:, None]
         out = mult[-1] * (params[-1] @ z)

@@ -3,8 +3,9 @@
 Built in (``names()`` lists them): losses and outputs (``loss``, ``test_loss``, ``outputs``, ``output_rms``,
 ``preact_rms``), sharpness (``sharpness``, ``preconditioned_sharpness`` and their ``_err`` twins), the Hessian
 spectrum (``hessian_topk``, ``hessian_trace``, ``hessian_density_nodes`` / ``_weights``), the empirical NTK
-(``ntk_eigs``, ``ntk_distance``, ``output_distance``) and superposition geometry (``represented_fraction``,
-``mean_sq_overlap``, ``feature_loss``, ``dims_per_feature``).
+(``ntk_eigs``, ``ntk_distance``, ``output_distance``), superposition geometry (``represented_fraction``,
+``mean_sq_overlap``, ``feature_loss``, ``dims_per_feature``), weight spectra (``top_singular_value``) and gradient
+noise (``gradient_noise``).
 
 An observable is defined once, as an :class:`Observable` whose ``compute(ctx, params, extra)`` reads a
 :class:`Context`; the executor runs it in the vmapped layout, and in the packed layout when it reads only the
@@ -12,7 +13,7 @@ member's outputs (``outputs_only``). A new one is registered with :func:`registe
 (:func:`sharpness_observable`, :func:`ntk_observables`, ...) make variants of the built-in ones.
 """
 
-from . import _basic, _geometry, _ntk, _sharpness, _spectrum
+from . import _basic, _geometry, _noise, _ntk, _sharpness, _spectrum, _weights
 from ._geometry import REPRESENTED_NORM as REPRESENTED_NORM
 from ._geometry import mean_sq_overlap as mean_sq_overlap
 from ._geometry import represented as represented
@@ -41,7 +42,7 @@ from ._spectrum import trace_observable as trace_observable
 
 # dynsim's own observables, one table per family, registered here and not replaceable.
 BUILTIN = (*_basic.OBSERVABLES, *_sharpness.OBSERVABLES, *_spectrum.OBSERVABLES, *_ntk.OBSERVABLES,
-           *_geometry.OBSERVABLES)
+           *_geometry.OBSERVABLES, *_weights.OBSERVABLES, *_noise.OBSERVABLES)
 _seal(BUILTIN)
 
 __all__ = ["Observable", "Shared", "Context", "BUILTIN", "register", "get", "names", "record", "init_extras",

@@ -37,9 +37,10 @@ def _preact_rms(ctx, params, extra):
 
 
 OBSERVABLES = (
-    Observable("loss", _train_loss, "training loss 0.5*mean((f-y)^2) on the full training set (on the test set, i.e. "
-               "the population loss, for online tasks)", outputs_only=True),
-    Observable("test_loss", _test_loss, "test loss 0.5*mean((f-y)^2) on the held-out set", outputs_only=True),
+    Observable("loss", _train_loss, "training loss (the model's, 0.5*mean((f-y)^2) for an MLP, or the task's own) "
+               "on the full training set (on the test set, i.e. the population loss, for online tasks)",
+               outputs_only=True),
+    Observable("test_loss", _test_loss, "test loss (the same loss as `loss`) on the held-out set", outputs_only=True),
     Observable("output_rms", _output_rms, "root mean square of the network output on the test inputs",
                outputs_only=True),
     Observable("preact_rms", _preact_rms, "RMS of each hidden layer's pre-activations on the test inputs",

@@ -11,13 +11,18 @@ class Task:
     compiled programs) and implements the methods below.
 
     Attributes a task provides: ``d_in``, ``d_out`` (dimensions), ``n_train`` (0 for an online task), ``n_test``,
-    and ``online`` (whether every step draws a fresh batch; the training loss is then measured on the test set).
+    ``online`` (whether every step draws a fresh batch; the training loss is then measured on the test set), and
+    ``loss`` (the loss it chooses; ``None``, the default: the model's).
     """
 
     d_in: int
     d_out: int
     n_train: int
     n_test: int
+    loss = None
+    """The training loss the task chooses, ``(outputs, targets) -> scalar`` (hashable by value), or ``None`` for the
+    model's own (the squared error of :class:`~dynsim.models.MLP`). :func:`dynsim.run` trains the model on it
+    (:class:`dynsim.models.WithLoss`); ``None`` leaves the model, and its programs, exactly as they are."""
 
     @property
     def online(self) -> bool:
