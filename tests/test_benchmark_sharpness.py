@@ -1,18 +1,12 @@
-"""The sharpness-cost benchmark runs at smoke size and reports the ratio issue 5 asks for."""
+"""The sharpness-cost benchmark runs at smoke size and reports the ratio docs/measurements.md describes."""
 
 import json
 import math
-import pathlib
-import sys
 
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # benchmarks/ is a top-level folder beside the package, not installed with it
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.sharpness import main  # noqa: E402
-from dynsim.observables import _registry  # noqa: E402
+from benchmarks.sharpness import main
+from dynsim.observables import _registry
 
 
 @pytest.mark.slow

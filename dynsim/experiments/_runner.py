@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import pathlib
 import time
@@ -20,7 +21,7 @@ from ..tasks import SparseFeatures, TeacherStudent
 from ._contract import Experiment, engine_required
 from ._report import report
 
-__all__ = ["resolve", "build", "task_variants", "run", "spec_error"]
+__all__ = ["resolve", "build", "task_variants", "run", "spec_error", "merge"]
 
 _TASKS = {"teacher_student": TeacherStudent, "sparse_features": SparseFeatures}
 
@@ -233,3 +234,14 @@ def _json_default(v):
     raise TypeError(f"not JSON serialisable: {type(v)}")
 
 
+def merge(parts: list[xr.Dataset]) -> xr.Dataset:
+    """The union of several runs over their coordinates; members no run computed are NaN, ``diverged_at == -2``."""
+    merged = functools.reduce(lambda a, b: a.combine_first(b), parts)
+    merged["diverged_at"] = merged["diverged_at"].fillna(-2).astype(np.int64)
+    merged.attrs = dict(parts[0].attrs)
+    timing = {}
+    for part in parts:
+        for k, v in json.loads(part.attrs.get("timing", "{}")).items():
+            timing[k] = timing.get(k, 0) + v
+    merged.attrs["timing"] = json.dumps(timing)
+    return merged

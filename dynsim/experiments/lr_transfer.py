@@ -20,8 +20,6 @@ mean field joined the sweep; mean field trains as muP up to the abc symmetry, ex
 
 from __future__ import annotations
 
-import functools
-import json
 import math
 
 import numpy as np
@@ -37,7 +35,7 @@ from ..plot import log_ticks, save, subplots, width_colors
 from ..theory.parametrization import lr_exponent
 from ._contract import Check, Experiment, Requirements
 from ._report import ci_errors, final, squeeze_axes, table
-from ._runner import build, spec_error
+from ._runner import build, merge, spec_error
 
 N_BOOT = 300
 # The optimum is "flat" where the seed-mean final loss stays within this factor of its minimum over a decade or more
@@ -150,19 +148,6 @@ def edge_brackets(ds, metric: str = "loss") -> list[tuple[str, str, int, float, 
     return out
 
 
-def _merge(parts: list[xr.Dataset]) -> xr.Dataset:
-    """The union of several runs over their coordinates; members no run computed are NaN, ``diverged_at == -2``."""
-    merged = functools.reduce(lambda a, b: a.combine_first(b), parts)
-    merged["diverged_at"] = merged["diverged_at"].fillna(-2).astype(np.int64)
-    merged.attrs = dict(parts[0].attrs)
-    timing = {}
-    for part in parts:
-        for k, v in json.loads(part.attrs.get("timing", "{}")).items():
-            timing[k] = timing.get(k, 0) + v
-    merged.attrs["timing"] = json.dumps(timing)
-    return merged
-
-
 def calibrate(model, task, sweep, opts, out, progress) -> xr.Dataset:
     """Each (optimizer, param, width)'s learning-rate scale at initialisation, for the finite-width model error.
 
@@ -198,14 +183,14 @@ def execute(spec, out, progress) -> xr.Dataset:
     try:
         parts = [_executor.run(model, task, sweep, out=out / "grid", progress=progress, spec=spec, **opts)]
         for round_ in range(analysis.get("edge_rounds", EDGE_ROUNDS)):
-            for o, p, w, lo, hi in edge_brackets(_merge(parts), metric):
+            for o, p, w, lo, hi in edge_brackets(merge(parts), metric):
                 points = analysis.get("edge_points", EDGE_POINTS)
                 fine = np.exp(np.linspace(math.log(lo), math.log(hi), points + 2)[1:-1])
                 sub = Sweep(width=[w], lr=fine, seed=sweep.seed, param=[p], optimizer=[o],
                             init_scale=sweep.init_scale, weight_decay=sweep.weight_decay, momentum=sweep.momentum)
                 parts.append(_executor.run(model, task, sub, out=out / "edge" / f"{round_}-{o}-{p}-{w}",
                                          progress=progress, spec=spec, **opts))
-        merged = _merge(parts)
+        merged = merge(parts)
         merged["lr_scale"] = calibrate(model, task, sweep, opts, out / "calibration", progress)
     except (_io.MetaMismatch, _executor.InputError) as e:
         raise spec_error(e) from None

@@ -36,8 +36,6 @@ schedule that anneals the noise, or a task whose gradients turn over, are what t
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
 import math
 import warnings
 
@@ -53,7 +51,7 @@ from ..plot import log_ticks, save, subplots, width_colors
 from ..theory import weight_decay as _theory
 from ._contract import Check, Experiment, Requirements
 from ._report import ci_errors, squeeze_axes, table
-from ._runner import build, spec_error
+from ._runner import build, merge, spec_error
 
 N_BOOT = 300
 # A member is in the steady state when its steps cover this many decay time constants 1 / (lr_h * wd): its initial
@@ -96,18 +94,6 @@ def _raw_grid(wd0s, width, base, rules) -> list[float]:
     return sorted(values)
 
 
-def _merge(parts: list[xr.Dataset]) -> xr.Dataset:
-    merged = functools.reduce(lambda a, b: a.combine_first(b), parts)
-    merged["diverged_at"] = merged["diverged_at"].fillna(-2).astype(np.int64)  # -2: not computed
-    merged.attrs = dict(parts[0].attrs)
-    timing = {}
-    for part in parts:
-        for k, v in json.loads(part.attrs.get("timing", "{}")).items():
-            timing[k] = timing.get(k, 0) + v
-    merged.attrs["timing"] = json.dumps(timing)
-    return merged
-
-
 def execute(spec, out, progress) -> xr.Dataset:
     """One engine run per width over that width's coefficients (:func:`_raw_grid`); each resumes from its folder."""
     model, task, sweep, opts = build(spec)
@@ -123,7 +109,7 @@ def execute(spec, out, progress) -> xr.Dataset:
                                        **opts))
     except (_io.MetaMismatch, _executor.InputError) as e:
         raise spec_error(e) from None
-    merged = _merge(parts)
+    merged = merge(parts)
     _io.write_results(merged, out / "results.nc")
     return merged
 
