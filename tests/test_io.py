@@ -24,7 +24,7 @@ SCRIPT = textwrap.dedent("""
     from dynsim.models import MLP
     from dynsim.tasks import TeacherStudent
     ds.run(MLP(d_in=8), TeacherStudent(d_in=8, n_train=64, n_test=32),
-           ds.Sweep(width=[8, 16, 32, 48], lr=[0.05, 0.1, 0.2], seed=[0, 1, 2]), steps=2000, record_every=100,
+           ds.Sweep(width=[8, 16, 32, 48], lr=[0.05, 0.1, 0.2], seed=[0, 1]), steps=1000, record_every=100,
            group=1, chunk_members=1, buckets=[[8], [16], [32], [48]], layout="vmap", out=sys.argv[1],
            progress=False)
 """)
@@ -71,7 +71,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     proc.wait()
     partial = ds.io.load(killed)
     stored = int((partial["diverged_at"] > -2).sum())
-    assert partial.attrs["complete"] == 0 and 0 < stored < 36, stored
+    assert partial.attrs["complete"] == 0 and 0 < stored < 24, stored
     subprocess.run([sys.executable, str(script), str(killed)], env=env, check=True)
     subprocess.run([sys.executable, str(script), str(tmp_path / "clean")], env=env, check=True)
     resumed, clean = ds.io.load(killed), ds.io.load(tmp_path / "clean")
