@@ -11,13 +11,71 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "lr_schedule", "scale_by_tree", "weight_decay", "heavy_ball", "scale_by_adam",
+__all__ = ["OPTIMIZERS", "SCHEDULES", "SWEPT_SCHEDULES", "lr_schedule", "check_schedule", "schedule_multipliers",
+           "scale_by_tree", "weight_decay", "heavy_ball", "scale_by_adam",
            "chain", "layer_decay"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine")
+# Names a sweep's ``schedule`` axis takes (:func:`schedule_multipliers`); ``wsd:F`` with a decay fraction ``F``.
+SWEPT_SCHEDULES = ("constant", "cosine", "linear", "step", "wsd:F")
+STEP_DROPS = ((0.5, 0.1), (0.75, 0.01))  # the "step" schedule: x0.1 from half the run, x0.01 from three quarters
+
+
+def check_schedule(name) -> str:
+    """``name`` if it names a schedule of :func:`schedule_multipliers`; else a one-sentence ``ValueError``."""
+    if isinstance(name, str) and name in SWEPT_SCHEDULES[:-1]:
+        return name
+    if isinstance(name, str) and name.startswith("wsd:"):
+        try:
+            fraction = float(name[4:])
+        except ValueError:
+            fraction = float("nan")
+        if 0 < fraction <= 1:
+            return name
+    raise ValueError(f"unknown schedule {name!r}; choose one of constant, cosine, linear, step or wsd:F with a "
+                     "decay fraction 0 < F <= 1, such as wsd:0.2.")
+
+
+def schedule_multipliers(name: str, steps: int, warmup_steps: int = 0):
+    """The learning-rate multiplier of each step ``t = 0 .. steps - 1`` of a named schedule, peaking at 1, as a
+    float64 numpy array (the engine's swept schedules; :func:`lr_schedule` is the static one of a whole run).
+
+    With ``T_w = warmup_steps`` and the progress ``p = (t - T_w) / (T - T_w)`` after warmup (``T = steps``):
+
+    .. math::
+
+        s(t) = t / T_w\\ (t < T_w);\\quad \\text{constant: } 1;\\quad
+        \\text{cosine: } \\tfrac12 (1 + \\cos \\pi p);\\quad \\text{linear: } 1 - p;
+
+    ``step``: 1, then 0.1 from ``p = 1/2`` and 0.01 from ``p = 3/4`` (:data:`STEP_DROPS`; Goyal et al. 2017's
+    ResNet drops, two of them); ``wsd:F`` (warmup-stable-decay, Hu et al. 2024, "MiniCPM"): 1 while
+    ``p < 1 - F``, then linear decay over the last fraction ``F`` of the steps, ``(1 - p) / F``. Decaying schedules
+    reach 0 at ``t = T`` (the step after the last). ``cosine`` is :func:`lr_schedule`'s ``"cosine"`` with
+    ``decay_steps = steps``.
+    """
+    check_schedule(name)
+    t = np.arange(steps, dtype=np.float64)
+    p = (t - warmup_steps) / max(steps - warmup_steps, 1)
+    if name == "constant":
+        s = np.ones(steps)
+    elif name == "cosine":
+        s = 0.5 * (1.0 + np.cos(np.pi * p))
+    elif name == "linear":
+        s = 1.0 - p
+    elif name == "step":
+        s = np.ones(steps)
+        for at, factor in STEP_DROPS:
+            s = np.where(p >= at, factor, s)
+    else:
+        fraction = float(name[4:])
+        s = np.where(p < 1.0 - fraction, 1.0, (1.0 - p) / fraction)
+    if warmup_steps:
+        s = np.where(t < warmup_steps, t / warmup_steps, s)
+    return s
 
 
 def lr_schedule(schedule: str, warmup_steps: int = 0, decay_steps: int = 0) -> optax.Schedule | None:

@@ -9,8 +9,8 @@ A spec has five tables::
              kind ("sparse_features"): n_features, alpha, p_active, n_test, seed
     [train]  steps, record_every, batch_size, observables, diverge_factor, betas, group, chunk_members, layout,
              schedule, warmup_steps, hvp
-    [sweep]  width, batch_size, lr, seed, param, optimizer, init_scale, weight_decay, momentum; alpha (a task axis: one
-             engine run per value, see :data:`TASK_AXES`)
+    [sweep]  width, batch_size, schedule, lr, seed, param, optimizer, init_scale, weight_decay, momentum; alpha (a
+             task axis: one engine run per value, see :data:`TASK_AXES`)
     [analysis]  experiment-specific settings
 
 A sweep axis is a list, a single value, or a range table: ``{logspace = [-4, 1, 16]}`` (base-10 exponents),
@@ -32,7 +32,7 @@ import numpy as np
 from . import observables as _obs
 from . import param as _param
 from .observables import HVP_METHODS
-from .optim import OPTIMIZERS, SCHEDULES
+from .optim import OPTIMIZERS, SCHEDULES, SWEPT_SCHEDULES, check_schedule
 
 __all__ = ["SpecError", "load", "apply_sets", "validate", "parse_set", "merge", "positive_int", "nonnegative_int",
            "TASK_AXES"]
@@ -109,9 +109,9 @@ SCHEMA: dict[str, dict[str, Callable]] = {
     "analysis": {},  # free-form, checked by the experiment
 }
 TOP_KEYS = {"experiment": _str}
-AXIS_KINDS = {"width": "int+", "batch_size": "int0", "lr": "num+", "seed": "int0", "param": "param",
-              "optimizer": "optimizer", "init_scale": "num+", "weight_decay": "num", "momentum": "unit",
-              "alpha": "num0"}
+AXIS_KINDS = {"width": "int+", "batch_size": "int0", "schedule": "schedule", "lr": "num+", "seed": "int0",
+              "param": "param", "optimizer": "optimizer", "init_scale": "num+", "weight_decay": "num",
+              "momentum": "unit", "alpha": "num0"}
 # Sweep axes that are fields of the task, not of the engine's member table: they change the data every member of a
 # run shares, so each value is its own engine run (the results are concatenated along the axis).
 TASK_AXES = {"alpha": "sparse_features"}
@@ -145,6 +145,14 @@ def _expand_range(key: str, table: dict, kind: str) -> list:
     return values
 
 
+def _is_schedule(v) -> bool:
+    try:
+        check_schedule(v)
+    except ValueError:
+        return False
+    return True
+
+
 def _sweep_axis(key: str, value, kind: str) -> list:
     full = f"sweep.{key}"
     if isinstance(value, dict):
@@ -162,6 +170,7 @@ def _sweep_axis(key: str, value, kind: str) -> list:
         "unit": (lambda v: _is_num(v) and 0 <= v < 1, "numbers in [0, 1)"),
         "param": (lambda v: v in _param.NAMES, "parametrization names from " + ", ".join(_param.NAMES)),
         "optimizer": (lambda v: v in OPTIMIZERS, "optimizer names from " + ", ".join(OPTIMIZERS)),
+        "schedule": (_is_schedule, "schedule names from " + ", ".join(SWEPT_SCHEDULES)),
     }
     ok, what = checks[kind]
     for v in value:
@@ -232,6 +241,10 @@ def validate(spec: dict, *, required: Iterable[str] = ()) -> dict:
     if task.get("n_train", 0) and train.get("batch_size", 0) > task.get("n_train", 0):
         raise SpecError(f"spec key 'train.batch_size' ({train['batch_size']}) exceeds 'task.n_train' "
                         f"({task['n_train']}).")
+    schedules = out.get("sweep", {}).get("schedule")
+    if schedules is not None and schedules != ["constant"] and train.get("schedule", "constant") != "constant":
+        raise SpecError(f"spec keys 'train.schedule' ({train['schedule']!r}) and 'sweep.schedule' ({schedules}) both "
+                        "set the learning-rate schedule; give one.")
     sizes = out.get("sweep", {}).get("batch_size")
     if sizes is not None:
         if train.get("batch_size", 0):

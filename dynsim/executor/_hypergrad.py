@@ -258,6 +258,8 @@ def hypergrad(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, wrt:
                    betas=betas, eps=eps, chunk_members=256, layout="vmap", sample_chunk=0, schedule=schedule,
                    warmup_steps=warmup_steps, hvp="tangent")
     sweep, steps = a.sweep, a.steps
+    if sweep.traced_schedule:
+        raise InputError("hypergrad takes one schedule for the whole run (schedule=...), not a sweep over schedule.")
     wrt, remat_every = _check(model, sweep, wrt, objective, mode, remat_every, steps)
     fields = _fields(wrt)
     remat = remat_every or default_remat(steps)

@@ -28,7 +28,7 @@ import optax
 from .. import observables as _obs
 from .. import optim as _optim
 from ..models import ACTIVATIONS
-from ._program import TRACE_COUNT, MemberState, divergence
+from ._program import TRACE_COUNT, MemberState, divergence, scheduled
 
 __all__ = ["Pack", "PackedLayout", "pack_members", "pack_arrays", "init_packed", "run_packed", "choose_capacity"]
 
@@ -211,6 +211,8 @@ def run_packed(prog, data, state, hyper, pack: Pack, step0):
         total = lambda p: (lambda per: (per.sum(), per))(_losses(prog, p, lay, x, y))
         (_, per), grads = jax.value_and_grad(total, has_aux=True)(st.params)
         updates, opt_state = opt.update(grads, st.opt_state, st.params)
+        if prog.lr_table:
+            updates = scheduled(updates, hyper.lr_table, t, lay.slot)
         params = optax.apply_updates(st.params, updates)
         alive, diverged_at = divergence(prog, per, st.loss0, st.alive, st.diverged_at, t)
         alive_units = alive[lay.slot] & (lay.valid > 0)

@@ -26,7 +26,7 @@ from ..tasks import Task
 from ._sweep import Sweep
 
 __all__ = ["Program", "Hyper", "MemberState", "InputError", "TRACE_COUNT", "member_hyper", "member_table",
-           "divergence"]
+           "divergence", "scheduled"]
 
 # Incremented whenever a program is traced (a Python side effect at trace time), so a user can see that new numbers
 # do not retrace; the tests check the same with chex.assert_max_traces around the engine's functions.
@@ -64,6 +64,9 @@ class Program:
         of different lengths share the program).
       hvp: how the sharpness observables' Hessian-vector products are computed, ``"tangent"`` or ``"fd"`` (see
         :func:`dynsim.observables.hessian_matvec`).
+      lr_table: whether each member's update is multiplied by its own learning-rate multiplier of the step,
+        :attr:`Hyper.lr_table` (a sweep over ``schedule``; :func:`scheduled`); the static ``schedule`` is then
+        ``"constant"`` without warmup, the warmup being in the table.
     """
 
     model: Model
@@ -85,6 +88,7 @@ class Program:
     warmup_steps: int = 0
     decay_steps: int = 0
     hvp: str = "tangent"
+    lr_table: bool = False
     # Each observable's registration count, so that a program compiled before an observable was registered anew is
     # not reused after it (jit caches by the hash and equality of the program).
     observable_versions: tuple[int, ...] = dataclasses.field(init=False, repr=False)
@@ -112,6 +116,8 @@ class Hyper(NamedTuple):
       init_scale: init std multiplier.
       abc: ``[3, 3]`` parametrization exponents (rows ``a, b, c``) for this member's optimizer.
       key: PRNG key data (``uint32[2]``) of the member's seed.
+      lr_table: ``[steps]`` learning-rate multiplier of each step of the member's schedule (computed on the host by
+        :func:`dynsim.optim.schedule_multipliers`), or ``None`` where the program has no swept schedule.
     """
 
     width: jax.Array
@@ -121,6 +127,20 @@ class Hyper(NamedTuple):
     init_scale: jax.Array
     abc: jax.Array
     key: jax.Array
+    lr_table: jax.Array | None = None
+
+
+def scheduled(updates, table, step, index=None):
+    """``updates`` times the learning-rate multiplier of ``step`` from ``table`` (``[..., steps]``; past the last
+    step, the last multiplier). Every transform of the optimizer chain after its schedule is linear in the update
+    (:func:`dynsim.optim.chain`), so this is the chain's own schedule, traced per member. ``index`` picks rows of
+    ``table`` for a tree of per-unit multipliers (the packed layout); then ``updates`` is ``(w_in, w_out)``."""
+    at = jnp.minimum(step, table.shape[-1] - 1)
+    if index is None:
+        m = table[at]
+        return jax.tree.map(lambda u: (m * u).astype(u.dtype), updates)
+    m = table[index, at]
+    return ((m[:, None] * updates[0]).astype(updates[0].dtype), (m[None, :] * updates[1]).astype(updates[1].dtype))
 
 
 class MemberState(NamedTuple):
@@ -162,14 +182,17 @@ def member_hyper(sweep: Sweep, members: np.ndarray, group: int | None = None, *,
     table = table if table is not None else member_table(sweep)
     dtype = jnp.result_type(float)
     f = lambda name: jnp.asarray(table[name][members], dtype)
+    lr_table = table.get("lr_table")
     return Hyper(width=f("width"), lr=f("lr"), momentum=f("momentum"), weight_decay=f("weight_decay"),
                  init_scale=f("init_scale"), abc=jnp.asarray(table["abc"][members], dtype),
-                 key=jnp.asarray(table["key"][members]))
+                 key=jnp.asarray(table["key"][members]),
+                 lr_table=None if lr_table is None else jnp.asarray(lr_table[members], dtype))
 
 
-def member_table(sweep: Sweep) -> dict[str, np.ndarray]:
+def member_table(sweep: Sweep, steps: int | None = None, warmup_steps: int = 0) -> dict[str, np.ndarray]:
     """The sweep's member table with numeric columns, each member's parametrization exponents (``abc``) and the
-    key data of its seed (``key``)."""
+    key data of its seed (``key``); with ``steps`` and a swept schedule (:attr:`Sweep.traced_schedule`), also each
+    member's learning-rate multiplier of every step (``lr_table``, ``[members, steps]``, warmup included)."""
     table = sweep.members()
     out = {name: np.asarray(table[name], np.float64) for name in ("width", "lr", "momentum", "weight_decay",
                                                                    "init_scale")}
@@ -177,4 +200,7 @@ def member_table(sweep: Sweep) -> dict[str, np.ndarray]:
     out["abc"] = np.stack([tables[(p, o)] for p, o in zip(table["param"], table["optimizer"])])
     seed_keys = {s: np.asarray(jax.random.key_data(jax.random.key(s))) for s in sweep.seed}
     out["key"] = np.stack([seed_keys[int(s)] for s in table["seed"]])
+    if steps is not None and sweep.traced_schedule:
+        rows = {name: _optim.schedule_multipliers(name, steps, warmup_steps) for name in sweep.schedule}
+        out["lr_table"] = np.stack([rows[name] for name in table["schedule"]])
     return out

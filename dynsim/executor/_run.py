@@ -137,6 +137,9 @@ def _arguments(model, task, sweep, *, steps, record_every, batch_size, observabl
                          f"({task.d_in}, {task.d_out}).")
     if schedule not in _optim.SCHEDULES:
         raise InputError(f"schedule must be one of {', '.join(_optim.SCHEDULES)}, got {schedule!r}.")
+    if schedule != "constant" and sweep.traced_schedule:
+        raise InputError(f"schedule is given both to run ({schedule!r}) and as the sweep's schedule axis "
+                         f"{list(sweep.schedule)}; give it in one place.")
     if not 0 <= warmup_steps < steps:
         raise InputError(f"warmup_steps ({warmup_steps}) must lie in [0, steps) = [0, {steps}).")
     if hvp not in _obs.HVP_METHODS:
@@ -270,8 +273,10 @@ def run(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, record_eve
         Chunks bound a step's activation memory and change only the order of a sum (they do not make CPU steps
         faster: ``docs/measurements.md``).
       schedule: learning-rate schedule, ``"constant"`` or ``"cosine"`` (decaying to 0 at ``steps``); it multiplies
-        every member's learning rate (see :func:`dynsim.optim.lr_schedule`).
-      warmup_steps: steps of linear warmup from 0 before the schedule.
+        every member's learning rate (see :func:`dynsim.optim.lr_schedule`). To give members different schedules,
+        sweep them instead (``Sweep(schedule=[...])``, :func:`dynsim.optim.schedule_multipliers`; then this stays
+        ``"constant"``).
+      warmup_steps: steps of linear warmup from 0 before the schedule (the swept schedules' too).
       hvp: how the Hessian-vector products of the sharpness observables (``sharpness``,
         ``preconditioned_sharpness`` and their ``_err``) are computed: ``"tangent"``
         (forward-over-reverse, exact) or ``"fd"`` (a forward difference of gradients: about 70% of the cost per
@@ -313,7 +318,8 @@ def run(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, record_eve
                        weight_decay=any(v != 0 for v in sweep.weight_decay),
                        momentum=any(v != 0 for v in sweep.momentum), layout=layout,
                        sample_chunk=a.sample_chunk if layout == "vmap" else 0, schedule=schedule,
-                       warmup_steps=a.warmup_steps, decay_steps=steps if schedule == "cosine" else 0, hvp=hvp)
+                       warmup_steps=0 if sweep.traced_schedule else a.warmup_steps,  # else in the members' table
+                       decay_steps=steps if schedule == "cosine" else 0, hvp=hvp, lr_table=sweep.traced_schedule)
 
     probe = make_prog(Bucket(sweep.optimizer[0], 1, np.zeros(1, int), 1, batch_size=sweep.batch_size[0]))
     variables = {o.name: {"dims": list(o.dims), "shape": list(o.shape(probe)), "description": o.doc}
@@ -354,7 +360,7 @@ def run(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, record_eve
     t_start = time.perf_counter()
     bar = _progress.tracker(timing["members"] * steps, progress, "training", "member-step")
     clock = CompileClock()
-    table = member_table(sweep)
+    table = member_table(sweep, steps, a.warmup_steps)
     copy_ids = np.flatnonzero(copies)  # a chunk stores its members and their copies
     members_of = lambda item: np.concatenate([*item[1], copy_ids[np.isin(source[copy_ids], np.concatenate(item[1]))]])
     for bucket, chunk in store.claim_each(work, members_of, log=log):  # skips chunks other runs into `out` compute

@@ -3,8 +3,9 @@
 A :class:`Sweep` is the Cartesian product of its axes. Each point is a *member*, identified by its flat index in C
 order over :data:`AXES`. ``optimizer``, ``width`` and ``batch_size`` are *static*: they change the compiled program
 (the optimizer's state, the padded width, the shape of a step's batch), so members that differ in them run in
-different programs. Everything else is *traced*: a member's learning rate, seed, init scale, weight decay,
-momentum and parametrization exponents are arrays with a leading member axis, so members that differ only in those
+different programs. Everything else is *traced*: a member's learning rate, learning-rate schedule (its multiplier
+of every step, computed on the host from the schedule's name), seed, init scale, weight decay, momentum and
+parametrization exponents are arrays with a leading member axis, so members that differ only in those
 share one compiled program.
 """
 
@@ -16,11 +17,11 @@ import math
 import numpy as np
 
 from .. import param as _param
-from ..optim import OPTIMIZERS
+from ..optim import OPTIMIZERS, check_schedule
 
 __all__ = ["Sweep", "AXES"]
 
-AXES = ("optimizer", "param", "width", "batch_size", "lr", "seed", "init_scale", "weight_decay", "momentum")
+AXES = ("optimizer", "param", "width", "batch_size", "schedule", "lr", "seed", "init_scale", "weight_decay", "momentum")
 
 
 def _tuple(name, values, kind):
@@ -66,6 +67,9 @@ class Sweep:
       width: hidden widths (static: bucketed and padded).
       batch_size: samples per step, 0 for full batch (static: one program per batch size); default ``(0,)``. A
         single batch size is a setting of the run, not a dimension of its results (:attr:`dims`).
+      schedule: learning-rate schedules by name (:func:`dynsim.optim.schedule_multipliers`: ``"constant"``,
+        ``"cosine"``, ``"linear"``, ``"step"``, ``"wsd:F"``); traced, so all schedules share one program. Default
+        ``("constant",)``, which is no dimension of the results (:attr:`dims`).
       lr: base learning rates.
       seed: initialisation seeds.
       param: parametrizations, by name (see :mod:`dynsim.param`) or as :class:`~dynsim.param.Parametrization`
@@ -81,6 +85,7 @@ class Sweep:
     lr: tuple[float, ...]
     seed: tuple[int, ...] = (0,)
     batch_size: tuple[int, ...] = (0,)
+    schedule: tuple[str, ...] = ("constant",)
     param: tuple[str, ...] = ("mup",)
     optimizer: tuple[str, ...] = ("sgd",)
     init_scale: tuple[float, ...] = (1.0,)
@@ -88,8 +93,8 @@ class Sweep:
     momentum: tuple[float, ...] = (0.0,)
 
     def __post_init__(self):
-        kinds = dict(optimizer=str, param=str, width=int, batch_size=int, lr=float, seed=int, init_scale=float,
-                     weight_decay=float, momentum=float)
+        kinds = dict(optimizer=str, param=str, width=int, batch_size=int, schedule=str, lr=float, seed=int,
+                     init_scale=float, weight_decay=float, momentum=float)
         for name, kind in kinds.items():
             object.__setattr__(self, name, _tuple(name, getattr(self, name), kind))
         for w in self.width:
@@ -112,6 +117,8 @@ class Sweep:
                 raise ValueError(f"sweep weight_decay must be finite, got {v}.")
         for p in self.param:
             _param.get(p)
+        for name in self.schedule:
+            check_schedule(name)
         for o in self.optimizer:
             if o not in OPTIMIZERS:
                 raise ValueError(f"unknown optimizer {o!r}; choose one of {', '.join(OPTIMIZERS)}.")
@@ -122,9 +129,15 @@ class Sweep:
     @property
     def dims(self) -> tuple[str, ...]:
         """The axes that are dimensions of the results: :data:`AXES`, less ``batch_size`` when it holds one value
-        (results of a run at one batch size keep the dimensions they had before batch size became an axis). Flat
-        member indices are the same over :data:`AXES` and over these."""
-        return tuple(a for a in AXES if a != "batch_size" or len(self.batch_size) > 1)
+        and less ``schedule`` when it is the default ``("constant",)`` (results of such runs keep the dimensions
+        they had before these became axes). Flat member indices are the same over :data:`AXES` and over these."""
+        return tuple(a for a in AXES if (a != "batch_size" or len(self.batch_size) > 1)
+                     and (a != "schedule" or self.traced_schedule))
+
+    @property
+    def traced_schedule(self) -> bool:
+        """Whether members carry their own learning-rate schedule (any ``schedule`` but the default constant)."""
+        return self.schedule != ("constant",)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -140,7 +153,8 @@ class Sweep:
     def members(self) -> dict[str, np.ndarray]:
         """The flat member table: one array per axis, of length :attr:`size`, in C order over :data:`AXES`."""
         grids = np.meshgrid(*[np.arange(n) for n in self.shape], indexing="ij")
-        return {a: np.asarray(getattr(self, a), dtype=object if a in ("optimizer", "param") else None)[g.ravel()]
+        names = ("optimizer", "param", "schedule")
+        return {a: np.asarray(getattr(self, a), dtype=object if a in names else None)[g.ravel()]
                 for a, g in zip(AXES, grids)}
 
     def sources(self) -> np.ndarray:

@@ -19,7 +19,7 @@ from .. import observables as _obs
 from .. import optim as _optim
 from ..padding import width_mask
 from ..tasks import Data
-from ._program import TRACE_COUNT, Hyper, MemberState, Program, divergence
+from ._program import TRACE_COUNT, Hyper, MemberState, Program, divergence, scheduled
 
 __all__ = ["VmapLayout", "make_optimizer", "init_group", "run_segment", "shard"]
 
@@ -104,6 +104,8 @@ def _step_member(prog: Program, hyper: Hyper, state: MemberState, batch, step):
     x, y = batch
     loss, grads = _value_and_grad(prog, state.params, scales, mask, x, y)
     updates, opt_state = opt.update(grads, state.opt_state, state.params)
+    if prog.lr_table:
+        updates = scheduled(updates, hyper.lr_table, step)
     params = optax.apply_updates(state.params, updates)
     alive, diverged_at = divergence(prog, loss, state.loss0, state.alive, state.diverged_at, step)
     # A diverged member is frozen at zero (dynsim.executor._program.divergence).

@@ -15,6 +15,7 @@ from . import (
     edge_of_stability,
     hyper_descent,
     kernel_regime,
+    lr_annealing,
     lr_sensitivity,
     lr_transfer,
     sharpness_width,
@@ -39,7 +40,7 @@ EXPERIMENTS = {e.name: e for e in (lr_transfer.EXPERIMENT, edge_of_stability.EXP
                                    sharpness_width.EXPERIMENT, bare_sweep.EXPERIMENT,
                                    data_pruning.EXPERIMENT, weight_decay_transfer.EXPERIMENT,
                                    lr_sensitivity.EXPERIMENT, batch_size.EXPERIMENT,
-                                   hyper_descent.EXPERIMENT)}
+                                   hyper_descent.EXPERIMENT, lr_annealing.EXPERIMENT)}
 
 
 def names() -> tuple[str, ...]:

@@ -1,5 +1,6 @@
 """Analytic laws, one module per family. Every function documents its formula, reference and regime of validity."""
 
+from . import annealing as annealing
 from . import batch_size as batch_size
 from . import data_pruning as data_pruning
 from . import kernel_regression as kernel_regression
@@ -11,5 +12,5 @@ from . import stability as stability
 from . import superposition as superposition
 from . import weight_decay as weight_decay
 
-__all__ = ["batch_size", "data_pruning", "kernel_regression", "kernels", "linear_gd", "ntk_regime", "parametrization",
-           "stability", "superposition", "weight_decay"]
+__all__ = ["annealing", "batch_size", "data_pruning", "kernel_regression", "kernels", "linear_gd", "ntk_regime",
+           "parametrization", "stability", "superposition", "weight_decay"]

@@ -1,0 +1,452 @@
+"""``lr-annealing``: predicting whole loss curves under learning-rate schedules from two of them (Tissue et al. 2024,
+"Scaling Law with Learning Rate Annealing").
+
+A teacher-student MLP under muP, trained online with Adam (a fresh batch every step, noisy labels) at one peak
+learning rate, with the schedule as a sweep axis (:func:`dynsim.optim.schedule_multipliers`: constant, cosine,
+linear, step and warmup-stable-decay at several decay fractions; all schedules share one compiled program). The
+annealing law (:mod:`dynsim.theory.annealing`)
+
+    L(s) = L0 + A S1(s)^-alpha - C S2(s)
+
+is fitted (:func:`dynsim.fit.law`, Huber on log residuals) to the seed-mean loss curves of two schedules (default:
+constant and cosine, as the paper fits a constant and an annealed run) at the largest width, records from
+``analysis.skip`` of the run on; it then predicts every record of every other schedule. The annealing momentum's
+decay ``lambda`` is chosen from ``analysis.decay`` by the fit's own objective on the two fitted schedules (held-out
+curves never choose it): the paper's 0.999 belongs to runs of 10^4 - 10^5 steps, and a run of 10^3 steps needs a
+memory of tens of steps, which the fit picks.
+
+Checks (CIs: bootstrap over seeds, refitting on each resample; each against the law it rules out):
+
+1. **Held-out curves**: the mean absolute relative error of the predicted curves of the held-out schedules, pooled,
+   against 0 with a model error that is the law's own error on the curves it was fitted to plus twice the seed noise
+   of the held-out mean curves relative to the constant one (the standard error over seeds of ``log(L_s /
+   L_const)``, paired within a seed): a prediction cannot be closer to held-out curves than the law's form is to
+   the curves it saw, nor than the noise of their means; competitor: the law without its annealing term (``C = 0``,
+   ``L0 + A S1^-alpha``, fitted to the same curves), whose error is the value the check must exclude.
+2. **Annealing drop**: the final loss of each held-out schedule relative to the constant one, ``1 - L_s(T) /
+   L_const(T)``, averaged over the held-out schedules, measured against the law's prediction; competitor: the
+   prediction of the ``C = 0`` law (an annealed schedule has less forward area, so without the annealing term it
+   ends *above* the constant one).
+3. **Sign and size of C**: ``C`` fitted with the cosine curve against ``C`` fitted with a WSD curve instead (the
+   annealing coefficient is a property of the training, not of the schedule it is read from); competitor: 0.
+4. **Best WSD decay fraction**: the fraction of the grid with the lowest measured final loss against the law's
+   best fraction on a fine grid (:func:`dynsim.theory.annealing.wsd_final_loss`); model error: the larger grid
+   spacing next to the measured best (a grid's argmin places the optimum only between its neighbours);
+   competitor: the ``C = 0`` law's best, the shortest decay (most forward area).
+
+Reported besides (after Choshen et al. 2024, "A Hitchhiker's Guide to Scaling Law Estimation"): the fitted
+``alpha`` and ``C``; the error when fitting only on the first half of the two curves (intermediate checkpoints) and
+predicting every full curve; and the error at the largest width when fitting on the smaller ones, with the width term
+``L0(N) = E + B / N`` (muP's finite-width correction to the loss is ``O(1/N)``) and ``A, alpha, C`` shared.
+
+Each seed is an independent draw of the task (:func:`execute`: teacher, test set and the batches of every step), so
+that the seed mean averages the SGD noise the annealing term describes; members of one engine run share batches.
+
+Measured at ``--quick`` size (Adam at lr 0.003 under muP, d_in 256, widths 64 / 128 / 256, nine schedules, 3 seeds,
+1000 steps; 81 members, about 60 s on 2 shared CPU cores, analysis 5 s): lambda = 0.9 (the smallest of the grid; a
+drop shows in the loss within about ten steps), alpha = 2.4 [2.1, 2.8], C = 0.27 [0.20, 0.32] and 0.25 from a
+WSD curve (agrees). The held-out curves are predicted to 1.2% [1.05%, 1.5%] mean |relative error| (linear 0.8%,
+WSD 0.8-1.0%, step 3.2%), against 2.1% without the annealing term: inside the model error of 1.4% (the law's 0.9% on
+its own fitted curves plus twice 0.27% seed noise), so **inconclusive**. The held-out schedules end 2.3% [0.6%, 3.7%]
+below constant where the law predicts 5.7%: **disagrees**; the law's linear ``- C S2`` overstates the gain of the
+step schedule (it predicts 0.117 for a measured 0.122: at 1% of the peak rate Adam stalls) and of short WSD decays.
+The best WSD fraction is 0.5 [0.5, 0.8] measured and 0.30 by the law (agrees, within the grid's 0.3; the law
+without annealing term would say 0.1). Fitting on the first half of the two curves predicts every full curve to 1.5%
+(1.2% with all records); fitting ``E + B/N + ...`` on widths 64 and 128 predicts width 256 to 1.4%. At the default
+size (6 seeds; about 100 s on 2 shared cores) the verdicts are the same: held-out error 1.26% [1.07%, 1.53%] against
+2.3% without the annealing term (model error 1.5%, inconclusive), drop 2.6% [1.3%, 3.6%] against the law's 6.5%
+(disagrees), C = 0.25 [0.22, 0.29] against 0.23 from a WSD curve, best fraction 0.5 against the law's 0.29.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import xarray as xr
+
+from .. import executor as _executor
+from .. import fit as _fit
+from .. import io as _io
+from .. import spec as _spec
+from ..optim import check_schedule, schedule_multipliers
+from ..plot import save, subplots
+from ..theory import annealing as _theory
+from ._contract import Check, Experiment, Requirements
+from ._report import squeeze_axes, table
+from ._runner import build, merge, spec_error
+
+N_BOOT = 40
+LEVEL = 0.95
+WSD = "wsd:"
+
+DEFAULTS = {
+    "experiment": "lr-annealing",
+    "model": {"kind": "mlp", "depth": 2, "act": "relu"},
+    "task": {"d_in": 256, "n_train": 0, "n_test": 2048, "teacher": "mlp", "teacher_width": 64, "noise": 0.5,
+             "seed": 0},
+    "train": {"steps": 1000, "record_every": 10, "batch_size": 32, "observables": ["loss"]},
+    "sweep": {"width": [64, 128, 256], "schedule": ["constant", "cosine", "linear", "step", "wsd:0.1", "wsd:0.2",
+                                                    "wsd:0.3", "wsd:0.5", "wsd:0.8"],
+              "lr": [0.003], "seed": [0, 1, 2, 3, 4, 5], "param": ["mup"], "optimizer": ["adam"]},
+    "analysis": {"fit": ["constant", "cosine"], "decay": [0.9, 0.95, 0.98, 0.99, 0.995, 0.999], "skip": 0.1},
+}
+QUICK = {"sweep": {"seed": [0, 1, 2]}}
+
+
+def execute(spec, out, progress) -> xr.Dataset:
+    """One engine run per seed, each with its own draw of the task (``task.seed + seed``: teacher, test set and
+    the batches of every step), resumable in ``out/seed<k>``; the runs are joined along ``seed``.
+
+    Members of one engine run share their batches (:mod:`dynsim.tasks`), so their SGD noise is the same and would
+    not average out over the seed axis; here each seed is an independent draw of the noise the law's annealing
+    term describes."""
+    model, task, sweep, opts = build(spec)
+    parts = []
+    try:
+        for s in sweep.seed:
+            one = dataclasses.replace(sweep, seed=(s,))
+            parts.append(_executor.run(model, dataclasses.replace(task, seed=task.seed + s), one,
+                                       out=out / f"seed{s}", progress=progress, spec=spec, **opts))
+    except (_io.MetaMismatch, _executor.InputError, ValueError) as e:
+        raise spec_error(e) from None
+    ds = merge(parts)
+    _io.write_results(ds, out / "results.nc")
+    return ds
+
+
+def curves(ds):
+    """Loss ``[width, schedule, seed, record]`` (records after step 0) and the record steps."""
+    keep = ("width", "schedule", "seed")
+    loss = squeeze_axes(ds["loss"], keep=keep).transpose(*keep, "step")
+    return np.asarray(loss.values[..., 1:], float), np.asarray(ds["step"].values[1:], int)
+
+
+def areas(schedules, steps: int, lr: float, decay: float, at, warmup: int = 0):
+    """``(S1, S2)`` ``[schedule, record]`` at the record steps ``at`` (after ``at`` steps: the areas of updates
+    ``1 .. at``)."""
+    rates = np.stack([lr * schedule_multipliers(s, steps, warmup) for s in schedules])
+    s1, s2 = _theory.annealing_areas(rates, decay)
+    return s1[:, at - 1], s2[:, at - 1]
+
+
+def _fit_law(mean, s1, s2, rows, cols, with_c=True, start=None):
+    """The annealing law (or the ``C = 0`` power law of ``S1``) fitted to ``mean[rows][:, cols]``; returns the fit
+    and a function of ``(S1, S2)``. ``start``: a fit's ``theta`` to start from alone (the bootstrap's refits)."""
+    sel = np.zeros(mean.shape, bool)
+    sel[np.ix_(rows, cols)] = True
+    if with_c:
+        starts = None if start is None else np.asarray(start, float)[None, :]
+        fit = _fit.law("annealing", {"S1": s1.ravel(), "S2": s2.ravel(), "loss": mean.ravel()}, select=sel.ravel(),
+                       starts=starts)
+        return fit, lambda a, b: fit.predict(S1=a, S2=b)
+    fit = _fit.law("power", {"x": s1.ravel(), "loss": mean.ravel()}, select=sel.ravel())
+    return fit, lambda a, b: fit.predict({"x": a})
+
+
+def _mare(pred, mean, rows, cols):
+    return float(np.mean(np.abs(pred[np.ix_(rows, cols)] / mean[np.ix_(rows, cols)] - 1)))
+
+
+def measure(loss, rec, schedules, *, steps, lr, decays, fit_names, skip, warmup=0, widths=None):
+    """Everything the checks read, from ``loss [width, schedule, seed, record]`` at the largest width (and, for
+    the width extrapolation, the smaller ones)."""
+    schedules = list(schedules)
+    fit_rows = [schedules.index(s) for s in fit_names]
+    held = [i for i in range(len(schedules)) if i not in fit_rows]
+    cols = np.flatnonzero(rec >= skip * steps)
+    top = loss[-1]  # [schedule, seed, record]
+    mean = top.mean(1)
+    # lambda: the fit's own objective on the fitted curves, never the held-out ones
+    trials = []
+    for lam in decays:
+        s1, s2 = areas(schedules, steps, lr, lam, rec, warmup)
+        fit, f = _fit_law(mean, s1, s2, fit_rows, cols)
+        trials.append((fit.objective, lam, s1, s2, fit, f))
+    _, lam, s1, s2, fit, f = min(trials, key=lambda t: t[0])
+    pred = f(s1, s2)
+    nofit, g = _fit_law(mean, s1, s2, fit_rows, cols, with_c=False)
+    pred0 = g(s1, s2)
+    # the seed noise of a held-out curve relative to the constant one: the standard error over seeds of
+    # log(L_s / L_const), paired within a seed (a seed's draw of the task moves every schedule's loss alike, and
+    # that common level is in the fitted curves too)
+    n_seed = top.shape[1]
+    ref = schedules.index("constant") if "constant" in schedules else fit_rows[0]
+    paired = np.log(top[held][:, :, cols]) - np.log(top[ref][None, :, cols])
+    noise = float(np.mean(paired.std(1, ddof=1) / np.sqrt(n_seed)))
+    out = {"schedules": schedules, "fit_rows": fit_rows, "held": held, "cols": cols, "rec": rec, "lam": lam,
+           "mean": mean, "s1": s1, "s2": s2, "fit": fit, "pred": pred, "pred0": pred0, "noise": noise,
+           "objectives": {t[1]: t[0] for t in trials}}
+    out["mare"] = _mare(pred, mean, held, cols)
+    out["mare0"] = _mare(pred0, mean, held, cols)
+    out["mare_fit"] = _mare(pred, mean, fit_rows, cols)
+    out["per_schedule"] = {schedules[i]: _mare(pred, mean, [i], cols) for i in range(len(schedules))}
+    out["per_schedule0"] = {schedules[i]: _mare(pred0, mean, [i], cols) for i in range(len(schedules))}
+    const = schedules.index("constant") if "constant" in schedules else fit_rows[0]
+    others = [i for i in held if i != const]
+    out["const"], out["others"] = const, others
+    out["drop"], out["drop_pred"], out["drop0"] = (_drop(L, const, others) for L in (mean, pred, pred0))
+    # C from a WSD curve in place of the fitted annealed one (the first annealed fitted schedule)
+    wsd = [i for i in range(len(schedules)) if schedules[i].startswith(WSD) and i not in fit_rows]
+    annealed = [i for i in fit_rows if i != const]
+    if wsd and annealed:
+        alt_rows = [const] + [wsd[len(wsd) // 2]]
+        alt, _ = _fit_law(mean, s1, s2, alt_rows, cols)
+        out["alt"] = (schedules[alt_rows[1]], alt.params["C"])
+    # the best WSD decay fraction, measured and predicted
+    fr = np.array([float(s[len(WSD):]) for s in schedules if s.startswith(WSD)])
+    if fr.size >= 2:
+        rows = [schedules.index(s) for s in schedules if s.startswith(WSD)]
+        order = np.argsort(fr)
+        fr, rows = fr[order], np.asarray(rows)[order]
+        fine = np.linspace(fr.min(), fr.max(), 200)
+        out["wsd"] = {"fractions": fr, "rows": rows, "final": mean[rows, -1], "final_seeds": top[rows, :, -1],
+                      "fine": fine, "law": _theory.wsd_final_loss(fine, steps, lr, fit.params, lam),
+                      "law0": nofit.predict({"x": np.array([lr * schedule_multipliers(f"wsd:{x:g}", steps).sum()
+                                                            for x in fine])})}
+        out["best"] = float(fr[np.argmin(mean[rows, -1])])
+        out["best_pred"] = float(fine[np.argmin(out["wsd"]["law"])])
+        out["best0"] = float(fine[np.argmin(out["wsd"]["law0"])])
+        k = int(np.argmin(mean[rows, -1]))
+        # a grid's argmin locates the optimum of a smooth curve only between its two neighbours
+        out["grid"] = float(max(fr[k] - fr[max(k - 1, 0)], fr[min(k + 1, fr.size - 1)] - fr[k]))
+    # intermediate checkpoints: the first half of the fitted curves only
+    half = cols[rec[cols] <= steps // 2]
+    early, fe = _fit_law(mean, s1, s2, fit_rows, half)
+    out["early"] = {"mare": _mare(fe(s1, s2), mean, list(range(len(schedules))), cols), "params": early.params}
+    # width extrapolation: L0(N) = E + B / N, A, alpha, C shared, fitted on the smaller widths' fitted curves
+    if widths is not None and len(widths) >= 3:
+        out["width"] = _width_extrapolation(loss.mean(2), widths, s1, s2, fit_rows, cols)
+    return out
+
+
+def _width_law(x, E, B, A, alpha, C):
+    return E + B / x["N"] + A * x["S1"] ** (-alpha) - C * x["S2"]
+
+
+def _width_extrapolation(means, widths, s1, s2, fit_rows, cols):
+    """Fit ``E + B / N + A S1^-alpha - C S2`` to the fitted schedules at every width but the largest; the mean
+    absolute relative error of its prediction of every schedule's curve at the largest width."""
+    widths = np.asarray(widths, float)
+    n_w, n_s, n_r = means.shape
+    N = np.broadcast_to(widths[:, None, None], means.shape)
+    S1 = np.broadcast_to(s1[None], means.shape)
+    S2 = np.broadcast_to(s2[None], means.shape)
+    sel = np.zeros(means.shape, bool)
+    sel[np.ix_(np.arange(n_w - 1), fit_rows, cols)] = True
+    test = np.zeros(means.shape, bool)
+    test[np.ix_([n_w - 1], np.arange(n_s), cols)] = True
+    data = {"N": N.ravel(), "S1": S1.ravel(), "S2": S2.ravel(), "loss": means.ravel()}
+    scale = float(np.median(means[:, :, cols]))
+    starts = {"E": [0.5 * scale, 0.9 * scale], "B": [0.0, scale * widths[0]], "A": [scale, 10 * scale],
+              "alpha": [0.2, 0.6, 1.2], "C": [0.0, scale]}
+    err, fit = _fit.extrapolation_error(_width_law, data, train=sel.ravel(), test=test.ravel(),
+                                        x={"N": "N", "S1": "S1", "S2": "S2"}, starts=starts, top=8)
+    return {"mare": err, "params": fit.params, "pred": fit.predict(N=N[-1], S1=s1, S2=s2)}
+
+
+def _boot(loss, m, n_boot=None, seed=0):
+    """The bootstrap over seeds of the checked numbers at the largest width: each resample's seed-mean curves,
+    the law refitted to them (from the point fit, ``lambda`` kept), its held-out error, drop, ``C`` and best WSD
+    decay fraction (measured: the resample's own)."""
+    rng = np.random.default_rng(seed)
+    top = loss[-1]
+    n_seed = top.shape[1]
+    out = {k: [] for k in ("mare", "drop", "c", "alpha", "best")}
+    n_boot = N_BOOT if n_boot is None else n_boot
+    held, cols, s1, s2 = m["held"], m["cols"], m["s1"], m["s2"]
+    for _ in range(n_boot):
+        mean = top[:, rng.integers(0, n_seed, n_seed)].mean(1)
+        fit, f = _fit_law(mean, s1, s2, m["fit_rows"], cols, start=m["fit"].theta)
+        pred = f(s1, s2)
+        out["mare"].append(_mare(pred, mean, held, cols))
+        out["drop"].append(_drop(mean, m["const"], m["others"]))
+        out["c"].append(fit.params["C"])
+        out["alpha"].append(fit.params["alpha"])
+        if "wsd" in m:
+            out["best"].append(m["wsd"]["fractions"][np.argmin(mean[m["wsd"]["rows"], -1])])
+    return {k: np.asarray(v, float) for k, v in out.items()}
+
+
+def _drop(L, const, others):
+    """``1 - L_s(T) / L_const(T)`` averaged over the schedules ``others``."""
+    return float(np.mean(1 - L[others, -1] / L[const, -1])) if others else float("nan")
+
+
+def _ci(values):
+    v = np.asarray(values, float)
+    v = v[np.isfinite(v)]
+    if not v.size:
+        return (float("nan"), float("nan"))
+    a = 100 * (1 - LEVEL) / 2
+    return tuple(float(x) for x in np.percentile(v, [a, 100 - a]))
+
+
+def analyse(ds, spec, out):
+    a = spec.get("analysis", {})
+    train = spec["train"]
+    loss, rec = curves(ds)
+    schedules = [str(s) for s in ds["schedule"].values]
+    widths = [int(w) for w in ds["width"].values]
+    lr = float(np.asarray(ds["lr"].values).ravel()[0])
+    opts = dict(steps=int(train["steps"]), lr=lr, fit_names=a.get("fit", DEFAULTS["analysis"]["fit"]),
+                skip=float(a.get("skip", DEFAULTS["analysis"]["skip"])), warmup=int(train.get("warmup_steps", 0)))
+    m = measure(loss, rec, schedules, decays=a.get("decay", DEFAULTS["analysis"]["decay"]), widths=widths, **opts)
+    boot = _boot(loss, m)
+    held = [schedules[i] for i in m["held"]]
+    fitted = [schedules[i] for i in m["fit_rows"]]
+    checks = [Check(
+        name=f"mean |relative error| of the predicted curves of the held-out schedules ({', '.join(held)}), width "
+             f"{widths[-1]}",
+        measured=m["mare"], ci=_ci(boot["mare"]), predicted=0.0,
+        competitor="the law without its annealing term (C = 0), fitted to the same curves",
+        competing=m["mare0"], tolerance=m["mare_fit"] + 2 * m["noise"],
+        reason=f"model error {m['mare_fit']:.4f} + 2 x {m['noise']:.4f}: the law's own mean |relative error| on the "
+               f"curves it was fitted to ({', '.join(fitted)}), which a prediction of other curves cannot be expected "
+               "to beat, plus twice the seed noise of the held-out mean curves (standard error over seeds of "
+               f"log(L_s / L_const), paired within a seed, averaged over their records); lambda = {m['lam']:g} "
+               f"chosen by the fit's objective on the fitted curves; CI: {N_BOOT}-replicate bootstrap over seeds, "
+               "refitting on each")]
+    checks.append(Check(
+        name="final-loss drop of the held-out annealed schedules relative to constant, 1 - L_s(T) / L_const(T)",
+        measured=m["drop"], ci=_ci(boot["drop"]), predicted=m["drop_pred"],
+        competitor="the C = 0 law's drop (less forward area, no annealing gain)", competing=m["drop0"],
+        tolerance=m["mare_fit"],
+        reason=f"model error {m['mare_fit']:.4f}: the law's mean |relative error| on its fitted curves, a relative "
+               f"error of the loss, as is the drop; CI: {N_BOOT}-replicate bootstrap over seeds"))
+    if "alt" in m:
+        name, c_alt = m["alt"]
+        checks.append(Check(
+            name=f"annealing coefficient C fitted with {fitted[-1]} (sign and size)", measured=m["fit"].params["C"],
+            ci=_ci(boot["c"]), predicted=c_alt, competitor="no annealing term (C = 0)", competing=0.0,
+            tolerance=0.0,
+            reason=f"predicted: C fitted with {name} in place of {fitted[-1]} (the same training, another schedule); "
+                   f"CI: {N_BOOT}-replicate bootstrap over seeds"))
+    if "best" in m:
+        lo, hi = _ci(boot["best"])
+        checks.append(Check(
+            name="best WSD decay fraction", measured=m["best"], ci=(lo, hi), predicted=m["best_pred"],
+            competitor="the C = 0 law's best (the shortest decay)", competing=m["best0"], tolerance=m["grid"],
+            reason=f"measured: the grid fraction of lowest seed-mean final loss; predicted: the law's minimum over a "
+                   f"fine grid; model error {m['grid']:g}: the larger grid spacing next to the measured best (a "
+                   f"grid's argmin places the optimum only between its neighbours); CI: {N_BOOT}-replicate "
+                   "bootstrap over seeds"))
+    p = m["fit"].params
+    regimes = {
+        "fitted law": f"L0 = {p['L0']:.4g}, A = {p['A']:.4g}, alpha = {p['alpha']:.3g} {_fmt_ci(boot, 'alpha', m)}, "
+                      f"C = {p['C']:.4g} {_fmt_ci(boot, 'c', m)}, lambda = {m['lam']:g} (from {list(m['objectives'])})",
+        "intermediate checkpoints": f"fit on the first half of {', '.join(fitted)}: mean |relative error| "
+                                    f"{m['early']['mare']:.4f} over every full curve (all data: "
+                                    f"{np.mean(list(m['per_schedule'].values())):.4f})",
+    }
+    if "width" in m:
+        w = m["width"]
+        regimes["width extrapolation"] = (
+            f"E + B/N + A S1^-alpha - C S2 fitted on widths {widths[:-1]} ({', '.join(fitted)}): mean |relative "
+            f"error| {w['mare']:.4f} over every schedule at width {widths[-1]} (E = {w['params']['E']:.4g}, "
+            f"B = {w['params']['B']:.4g})")
+    figures = [_plot_curves(m, out, widths[-1])]
+    if "wsd" in m:
+        figures.append(_plot_best(m, out))
+    rows = [[s, "fit" if i in m["fit_rows"] else "held out", m["per_schedule"][s], m["per_schedule0"][s],
+             float(m["mean"][i, -1]), float(m["pred"][i, -1])] for i, s in enumerate(schedules)]
+    report = ("Mean |relative error| of the predicted curve per schedule (records from "
+              f"{opts['skip']:g} of the run on, width {widths[-1]}), with the law and without its annealing term, "
+              "and the final losses.\n\n"
+              + table(["schedule", "role", "error (law)", "error (C = 0)", "final loss", "predicted"], rows))
+    return {"checks": checks, "regimes": regimes, "figures": figures, "report": report}
+
+
+def _fmt_ci(boot, key, m):
+    lo, hi = _ci(boot[key])
+    return f"[{lo:.3g}, {hi:.3g}]"
+
+
+def _plot_curves(m, out, width):
+    """Each schedule's seed-mean curve from ``skip`` on, the law's and the ``C = 0`` law's prediction, and the
+    constant schedule's curve for reference (grey)."""
+    n = len(m["schedules"])
+    cols = 4
+    rows = math.ceil(n / cols)
+    fig, axes = subplots(rows, cols, figsize=(3.6 * cols, 2.8 * rows), squeeze=False, sharey=True)
+    at = m["cols"]
+    x = m["rec"][at]
+    const = m["const"]
+    for i, name in enumerate(m["schedules"]):
+        ax = axes[i // cols, i % cols]
+        ax.plot(x, m["mean"][const, at], color="0.75", lw=1.0, label="constant (measured)")
+        ax.plot(x, m["mean"][i, at], "k-", lw=1.2, label="measured (seed mean)")
+        ax.plot(x, m["pred"][i, at], "C0--", lw=1.2, label="annealing law")
+        ax.plot(x, m["pred0"][i, at], "C3:", lw=1.0, label="C = 0")
+        role = "fitted" if i in m["fit_rows"] else "held out"
+        ax.set(title=f"{name} ({role})", xlabel="step")
+    lo, hi = np.nanmin(m["mean"][:, at]), np.nanpercentile(m["mean"][:, at], 90)
+    axes[0, 0].set_ylim(lo - 0.1 * (hi - lo), hi)
+    axes[0, 0].set_ylabel(f"loss, width {width}")
+    axes[0, 0].legend(fontsize=7)
+    for j in range(n, rows * cols):
+        axes[j // cols, j % cols].axis("off")
+    return save(fig, out / "curves.png")
+
+
+def _plot_best(m, out):
+    w = m["wsd"]
+    fig, axes = subplots(1, 1, figsize=(5.2, 3.8), squeeze=False)
+    ax = axes[0, 0]
+    err = w["final_seeds"].std(1, ddof=1) / np.sqrt(w["final_seeds"].shape[1])
+    ax.errorbar(w["fractions"], w["final"], yerr=err, fmt="ko", label="measured (seed mean, standard error)")
+    ax.plot(w["fine"], w["law"], "C0-", label="annealing law")
+    ax.plot(w["fine"], w["law0"], "C3:", label="C = 0")
+    ax.axvline(m["best_pred"], color="C0", lw=0.8)
+    ax.set(xlabel="WSD decay fraction", ylabel="final loss", title="best decay fraction")
+    ax.legend(fontsize=7)
+    return save(fig, out / "best_decay.png")
+
+
+def validate(spec):
+    sweep = spec.get("sweep", {})
+    names = sweep.get("schedule", ["constant"])
+    a = spec.get("analysis", {})
+    fitted = a.get("fit", DEFAULTS["analysis"]["fit"])
+    for s in fitted:
+        if s not in names:
+            raise _spec.SpecError(f"spec key 'analysis.fit' names {s!r}, which is not in 'sweep.schedule' {names}.")
+    if len(names) - len(fitted) < 1:
+        raise _spec.SpecError("spec key 'sweep.schedule' needs a schedule beyond those of 'analysis.fit' to predict.")
+    if len(sweep.get("lr", [])) != 1:
+        raise _spec.SpecError("spec key 'sweep.lr' must hold one value (the peak learning rate of every schedule) "
+                              "for the lr-annealing analysis.")
+    if spec.get("train", {}).get("steps", 0) // spec.get("train", {}).get("record_every", 10) < 20:
+        raise _spec.SpecError("spec keys 'train.steps' / 'train.record_every' must give at least 20 records, the "
+                              "curves the law is fitted to.")
+
+
+def _names_ok(v):
+    if not (isinstance(v, list) and len(v) == 2 and len(set(v)) == 2):
+        return False
+    try:
+        return all(check_schedule(s) for s in v)
+    except ValueError:
+        return False
+
+
+REQUIRES = Requirements(
+    observables=("loss",),
+    single=("lr", "param", "optimizer", "init_scale", "weight_decay", "momentum"),
+    at_least=(("schedule", 3, "two schedules are fitted and at least one is predicted"),
+              ("seed", 2, "the CIs are a bootstrap over seeds")),
+    analysis={"fit": (_names_ok, "two different schedule names of sweep.schedule"),
+              "decay": (lambda v: isinstance(v, list) and v and all(isinstance(x, (int, float))
+                                                                     and not isinstance(x, bool) and 0 <= x < 1
+                                                                     for x in v),
+                        "a list of numbers in [0, 1) (the annealing momentum's decay lambda)"),
+              "skip": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 0.5,
+                       "a number in [0, 0.5) (the fraction of the run left out of the fit)")})
+
+EXPERIMENT = Experiment(
+    "lr-annealing", "whole loss curves under lr schedules (constant, cosine, linear, step, WSD) predicted from two by "
+    "L0 + A S1^-alpha - C S2, and the best WSD decay fraction (Tissue et al. 2024, 'Scaling Law with Learning Rate "
+    "Annealing')",
+    DEFAULTS, QUICK, analyse, validate, execute=execute, requires=REQUIRES,
+    required=("task.d_in", "train.steps", "sweep.width", "sweep.lr", "sweep.schedule"))
