@@ -112,6 +112,9 @@ class Hyper(NamedTuple):
       init_scale: init std multiplier.
       abc: ``[3, 3]`` parametrization exponents (rows ``a, b, c``) for this member's optimizer.
       key: PRNG key data (``uint32[2]``) of the member's seed.
+      lr_layer: per-layer multipliers of the learning rate, one per parameter array (``[depth]``), or ``None``
+        (every multiplier 1, as in training). :func:`dynsim.hypergrad` sets them to 1 and differentiates through
+        them (``wrt=("log_lr_layer",)``); the vmapped layout reads them, the packed layout has none.
     """
 
     width: jax.Array
@@ -121,6 +124,7 @@ class Hyper(NamedTuple):
     init_scale: jax.Array
     abc: jax.Array
     key: jax.Array
+    lr_layer: jax.Array | None = None
 
 
 class MemberState(NamedTuple):
