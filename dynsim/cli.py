@@ -197,6 +197,10 @@ def _plan(args) -> int:
         seconds = compile_s + variants * (p.seconds - compile_s)
         print(f"time: about {_seconds(seconds)} on this {p.backend} backend ({_seconds(compile_s)} compiling), from "
               "timing one group of each bucket; N processes with the same devices take about 1/N of the rest")
+    if "hypergrad" in spec:
+        print("note: with its [hypergrad] table this spec is differentiated, not recorded: forward mode carries one "
+              "tangent per hyperparameter beside each member, reverse mode holds about steps / remat_every + "
+              "remat_every states; the times above are those of the plain run")
     if exp.execute is not None:
         print(f"note: {exp.name} runs further stages after this sweep, which depend on its results and are not "
               "planned here")

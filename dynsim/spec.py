@@ -1,6 +1,6 @@
 """Experiment specs: TOML files and ``--set`` overrides, validated at load.
 
-A spec has five tables::
+A spec has five tables, and a sixth for a hypergradient run::
 
     experiment = "lr-transfer"      # which analysis runs on the results ("sweep": none beyond figures)
     [model]  kind ("mlp", "uv", "random_features", "linearized", "superposition"), depth, act, norm, decay,
@@ -12,6 +12,8 @@ A spec has five tables::
     [sweep]  width, batch_size, schedule, lr, seed, param, optimizer, init_scale, weight_decay, momentum; alpha (a
              task axis: one engine run per value, see :data:`TASK_AXES`)
     [analysis]  experiment-specific settings
+    [hypergrad] wrt, objective, mode, remat_every: with ``experiment = "sweep"``, the sweep's members are
+             differentiated (:func:`dynsim.hypergrad`) instead of recorded (:func:`dynsim.run`)
 
 A sweep axis is a list, a single value, or a range table: ``{logspace = [-4, 1, 16]}`` (base-10 exponents),
 ``{geomspace = [16, 1024, 7]}`` or ``{linspace = [0, 1, 5]}``; integer axes (width, seed) round geometric ranges.
@@ -31,6 +33,7 @@ import numpy as np
 
 from . import observables as _obs
 from . import param as _param
+from .executor import HYPERGRAD_MODES, HYPERGRAD_OBJECTIVES, HYPERGRAD_WRT
 from .observables import HVP_METHODS
 from .optim import OPTIMIZERS, SCHEDULES, SWEPT_SCHEDULES, check_schedule
 
@@ -83,6 +86,13 @@ def _observables(v):
     return (ok, "a non-empty list of observable names from " + ", ".join(_obs.names()))
 
 
+def _wrt(v):
+    names = [v] if isinstance(v, str) else v
+    ok = (isinstance(names, list) and names and all(isinstance(x, str) and x in HYPERGRAD_WRT for x in names)
+          and len(set(names)) == len(names))
+    return (ok, "a list of distinct hyperparameter names from " + ", ".join(HYPERGRAD_WRT))
+
+
 def _betas(v):
     ok = isinstance(v, list) and len(v) == 2 and all(_is_num(b) and 0 <= b < 1 for b in v)
     return (ok, "a list of two numbers in [0, 1)")
@@ -106,6 +116,8 @@ SCHEMA: dict[str, dict[str, Callable]] = {
               "layout": _choice("auto", "vmap", "packed"), "schedule": _choice(*SCHEDULES),
               "warmup_steps": nonnegative_int, "hvp": _choice(*HVP_METHODS)},
     "sweep": {},  # checked by _sweep_axis
+    "hypergrad": {"wrt": _wrt, "objective": _choice(*HYPERGRAD_OBJECTIVES), "mode": _choice(*HYPERGRAD_MODES),
+                  "remat_every": positive_int},
     "analysis": {},  # free-form, checked by the experiment
 }
 TOP_KEYS = {"experiment": _str}
@@ -224,6 +236,8 @@ def validate(spec: dict, *, required: Iterable[str] = ()) -> dict:
                         f"({steps}).")
     task = out.get("task", {})
     kind = task.get("kind", "teacher_student")
+    if "hypergrad" in out:
+        _check_hypergrad(out)
     for axis, owner in TASK_AXES.items():
         if axis in out.get("sweep", {}) and kind != owner:
             raise SpecError(f"spec key 'sweep.{axis}' sweeps a field of task.kind = {owner!r}, not of {kind!r}.")
@@ -259,6 +273,33 @@ def validate(spec: dict, *, required: Iterable[str] = ()) -> dict:
             raise SpecError(f"spec key 'sweep.batch_size' holds {too_big[0]}, more than 'task.n_train' "
                             f"({task['n_train']}).")
     return out
+
+
+def _check_hypergrad(spec: dict) -> None:
+    """What a ``[hypergrad]`` table needs of the rest of the spec (its own keys are checked by :data:`SCHEMA`)."""
+    experiment = spec.get("experiment", "sweep")
+    if experiment != "sweep":
+        raise SpecError(f"spec key 'hypergrad' applies to experiment = 'sweep' only, not {experiment!r}, whose "
+                        "analysis reads recorded runs.")
+    train, hyper = spec.get("train", {}), spec["hypergrad"]
+    if train.get("layout") == "packed":
+        raise SpecError("spec key 'train.layout' must be 'auto' or 'vmap' with a [hypergrad] table (hypergradients "
+                        "go through the vmapped layout).")
+    if "observables" in train:
+        raise SpecError("spec key 'train.observables' does not apply with a [hypergrad] table, which records the "
+                        "objective and its derivatives instead.")
+    steps = train.get("steps")
+    if steps is not None and hyper.get("remat_every", 1) > steps:
+        raise SpecError(f"spec key 'hypergrad.remat_every' ({hyper['remat_every']}) exceeds 'train.steps' "
+                        f"({steps}).")
+    axes = sorted(set(spec.get("sweep", {})) & set(TASK_AXES))
+    if axes:
+        raise SpecError(f"spec key 'sweep.{axes[0]}' (a task axis) cannot be swept with a [hypergrad] table; run "
+                        "one spec per value.")
+    wrt = hyper.get("wrt", ["log_lr"])
+    if "momentum" in wrt and any(o != "sgd" for o in spec.get("sweep", {}).get("optimizer", ["sgd"])):
+        raise SpecError("spec key 'hypergrad.wrt' names 'momentum', which only sgd has; leave it out or sweep "
+                        "optimizer = ['sgd'].")
 
 
 def parse_set(item: str) -> tuple[str, object]:

@@ -55,7 +55,7 @@ def _central(name, objective):
 def forward_all():
     jax.config.update("jax_enable_x64", True)
     try:
-        yield ds.hypergrad(MODEL, TASK, _sweep(), steps=STEPS, wrt=ALL, mode="forward").squeeze()
+        yield ds.hypergrad(MODEL, TASK, _sweep(), steps=STEPS, wrt=ALL + ("log_lr_layer",), mode="forward").squeeze()
     finally:
         jax.config.update("jax_enable_x64", False)
 
@@ -71,16 +71,60 @@ def test_every_derivative_matches_central_differences_of_run(forward_all, x64):
         assert float(forward_all["final_loss"]) == pytest.approx(at_point, rel=1e-12)
 
 
+def _layer_rates_around():
+    """``ds.run``'s final loss with one layer's learning rate multiplied by ``exp(-+H)``, through the public
+    parametrization table: layer ``l``'s rate is ``lr * n^-c_role(l)``, so lowering ``c_role(l)`` by ``H / log n``
+    multiplies it by ``exp(H)``. ``[layer, 3]`` (one run of ``3 * depth`` members, one compiled program)."""
+    base, n = ds.param.get(_sweep().param[0]), POINT["width"]  # the point's own parametrization (muP)
+    tables = []
+    for layer, role in enumerate(MODEL.roles):  # the two layers of MODEL have distinct roles: input, output
+        for k, sign in enumerate((-1, 0, 1)):
+            c = list(base.c)
+            c[role] -= sign * H / np.log(n)
+            tables.append(ds.param.Parametrization(f"rate_{layer}_{k}", a=base.a, b=base.b, c=tuple(c),
+                                                   c_adam=base.c_adam))
+    r = ds.run(MODEL, TASK, _sweep(param=tables), steps=STEPS, record_every=STEPS, progress=False)
+    return r["loss"].isel(step=-1).squeeze().values.reshape(len(MODEL.roles), 3)
+
+
+def test_each_layers_rate_matches_central_differences_of_run(forward_all, x64):
+    loss = _layer_rates_around()
+    fd = (loss[:, 2] - loss[:, 0]) / (2 * H)
+    d = forward_all["d_final_loss_d_log_lr_layer"]
+    assert d.dims == ("layer",) and d.sizes["layer"] == MODEL.depth
+    # As for the other names: float64 round-off of a central difference, 1e-9 relative, with room for 20 steps.
+    np.testing.assert_allclose(d.values, fd, rtol=1e-7)
+    assert np.abs(fd).min() > 1e-2 * np.abs(fd).max()  # each layer's rate matters here: not a vanishing entry
+    # The rate enters training only as lr * n^-c_l * m_l, so the layers' derivatives sum to log lr's by the chain
+    # rule; the two are separate tangents of one forward pass, equal up to float64 round-off over 20 steps
+    # (measured 1e-16 relative), 1e-12 leaving room for another machine's order of sums.
+    assert float(d.sum()) == pytest.approx(float(forward_all["d_final_loss_d_log_lr"]), rel=1e-12)
+
+
 def test_forward_equals_reverse_to_round_off(forward_all, x64):
-    rev = ds.hypergrad(MODEL, TASK, _sweep(), steps=STEPS, wrt=ALL, mode="reverse", remat_every=6).squeeze()
+    rev = ds.hypergrad(MODEL, TASK, _sweep(), steps=STEPS, wrt=ALL + ("log_lr_layer",), mode="reverse",
+                       remat_every=6).squeeze()
     assert rev.attrs["mode"] == "reverse" and rev.attrs["remat_every"] == 6  # 4 segments of 6 steps, 4 of them masked
     assert float(rev["final_loss"]) == float(forward_all["final_loss"])  # the same primal run
-    for name in ALL:
+    for name in ALL + ("log_lr_layer",):
         v = f"d_final_loss_d_{name}"
         # Two orders of accumulating one chain rule over 20 steps: float64 round-off, measured up to 8e-15
         # relative (momentum's derivative, the smallest); 1e-13 (some 500 ulps) leaves room for another machine's
         # code generation.
-        assert float(rev[v]) == pytest.approx(float(forward_all[v]), rel=1e-13, abs=0), name
+        np.testing.assert_allclose(rev[v].values, forward_all[v].values, rtol=1e-13, atol=0, err_msg=name)
+
+
+def test_reverse_segments_overhanging_the_run_agree_with_forward(x64):
+    # 23 steps in reverse-mode segments of 5: the last one runs masked steps past the end, which must change
+    # nothing; mean_loss sums every step's loss on the way, and the layers' rates are differentiated too.
+    kw = dict(steps=23, wrt=("log_lr", "momentum", "log_lr_layer"), objective="mean_loss")
+    fwd = ds.hypergrad(MODEL, TASK, _sweep(), mode="forward", **kw).squeeze()
+    rev = ds.hypergrad(MODEL, TASK, _sweep(), mode="reverse", remat_every=5, **kw).squeeze()
+    assert float(fwd["mean_loss"]) == pytest.approx(float(rev["mean_loss"]), rel=1e-14)  # one primal run each
+    for name in kw["wrt"]:
+        v = f"d_mean_loss_d_{name}"
+        # As for forward against reverse above: float64 round-off over 23 steps.
+        np.testing.assert_allclose(rev[v].values, fwd[v].values, rtol=1e-13, atol=0, err_msg=name)
 
 
 @pytest.mark.slow

@@ -183,6 +183,21 @@ BAD_SPECS = [
     ("no-observables", {"train": {"observables": []}}, ["'train.observables'"]),
     ("betas-one", {"train": {"betas": [0.9]}}, ["'train.betas'"]),
     ("diverge-factor-one", {"train": {"diverge_factor": 1}}, ["'train.diverge_factor'"]),
+    ("hypergrad-unknown-key", {"hypergrad": {"wrtt": ["lr"]}}, ["'hypergrad.wrtt'", "did you mean 'wrt'"]),
+    ("hypergrad-bad-wrt", {"hypergrad": {"wrt": ["log_lr", "beta1"]}}, ["'hypergrad.wrt'", "'beta1'", "log_lr_layer"]),
+    ("hypergrad-repeated-wrt", {"hypergrad": {"wrt": ["lr", "lr"]}}, ["'hypergrad.wrt'", "distinct"]),
+    ("hypergrad-bad-objective", {"hypergrad": {"objective": "accuracy"}}, ["'hypergrad.objective'", "mean_loss"]),
+    ("hypergrad-bad-mode", {"hypergrad": {"mode": "sideways"}}, ["'hypergrad.mode'", "'reverse'"]),
+    ("hypergrad-remat-zero", {"hypergrad": {"remat_every": 0}}, ["'hypergrad.remat_every'"]),
+    ("hypergrad-remat-past-steps", {"train": {"steps": 10}, "hypergrad": {"remat_every": 20}},
+     ["'hypergrad.remat_every'", "'train.steps'"]),
+    ("hypergrad-other-experiment", {"experiment": "lr-transfer", "hypergrad": {}}, ["'hypergrad'", "'sweep'"]),
+    ("hypergrad-packed", {"train": {"layout": "packed"}, "hypergrad": {}}, ["'train.layout'", "[hypergrad]"]),
+    ("hypergrad-observables", {"train": {"observables": ["loss"]}, "hypergrad": {}}, ["'train.observables'"]),
+    ("hypergrad-momentum-adam", {"sweep": {"optimizer": ["sgd", "adam"]}, "hypergrad": {"wrt": ["momentum"]}},
+     ["'hypergrad.wrt'", "'momentum'"]),
+    ("hypergrad-task-axis", {"task": {"kind": "sparse_features"}, "train": {"batch_size": 8},
+                             "sweep": {"alpha": [1.0, 2.0]}, "hypergrad": {}}, ["'sweep.alpha'", "[hypergrad]"]),
 ]
 
 

@@ -21,6 +21,9 @@ from ._distributed import initialize as initialize_distributed
 from ._distributed import process_index as process_index
 from ._dryrun import BucketPlan as BucketPlan
 from ._dryrun import RunPlan as RunPlan
+from ._hypergrad import MODES as HYPERGRAD_MODES
+from ._hypergrad import OBJECTIVES as HYPERGRAD_OBJECTIVES
+from ._hypergrad import WRT as HYPERGRAD_WRT
 from ._hypergrad import group_hypergrad as group_hypergrad
 from ._hypergrad import hypergrad as hypergrad
 from ._layout import Layout as Layout
@@ -59,6 +62,6 @@ __all__ = ["run", "Sweep", "AXES", "InputError", "plan", "Bucket", "group_size",
            "choose_layout", "fit_groups", "check_memory", "memory_estimate", "memory_limit", "Program", "Hyper",
            "MemberState", "member_hyper", "member_table", "TRACE_COUNT", "Layout", "LAYOUTS", "VmapLayout",
            "PackedLayout", "init_group", "run_segment", "make_optimizer", "choose_capacity", "pack_members",
-           "hypergrad", "group_hypergrad",
+           "hypergrad", "group_hypergrad", "HYPERGRAD_WRT", "HYPERGRAD_OBJECTIVES", "HYPERGRAD_MODES",
            "CompileClock", "versions", "initialize_distributed", "DistributedError", "process_index",
            "RunPlan", "BucketPlan"]

@@ -44,7 +44,7 @@ from ._run import _arguments, versions
 from ._sweep import Sweep
 from ._vmap import _init_member, _loss, _member_parts, _records, _step_member
 
-__all__ = ["hypergrad", "group_hypergrad", "OBJECTIVES", "WRT", "MODES", "FORWARD_MAX", "default_remat",
+__all__ = ["hypergrad", "group_hypergrad", "OBJECTIVES", "WRT", "MODES", "FORWARD_MAX", "default_remat", "n_layers",
            "reverse_memory"]
 
 # The objectives, each a scalar per member. ``final_loss`` and ``final_test_loss`` are the ``loss`` and
@@ -55,9 +55,11 @@ OBJECTIVES = {"final_loss": "training loss after the last step",
               "final_test_loss": "test loss after the last step",
               "mean_loss": "mean over the steps of the loss of each step's batch before its update"}
 # A ``wrt`` name and the field of :class:`Hyper` it moves; ``log_`` names differentiate with respect to the
-# logarithm (``d/d log x = x d/dx``).
+# logarithm (``d/d log x = x d/dx``). ``log_lr_layer`` moves the multipliers ``m_l`` of each layer's learning rate
+# (``lr * n^-c_l * m_l``, :attr:`Hyper.lr_layer`), one derivative per layer, at ``m_l = 1``: ``d/d log m_l`` is the
+# derivative with respect to the log of that layer's rate alone, and these sum over the layers to ``d/d log lr``.
 WRT = {"log_lr": "lr", "lr": "lr", "log_init_scale": "init_scale", "init_scale": "init_scale",
-       "weight_decay": "weight_decay", "momentum": "momentum"}
+       "weight_decay": "weight_decay", "momentum": "momentum", "log_lr_layer": "lr_layer"}
 MODES = ("auto", "forward", "reverse")
 # ``mode="auto"`` takes forward mode up to this many underlying hyperparameters. Measured in process CPU time
 # against a plain run (benchmarks/hypergrad.py, docs/measurements.md): forward mode 3.7x with one tangent, 8.0x with
@@ -80,14 +82,30 @@ def _fields(wrt) -> tuple[str, ...]:
     return tuple(dict.fromkeys(WRT[n] for n in wrt))
 
 
-def _with(hyper, fields, theta):
-    return hyper._replace(**{f: theta[i] for i, f in enumerate(fields)})
+def n_layers(model: Model) -> int:
+    """How many per-layer learning rates ``model`` has (the length of :meth:`Model.scales`' ``lr``: one per
+    parameter array; a frozen one's multiplier is 0, so its derivative is 0)."""
+    dtype = jnp.result_type(float)
+    shape = jax.eval_shape(lambda: model.scales(jnp.ones((), dtype), jnp.zeros((3, 3), dtype),
+                                                jnp.ones((), dtype)).lr).shape
+    return int(shape[0])
 
 
-def _member_outcome(prog: Program, data, objective: str, fields, remat_every: int | None, steps: int, theta, hyper):
-    """One member's objective as a function of ``theta`` (its values of ``fields``), with
+def _theta(hyper, fields, layers: int) -> dict:
+    """The numbers differentiated, by :class:`Hyper` field: the members' own values, and ``lr_layer`` at 1."""
+    return {f: jnp.ones(hyper.lr.shape + (layers,), hyper.lr.dtype) if f == "lr_layer" else getattr(hyper, f)
+            for f in fields}
+
+
+def _tangents(fields, layers: int) -> int:
+    """Forward mode's tangents: one per scalar hyperparameter, one per layer for ``lr_layer``."""
+    return sum(layers if f == "lr_layer" else 1 for f in fields)
+
+
+def _member_outcome(prog: Program, data, objective: str, remat_every: int | None, steps: int, theta, hyper):
+    """One member's objective as a function of ``theta`` (its values of some :class:`Hyper` fields, by name), with
     ``(objective, alive, diverged_at)`` as auxiliary output. ``remat_every`` set: rematerialised segments."""
-    h = _with(hyper, fields, theta)
+    h = hyper._replace(**theta)
     state = _init_member(prog, data, h)
     mean = objective == "mean_loss"
 
@@ -123,17 +141,16 @@ def _member_outcome(prog: Program, data, objective: str, fields, remat_every: in
 
 @functools.partial(jax.jit, static_argnames=("prog", "objective", "fields", "mode", "remat_every", "steps"))
 def _group(prog, data, hyper, *, objective, fields, mode, remat_every, steps):
-    theta = jnp.stack([getattr(hyper, f) for f in fields], axis=-1)  # [G, K]
+    theta = _theta(hyper, fields, n_layers(prog.model))  # {field: [G] or [G, layers]}
 
     def member(th, h):
-        f = lambda t: _member_outcome(prog, data, objective, fields, remat_every if mode == "reverse" else None,
-                                      steps, t, h)
+        f = lambda t: _member_outcome(prog, data, objective, remat_every if mode == "reverse" else None, steps, t, h)
         if mode == "forward":
             grad, aux = jax.jacfwd(f, has_aux=True)(th)
         else:
             grad, aux = jax.grad(f, has_aux=True)(th)
         value, alive, diverged_at = aux
-        return value, jnp.where(alive, grad, jnp.nan), diverged_at
+        return value, jax.tree.map(lambda g: jnp.where(alive, g, jnp.nan), grad), diverged_at
 
     return jax.vmap(member)(theta, hyper)
 
@@ -152,19 +169,21 @@ def group_hypergrad(prog: Program, data, hyper, *, wrt: Sequence[str], objective
       mode: ``"forward"`` or ``"reverse"``.
       remat_every: reverse mode's segment length (default :func:`default_remat`).
     Returns:
-      ``(objective [G], {name: derivative [G]}, diverged_at [G])`` as NumPy arrays; a diverged member's entries
-      are NaN.
+      ``(objective [G], {name: derivative [G]}, diverged_at [G])`` as NumPy arrays (``[G, layers]`` for
+      ``log_lr_layer``); a diverged member's entries are NaN.
     """
     steps = steps or prog.steps_per_segment
     fields = _fields(wrt)
     remat = (remat_every or default_remat(steps)) if mode == "reverse" else None
     value, grad, diverged_at = _group(prog, data, hyper, objective=objective, fields=fields, mode=mode,
                                       remat_every=remat, steps=steps)
-    value, grad = np.asarray(value), np.asarray(grad)
+    value = np.asarray(value)
     out = {}
     for name in wrt:
-        d = grad[:, fields.index(WRT[name])]
-        out[name] = d * np.asarray(getattr(hyper, WRT[name])) if name.startswith("log_") else d
+        d = np.asarray(grad[WRT[name]])
+        # d/d log x = x d/dx; the layer multipliers are differentiated at 1, where the two are equal
+        out[name] = d * np.asarray(getattr(hyper, WRT[name])) if name.startswith("log_") and name != "log_lr_layer" \
+            else d
     return value, out, np.asarray(diverged_at)
 
 
@@ -227,18 +246,25 @@ def hypergrad(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, wrt:
       model, task, sweep, steps, batch_size, group, diverge_factor, betas, eps, schedule, warmup_steps: as for
         :func:`dynsim.run`, whose training this is (a member diverges as it would there).
       wrt: names from :data:`WRT`: ``log_lr``, ``lr``, ``log_init_scale``, ``init_scale``, ``weight_decay``,
-        ``momentum`` (SGD's heavy-ball coefficient; refused for a sweep with Adam). Derivatives are taken at each
-        member's own values, also where they are 0 (the weight-decay and momentum transforms are then compiled in).
+        ``momentum`` (SGD's heavy-ball coefficient; refused for a sweep with Adam), ``log_lr_layer``. Derivatives
+        are taken at each member's own values, also where they are 0 (the weight-decay and momentum transforms are
+        then compiled in). ``log_lr_layer`` gives one derivative per layer (a ``layer`` dimension, one entry per
+        parameter array, in the order of :meth:`dynsim.models.Model.shapes`): layer ``l``'s rate
+        ``lr * n^-c_l`` is multiplied by ``m_l`` and the derivative taken in ``log m_l`` at ``m_l = 1``, so
+        ``d/d log m_l = lr_l dO/d lr_l`` for that layer's rate ``lr_l`` alone. The rate enters training only through
+        these products, so the derivatives sum over the layers to ``d/d log lr``. Forward mode carries one tangent
+        per layer for it.
       objective: ``"final_loss"``, ``"final_test_loss"`` or ``"mean_loss"`` (:data:`OBJECTIVES`).
       mode: ``"forward"`` (one tangent per hyperparameter; memory independent of ``steps``), ``"reverse"`` (all at
         once, rematerialised: memory grows as ``sqrt(steps)``) or ``"auto"``: forward for up to
-        :data:`FORWARD_MAX` hyperparameters or where reverse mode would not fit the device's memory, else reverse.
+        :data:`FORWARD_MAX` tangents or where reverse mode would not fit the device's memory, else reverse.
       remat_every: reverse mode's steps per checkpointed segment (default :func:`default_remat`, about
         ``sqrt(steps)``).
       layout: ``"auto"`` or ``"vmap"``; the packed layout is refused.
     Returns:
       ``xarray.Dataset`` over the sweep's axes (``sweep.dims``, the dimensions :func:`dynsim.run` gives) with
-      the objective (named after it), ``d_<objective>_d_<name>`` per name in ``wrt`` and ``diverged_at``;
+      the objective (named after it), ``d_<objective>_d_<name>`` per name in ``wrt`` (over ``layer`` too for
+      ``log_lr_layer``) and ``diverged_at``;
       attributes ``mode``, ``remat_every``, ``steps``, ``wrt``, ``buckets``, ``timing`` and versions. A member
       that diverged has NaN objective and derivatives.
 
@@ -262,6 +288,7 @@ def hypergrad(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, wrt:
         raise InputError("hypergrad takes one schedule for the whole run (schedule=...), not a sweep over schedule.")
     wrt, remat_every = _check(model, sweep, wrt, objective, mode, remat_every, steps)
     fields = _fields(wrt)
+    layers = n_layers(model)
     remat = remat_every or default_remat(steps)
     batch = a.batch_size or task.n_train
     program_task = task.program_task()
@@ -281,13 +308,14 @@ def hypergrad(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, wrt:
     for b in buckets:  # every group's mode and memory are settled before anything is trained
         prog = make_prog(b)
         fits = limit is None or reverse_memory(prog, b.group, steps, remat) <= 0.8 * limit
-        chosen = mode if mode != "auto" else ("forward" if len(fields) <= FORWARD_MAX or not fits else "reverse")
+        tangents = _tangents(fields, layers)
+        chosen = mode if mode != "auto" else ("forward" if tangents <= FORWARD_MAX or not fits else "reverse")
         if chosen == "reverse" and not fits:
             need = reverse_memory(prog, b.group, steps, remat)
             raise InputError(f"reverse mode at width {b.n_pad} holds about {-(-steps // remat) + remat} states per "
                              f"member and needs {need / 2**30:.1f} GiB, more than 80% of the {limit / 2**30:.1f} GiB "
                              "available; use mode='forward', a smaller group or another remat_every.")
-        tangents = len(fields) if chosen == "forward" else 0
+        tangents = tangents if chosen == "forward" else 0
         if limit is not None and (1 + tangents) * memory_estimate(prog, b.group) > 0.8 * limit:
             raise InputError(f"forward mode at width {b.n_pad} carries {tangents} tangents beside a group of "
                              f"{b.group} members, more than 80% of the {limit / 2**30:.1f} GiB available; pass a "
@@ -297,7 +325,7 @@ def hypergrad(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, wrt:
     data = task.make()
     table = member_table(sweep)
     value = np.full(sweep.size, np.nan)
-    grads = {n: np.full(sweep.size, np.nan) for n in wrt}
+    grads = {n: np.full((sweep.size, layers) if n == "log_lr_layer" else sweep.size, np.nan) for n in wrt}
     diverged = np.full(sweep.size, -1, np.int64)
     t0 = time.perf_counter()
     for b in buckets:
@@ -316,13 +344,19 @@ def hypergrad(model: Model, task: Task, sweep: Sweep | dict, *, steps: int, wrt:
     coords = {ax: list(getattr(sweep, ax)) for ax in dims}
     variables = {objective: (dims, value.reshape(shape), {"description": OBJECTIVES[objective]})}
     for name in wrt:
-        variables[f"d_{objective}_d_{name}"] = (dims, grads[name].reshape(shape),
-                                                {"description": f"derivative of {objective} with respect to {name}"})
+        about = (f"derivative of {objective} with respect to the log of each layer's learning-rate multiplier, at 1"
+                 if name == "log_lr_layer" else f"derivative of {objective} with respect to {name}")
+        extra = ("layer",) if name == "log_lr_layer" else ()
+        variables[f"d_{objective}_d_{name}"] = (dims + extra, grads[name].reshape(shape + (layers,) * len(extra)),
+                                                {"description": about})
     variables["diverged_at"] = (dims, diverged.reshape(shape), {"description": "step at which the member diverged "
                                                                               "(-1: it did not)"})
     used = sorted({modes[id(b)] for b in buckets})
     attrs = {"objective": objective, "wrt": json.dumps(list(wrt)), "mode": ",".join(used), "steps": steps,
              "remat_every": remat if "reverse" in used else 0,
              "buckets": json.dumps([[b.optimizer, b.n_pad, len(b.members), b.group] for b in buckets]),
-             "timing": json.dumps({"run_s": time.perf_counter() - t0}), **versions()}
+             "timing": json.dumps({"run_s": time.perf_counter() - t0}),
+             **{k: (int(v) if isinstance(v, bool) else v) for k, v in versions().items()}}  # netCDF has no bool
+    if "log_lr_layer" in wrt:
+        coords["layer"] = np.arange(layers)
     return xr.Dataset(variables, coords=coords, attrs=attrs)

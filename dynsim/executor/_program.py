@@ -118,6 +118,9 @@ class Hyper(NamedTuple):
       key: PRNG key data (``uint32[2]``) of the member's seed.
       lr_table: ``[steps]`` learning-rate multiplier of each step of the member's schedule (computed on the host by
         :func:`dynsim.optim.schedule_multipliers`), or ``None`` where the program has no swept schedule.
+      lr_layer: per-layer multipliers of the learning rate, one per parameter array (``[depth]``), or ``None``
+        (every multiplier 1, as in training). :func:`dynsim.hypergrad` sets them to 1 and differentiates through
+        them (``wrt=("log_lr_layer",)``); the vmapped layout reads them, the packed layout has none.
     """
 
     width: jax.Array
@@ -128,6 +131,7 @@ class Hyper(NamedTuple):
     abc: jax.Array
     key: jax.Array
     lr_table: jax.Array | None = None
+    lr_layer: jax.Array | None = None
 
 
 def scheduled(updates, table, step, index=None):

@@ -25,12 +25,15 @@ __all__ = ["VmapLayout", "make_optimizer", "init_group", "run_segment", "shard"]
 
 
 def make_optimizer(prog: Program, hyper: Hyper, lr_mult) -> optax.GradientTransformation:
-    """One member's optimizer (:func:`dynsim.optim.chain`) with per-layer learning rates ``lr * s(t) * n^-c_l``.
+    """One member's optimizer (:func:`dynsim.optim.chain`) with per-layer learning rates ``lr * s(t) * n^-c_l``
+    (times ``hyper.lr_layer[l]`` where it is set).
 
     Transforms no member uses are left out (static flags), so the common plain-SGD program carries no momentum
     buffer and spends no passes over the weights on a zero decay.
     """
     depth = lr_mult.shape[0]
+    if hyper.lr_layer is not None:
+        lr_mult = lr_mult * hyper.lr_layer
     steps = tuple(-hyper.lr * lr_mult[i] for i in range(depth))
     decay = _optim.layer_decay(prog.model, hyper.weight_decay) if prog.weight_decay else None
     momentum = (hyper.momentum,) * depth if prog.optimizer == "sgd" and prog.momentum else None

@@ -178,6 +178,8 @@ def run(exp: Experiment, spec: dict, *, out=None, quick: bool = False, progress:
         ds = exp.execute(spec, out, progress)
         return _finish(exp, spec, ds, out, t0, time.perf_counter() - t0)
     model, task, sweep, opts = build(spec)
+    if "hypergrad" in spec:
+        return _run_hypergrad(exp, spec, model, task, sweep, opts, out, quick, log)
     try:  # reject a layout the model cannot use before anything is written
         _executor.choose_layout(opts["layout"], model, opts["observables"], sweep, opts["batch_size"] or task.n_train)
     except _executor.InputError as e:
@@ -197,6 +199,34 @@ def run(exp: Experiment, spec: dict, *, out=None, quick: bool = False, progress:
             ds = _executor.run(model, task, sweep, out=out, progress=progress, spec=spec, **opts)
     except (_io.MetaMismatch, _executor.InputError) as e:  # inputs the engine rejects
         raise spec_error(e) from None
+    return _finish(exp, spec, ds, out, t0, time.perf_counter() - t0)
+
+
+def _run_hypergrad(exp: Experiment, spec: dict, model, task, sweep, opts, out, quick: bool, log):
+    """A spec with a ``[hypergrad]`` table: its members' objective and derivatives (:func:`dynsim.hypergrad`) in
+    ``out/results.nc``, with the spec in its attributes, then the experiment's analysis. Nothing is resumed: the
+    derivatives of a member come from one pass over all its steps, so a rerun computes them again."""
+    out = pathlib.Path(out or f"runs/{exp.name}{'-quick' if quick else ''}")
+    if (out / "meta.json").exists():
+        raise _spec.SpecError(f"{out} holds the recorded runs of a spec without [hypergrad]; choose another --out "
+                              "directory.")
+    hyper = spec["hypergrad"]
+    wrt = hyper.get("wrt", ["log_lr"])
+    kwargs = dict(steps=opts["steps"], wrt=tuple([wrt] if isinstance(wrt, str) else wrt),
+                  objective=hyper.get("objective", "final_loss"), mode=hyper.get("mode", "auto"),
+                  remat_every=hyper.get("remat_every"), batch_size=opts["batch_size"], group=opts["group"],
+                  diverge_factor=opts["diverge_factor"], betas=opts["betas"], eps=opts["eps"],
+                  schedule=opts["schedule"], warmup_steps=opts["warmup_steps"], layout=opts["layout"])
+    log(f"dynsim: {exp.name}: hypergradients of {kwargs['objective']} in {', '.join(kwargs['wrt'])} for "
+        f"{sweep.size} members, {opts['steps']} steps -> {out}")
+    t0 = time.perf_counter()
+    try:
+        ds = _executor.hypergrad(model, task, sweep, **kwargs)  # every input is checked before any training
+    except _executor.InputError as e:
+        raise spec_error(e) from None
+    ds.attrs["spec"] = json.dumps(spec)
+    out.mkdir(parents=True, exist_ok=True)
+    _io.write_results(ds, out / "results.nc")
     return _finish(exp, spec, ds, out, t0, time.perf_counter() - t0)
 
 

@@ -18,6 +18,15 @@ per parametrization (bootstrap CI over seeds) and compared with :func:`dynsim.th
 (-1 SP, 0 muP), with the model error of ``lr-transfer`` (:func:`dynsim.experiments.lr_transfer.model_error`: the
 slope over the swept widths of ``2 / lambda_max`` of the rate-scaled Hessian at init, plus a next-order term).
 
+Beside it, the grid search it replaces: the same members trained by :func:`dynsim.run` at each rate of
+``lr-transfer``'s grid (``analysis.grid_lrs`` rates evenly spaced in log lr over ``10^-4 .. 10``) for the same
+steps; a member's grid lr* is the grid rate with its lowest final loss (the descent's lr* being the visited rate
+with its lowest loss: one definition on both sides, a width's lr* the geometric mean over seeds). The two lr* are set
+side by side per width and parametrization with their two fitted exponents, and a check per
+parametrization asks that their mean offset in log lr be within one grid spacing (the grid's own resolution: its
+best rate lies within one spacing of the optimum of a loss unimodal in log lr), against the competing outcome of a
+descent that never left its starting rate.
+
 Where it fails: near the edge the hypergradient of the unrolled run explodes (the training map's Jacobian has an
 eigenvalue ``1 - lr lambda`` of modulus near or above 1, :func:`dynsim.theory.linear_gd.lr_derivative_growth`); the
 report gives, per parametrization, the largest ``|d log L / d log lr|`` met and the number of rejected steps.
@@ -41,6 +50,7 @@ from ..plot import log_ticks, save, subplots, width_colors
 from ..theory.parametrization import lr_exponent
 from ._contract import Check, Experiment, Requirements
 from ._runner import build, spec_error
+from .lr_transfer import DEFAULTS as _LR_TRANSFER
 from .lr_transfer import calibrate, model_error
 
 N_BOOT = 300
@@ -48,6 +58,8 @@ OUTER_STEPS = 24
 # Largest step on log lr per outer step: 0.5 moves lr by a factor 1.65, so 24 steps can cross five decades, the
 # span of lr-transfer's grid.
 STEP = 0.5
+# lr-transfer's grid: its range in log10 lr; analysis.grid_lrs rates over it.
+GRID_RANGE = tuple(_LR_TRANSFER["sweep"]["lr"]["logspace"][:2])
 
 DEFAULTS = {
     "experiment": "hyper-descent",
@@ -122,6 +134,30 @@ def lr_star(ds) -> np.ndarray:
     return np.where(np.isfinite(loss).any(axis=-1), out, np.nan)
 
 
+def grid_rates(spec) -> np.ndarray:
+    """The grid search's learning rates: ``analysis.grid_lrs`` over lr-transfer's range."""
+    return np.logspace(*GRID_RANGE, int(spec.get("analysis", {}).get("grid_lrs", 16)))
+
+
+def grid_loss(model, task, sweep: Sweep, rates, *, steps: int) -> xr.DataArray:
+    """The final training loss of every member of ``sweep`` at each of ``rates`` (``ds.run``, the same steps as the
+    descent), over ``param, width, seed, grid_lr``; NaN where the member diverged."""
+    res = _executor.run(model, task, dataclasses.replace(sweep, lr=[float(r) for r in rates]), steps=steps,
+                        record_every=steps, progress=False, layout="vmap")
+    final = res["loss"].isel(step=-1)
+    final = final.isel({d: 0 for d in final.dims if d not in ("param", "width", "seed", "lr")})
+    final = final.transpose("param", "width", "seed", "lr").rename(lr="grid_lr")
+    return final.drop_vars([c for c in final.coords if c not in final.dims])
+
+
+def grid_star(loss: np.ndarray, rates: np.ndarray) -> np.ndarray:
+    """Each member's grid lr* ``[param, width, seed]`` from ``loss [param, width, seed, rate]``: the rate with its
+    lowest final loss (NaN where it diverged at every rate)."""
+    finite = np.where(np.isfinite(loss), loss, np.inf)
+    best = np.asarray(rates)[np.argmin(finite, axis=-1)]
+    return np.where(np.isfinite(loss).any(axis=-1), best, np.nan)
+
+
 def execute(spec, out, progress) -> xr.Dataset:
     model, task, sweep, opts = build(spec)
     analysis = spec.get("analysis", {})
@@ -132,17 +168,16 @@ def execute(spec, out, progress) -> xr.Dataset:
                      step=analysis.get("step", STEP))
         t_descent = time.perf_counter() - t0
         t1 = time.perf_counter()
-        plain = _executor.run(model, task, dataclasses.replace(sweep, lr=[float(np.nanmedian(lr_star(ds)))]),
-                              steps=steps, record_every=steps, progress=False, layout="vmap")
-        plain.close()
-        t_plain = time.perf_counter() - t1
+        rates = grid_rates(spec)
+        ds["grid_loss"] = grid_loss(model, task, sweep, rates, steps=steps)
+        t_grid = time.perf_counter() - t1
         scale = calibrate(model, task, sweep, {**opts, "batch_size": opts["batch_size"]}, out / "calibration",
                           progress)
     except (_io.MetaMismatch, _executor.InputError) as e:
         raise spec_error(e) from None
     scale = scale.sel(optimizer="sgd")
     ds["lr_scale"] = scale.drop_vars([c for c in scale.coords if c not in scale.dims])
-    ds.attrs["timing"] = json.dumps({"descent_s": t_descent, "plain_run_s": t_plain})
+    ds.attrs["timing"] = json.dumps({"descent_s": t_descent, "grid_s": t_grid})
     ds.attrs["steps"] = steps
     _io.write_results(ds, out / "results.nc")
     return ds
@@ -157,7 +192,14 @@ def analyse(ds, spec, out):
     rng = np.random.default_rng(0)
     idx = rng.integers(0, n_seeds, (N_BOOT, n_seeds))
     calib = ds["lr_scale"].expand_dims(optimizer=["sgd"]).to_dataset(name="lr_scale")
-    checks, regimes, rows, fits = [], {}, [], {}
+    rates = ds["grid_lr"].values
+    losses = ds["grid_loss"].transpose("param", "width", "seed", "grid_lr").values
+    spacing = float(np.log(rates[1] / rates[0]))  # the grid's step in log lr
+    log_grid = np.log(grid_star(losses, rates))  # [P, W, S]
+    grid = np.nanmean(log_grid, axis=-1)  # [P, W]: log of the geometric mean over seeds
+    grid_boot = np.nanmean(log_grid[:, :, idx], axis=-1).transpose(2, 0, 1)  # [B, P, W], the descent's resamples
+    start = float(np.log(ds["lr"].values[..., 0].flat[0]))  # every member's starting rate
+    checks, regimes, rows, fits, grid_fits, table_rows = [], {}, [], {}, {}, []
     for i, par in enumerate(params):
         log_star = np.log(star[i])  # [W, S]
         boot = np.nanmean(log_star[:, idx], axis=-1).T  # [B, W]
@@ -170,6 +212,9 @@ def analyse(ds, spec, out):
             fits[par] = line
         else:
             measured, ci = float("nan"), (float("nan"), float("nan"))
+        grid_ok = np.isfinite(grid[i])
+        if grid_ok.sum() >= 2:
+            grid_fits[par] = _fit.slope(np.log(widths[grid_ok]), grid_boot[:, i, grid_ok])
         error, slope, next_order = model_error(calib, "sgd", par)
         explode = float(np.nanmax(np.abs(ds["dlog"].values[i])))
         rejected = int(ds["rejected"].values[i].sum())
@@ -180,32 +225,57 @@ def analyse(ds, spec, out):
         checks.append(Check(name=f"lr* exponent from hypergradients, {par} / sgd", measured=measured, ci=ci,
                             predicted=predicted, competitor="transfer (0)" if competing == 0 else "SP's 1/width (-1)",
                             competing=competing, tolerance=error, reason=reason))
-        regimes[f"{par}/sgd"] = (f"lr* ~ width^{measured:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] from gradients alone; "
-                                 f"{rejected} outer steps diverged and were rejected; largest |d log L / d log lr| "
+        # The two lr* side by side: the mean over widths of log(lr*_hyper / lr*_grid), bootstrapped over seeds
+        # (the same resamples on both sides).
+        both = ok & grid_ok
+        offset = float(np.mean(np.nanmean(log_star, axis=1)[both] - grid[i, both])) if both.any() else float("nan")
+        off_boot = np.mean(boot[:, both] - grid_boot[:, i, both], axis=1) if both.any() else np.full(N_BOOT, np.nan)
+        off_ci = tuple(float(v) for v in np.nanpercentile(off_boot, [2.5, 97.5])) if both.any() else (
+            float("nan"), float("nan"))
+        checks.append(Check(
+            name=f"lr* from hypergradients against the grid's, {par} / sgd (mean log ratio over widths)",
+            measured=offset, ci=off_ci, predicted=0.0, competitor="a descent that never left its starting rate",
+            competing=float(np.mean(start - grid[i, both])) if both.any() else float("nan"), tolerance=spacing,
+            reason=(f"tolerance: one step of the grid, log({rates[1] / rates[0]:.3g}) = {spacing:.2f} (its best rate "
+                    f"lies within one step of the optimum); CI: {N_BOOT}-replicate bootstrap over seeds of both lr*; "
+                    f"widths where both are finite: {int(both.sum())}/{len(widths)}")))
+        g = grid_fits.get(par)
+        regimes[f"{par}/sgd"] = (f"lr* ~ width^{measured:.2f} [{ci[0]:.2f}, {ci[1]:.2f}] from gradients alone, "
+                                 + (f"width^{g.slope:.2f} [{g.slope_ci[0]:.2f}, {g.slope_ci[1]:.2f}] from the grid; "
+                                    if g is not None else "no grid exponent (fewer than 2 finite optima); ")
+                                 + f"{rejected} outer steps diverged and were rejected; largest |d log L / d log lr| "
                                  f"met {explode:.3g}")
-        rows.append([par, f"{measured:.2f}", f"{rejected}", f"{explode:.3g}"])
+        rows.append([par, f"{measured:.2f}", f"{g.slope:.2f}" if g is not None else "n/a", f"{rejected}",
+                     f"{explode:.3g}"])
+        for j, w in enumerate(widths):
+            table_rows.append([par, f"{int(w)}", f"{np.exp(np.nanmean(log_star[j])):.3g}",
+                               f"{np.exp(grid[i, j]):.3g}" if np.isfinite(grid[i, j]) else "n/a",
+                               f"{np.nanmean(log_star[j]) - grid[i, j]:+.2f}" if np.isfinite(grid[i, j]) else "n/a"])
     outer = ds.sizes["outer"]
     members = int(np.prod(star.shape))
     unrolled = members * outer * steps
-    grid_lrs = int(spec.get("analysis", {}).get("grid_lrs", 16))
-    grid = members * grid_lrs * steps
+    grid_steps = members * len(rates) * steps
     timing = json.loads(ds.attrs.get("timing", "{}"))
-    per_run = timing.get("plain_run_s", float("nan")) / max(len(widths) * n_seeds * len(params), 1)
-    figures = [_plot_paths(ds, out), _plot_optimum(widths, star, fits, params, out)]
+    figures = [_plot_paths(ds, out), _plot_optimum(widths, star, fits, params, out, grid, grid_fits)]
     report = ("Each member descends its own log lr with forward-mode hypergradients of its final training loss "
               "(Rprop steps on the derivative's sign; a step that diverges is rejected and the member's step "
               "halved); lr* is the best rate visited.\n\n"
               f"Training steps spent: {outer} hypergradients x {members} members x {steps} steps = {unrolled} unrolled "
               f"steps (each carries one tangent, about 3.7 plain steps in CPU time: benchmarks/hypergrad.py), "
-              f"against {grid} for a grid of {grid_lrs} learning rates per member as in lr-transfer (before its "
-              f"edge refinement). Wall time of the descent: {timing.get('descent_s', float('nan')):.3g} s; one plain "
-              f"run of the same members: {timing.get('plain_run_s', float('nan')):.3g} s "
-              f"({per_run:.3g} s per member).\n\n"
+              f"against {grid_steps} for the grid of {len(rates)} learning rates per member as in lr-transfer "
+              f"(before its edge refinement). Wall time of the descent: {timing.get('descent_s', float('nan')):.3g} s; "
+              f"of the grid: {timing.get('grid_s', float('nan')):.3g} s (compilation included in both).\n\n"
+              f"lr* per width, the descent's (geometric mean over seeds) beside the grid's ({len(rates)} rates "
+              f"10^{GRID_RANGE[0]:g} .. 10^{GRID_RANGE[1]:g}, one step = {spacing:.2f} in log lr), each the geometric "
+              "mean over seeds of the members' best rates:\n\n"
+              + "| param | width | lr* (hypergradients) | lr* (grid) | log ratio |\n|---|---|---|---|---|\n"
+              + "\n".join("| " + " | ".join(r) + " |" for r in table_rows) + "\n\n"
               "Where it fails: near the stability edge the loss jumps by orders of magnitude between neighbouring "
               "rates and its derivative explodes (the unrolled run's Jacobian has an eigenvalue 1 - lr lambda of "
               "modulus near 1 or above); sign steps and the rejection of diverged steps keep the descent "
               "below the edge, and the largest derivative met measures the explosion.\n\n"
-              + "| param | exponent | rejected steps | largest abs(d log L / d log lr) |\n|---|---|---|---|\n"
+              + "| param | exponent (hypergradients) | exponent (grid) | rejected steps | largest abs(d log L / "
+              "d log lr) |\n|---|---|---|---|---|\n"
               + "\n".join("| " + " | ".join(r) + " |" for r in rows))
     return {"checks": checks, "regimes": regimes, "figures": figures, "report": report}
 
@@ -225,16 +295,23 @@ def _plot_paths(ds, out):
     return save(fig, out / "lr_paths.png")
 
 
-def _plot_optimum(widths, star, fits, params, out):
+def _plot_optimum(widths, star, fits, params, out, grid=None, grid_fits=None):
+    """lr* against width per parametrization: the descent's (filled, solid fit) and the grid's (open, dashed)."""
     fig, axes = subplots(1, 1, figsize=(5.5, 4.5), squeeze=False)
     ax = axes[0, 0]
     for i, par in enumerate(params):
         y = np.exp(np.nanmean(np.log(star[i]), axis=1))
-        line = ax.plot(widths, y, "os"[i % 2], label=par)
+        line = ax.plot(widths, y, "os"[i % 2], label=f"{par}, hypergradients")
+        color = line[0].get_color()
         if par in fits:
-            ax.plot(widths, np.exp(fits[par].predict(np.log(widths))), "-", color=line[0].get_color(), lw=1,
+            ax.plot(widths, np.exp(fits[par].predict(np.log(widths))), "-", color=color, lw=1,
                     label=f"{par} fit: {fits[par].slope:.2f}")
-    ax.set(xscale="log", yscale="log", xlabel="width", ylabel="lr* (hypergradient descent)")
+        if grid is not None:
+            ax.plot(widths, np.exp(grid[i]), "os"[i % 2], mfc="none", ms=10, color=color, label=f"{par}, grid")
+            if par in grid_fits:
+                ax.plot(widths, np.exp(grid_fits[par].predict(np.log(widths))), "--", color=color, lw=1,
+                        label=f"{par} grid fit: {grid_fits[par].slope:.2f}")
+    ax.set(xscale="log", yscale="log", xlabel="width", ylabel="lr*")
     log_ticks(ax, widths)
     ax.legend(fontsize=7)
     return save(fig, out / "lr_star_vs_width.png")
