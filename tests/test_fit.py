@@ -534,3 +534,11 @@ def test_docstring_examples_run():
     for module in (_power, _law):  # dynsim.fit re-exports them; their docstrings hold the examples
         result = doctest.testmod(module)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+def test_percentile_ci_leaves_out_replicates_that_measured_nothing():
+    samples = np.array([np.nan, 3.0, 1.0, np.inf, 2.0, 5.0, 4.0])
+    # The finite replicates' equal-tailed interval, as numpy computes it on them alone (same arithmetic: exact).
+    assert fit.percentile_ci(samples, 0.5) == tuple(np.percentile([1.0, 2.0, 3.0, 4.0, 5.0], [25, 75]))
+    lo, hi = fit.percentile_ci([np.nan, np.nan])
+    assert np.isnan(lo) and np.isnan(hi)

@@ -341,14 +341,11 @@ def analyse(ds, spec, out):
             f"end of the {span:.2f} log-range of B; no CI (one grid value per batch size)"))
         if "b_simple" in m:
             b_simple = m["b_simple"][i]  # [B, S]
-            below = batch <= max(m["b_crit"][i], batch.min()) if np.isfinite(m["b_crit"][i]) else batch > 0
             measured_noise = float(np.nanmedian(b_simple))
             ratio = m["b_crit"][i] / measured_noise
             boot = np.log10(m["b_crit_boot"][:, i] / measured_noise)
-            boot = boot[np.isfinite(boot)]
-            ci = tuple(np.percentile(boot, [2.5, 97.5])) if boot.size else (float("nan"),) * 2
+            ci = _fit.percentile_ci(boot)
             spread = float(np.nanmax(b_simple) / np.nanmin(b_simple))
-            del below
             checks.append(Check(
                 name="critical batch (fit of S = S_min(1 + B_noise/B)) / measured noise scale, sgd, log10",
                 measured=float(np.log10(ratio)), ci=ci, predicted=0.0,

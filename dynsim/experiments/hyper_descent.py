@@ -230,8 +230,7 @@ def analyse(ds, spec, out):
         both = ok & grid_ok
         offset = float(np.mean(np.nanmean(log_star, axis=1)[both] - grid[i, both])) if both.any() else float("nan")
         off_boot = np.mean(boot[:, both] - grid_boot[:, i, both], axis=1) if both.any() else np.full(N_BOOT, np.nan)
-        off_ci = tuple(float(v) for v in np.nanpercentile(off_boot, [2.5, 97.5])) if both.any() else (
-            float("nan"), float("nan"))
+        off_ci = _fit.percentile_ci(off_boot)
         checks.append(Check(
             name=f"lr* from hypergradients against the grid's, {par} / sgd (mean log ratio over widths)",
             measured=offset, ci=off_ci, predicted=0.0, competitor="a descent that never left its starting rate",

@@ -275,12 +275,7 @@ def _drop(L, const, others):
 
 
 def _ci(values):
-    v = np.asarray(values, float)
-    v = v[np.isfinite(v)]
-    if not v.size:
-        return (float("nan"), float("nan"))
-    a = 100 * (1 - LEVEL) / 2
-    return tuple(float(x) for x in np.percentile(v, [a, 100 - a]))
+    return _fit.percentile_ci(values, LEVEL)
 
 
 def analyse(ds, spec, out):

@@ -263,8 +263,7 @@ def analyse(ds, spec, out):
     rules = [float(p) for p in analysis.get("rules", _theory.RULES)]
     widths = ds["width"].values.astype(float)
     point, boot, spread, n_steady = sv_fit(ds, spec)
-    ci = lambda j: tuple(np.nanpercentile(boot[:, j], [2.5, 97.5])) if np.isfinite(boot[:, j]).any() else (
-        math.nan, math.nan)
+    ci = lambda j: _fit.percentile_ci(boot[:, j])
     steady = (f"{n_steady} steady (width, lr, wd) points: >= {STEADY_TIMES:g} decay times 1 / (lr_h wd) of "
               f"training, sigma_max averaged over the last {STEADY_WINDOW:.0%} of it; CI: {N_BOOT}-replicate "
               "bootstrap over seeds")
@@ -294,7 +293,7 @@ def analyse(ds, spec, out):
     rule, rule_boot = (_rule_from(v[0], v[1], v[2], e) for v in ((point["a"], point["b"], point["w"]), boot.T))
     rule_err = math.nan
     if math.isfinite(rule) and np.isfinite(rule_boot).sum() >= 2:
-        lo, hi = np.nanpercentile(rule_boot, [2.5, 97.5])
+        lo, hi = _fit.percentile_ci(rule_boot)
         rule_err = float((hi - lo) / 2 + (spread[2] + abs(e) * spread[0] + abs(rule) * spread[1]) / point["b"])
     next_order = _next_order(widths)
     for p in rules:

@@ -24,10 +24,11 @@ from ._power import Regime as Regime
 from ._power import agrees as agrees
 from ._power import lr_optimum as lr_optimum
 from ._power import mean_ci as mean_ci
+from ._power import percentile_ci as percentile_ci
 from ._power import power_law as power_law
 from ._power import regime as regime
 from ._power import slope as slope
 from ._power import verdict as verdict
 
-__all__ = ["lr_optimum", "PowerLawFit", "LineFit", "Regime", "power_law", "slope", "mean_ci", "agrees", "verdict",
-           "regime", "law", "LawFit", "Form", "FORMS", "get_form", "extrapolation_error", "annealing_areas"]
+__all__ = ["lr_optimum", "PowerLawFit", "LineFit", "Regime", "power_law", "slope", "mean_ci", "percentile_ci", "agrees",
+           "verdict", "regime", "law", "LawFit", "Form", "FORMS", "get_form", "extrapolation_error", "annealing_areas"]

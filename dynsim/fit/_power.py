@@ -173,6 +173,13 @@ def _percentile_ci(samples: np.ndarray, level: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def percentile_ci(samples: Any, level: float = 0.95) -> tuple[float, float]:
+    """Equal-tailed percentile interval at ``level`` of the finite values of ``samples`` (bootstrap replicates,
+    some of which may be NaN where a resample had nothing to measure); ``(nan, nan)`` when none is finite."""
+    v = np.asarray(samples, dtype=np.float64).ravel()
+    return _percentile_ci(v[np.isfinite(v)], level)
+
+
 def _check_x(x: Any, *, positive: bool) -> np.ndarray:
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 1:
