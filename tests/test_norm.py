@@ -9,7 +9,7 @@ import roundoff
 
 import dynsim as ds
 from dynsim.models import MLP
-from dynsim.observables._weights import top_singular_values
+from dynsim.observables._weights import frobenius_norms, top_singular_values
 from dynsim.padding import width_mask
 from dynsim.tasks import TeacherStudent
 
@@ -138,3 +138,13 @@ def test_top_singular_value_matches_svd(x64):
         exact = np.linalg.svd(w, compute_uv=False)[0]
         assert float(got[0]) <= exact * (1 + 1e-12)  # a Ritz value never exceeds the top eigenvalue
         np.testing.assert_allclose(float(got[0]), exact, rtol=rtol)
+
+
+def test_frobenius_norm_matches_numpy_and_ignores_padding(x64):
+    rng = np.random.default_rng(1)
+    n, n_pad = 60, 80
+    w = rng.normal(size=(n, n)) / np.sqrt(n)
+    padded = np.zeros((n_pad, n_pad))
+    padded[:n, :n] = w
+    got = frobenius_norms((jnp.asarray(padded), jnp.asarray(2 * padded)), (0, 1))
+    np.testing.assert_allclose(np.asarray(got), [np.linalg.norm(w), 2 * np.linalg.norm(w)], rtol=1e-12)

@@ -46,11 +46,19 @@ The singular-value exponents do not move when only members with 8, 12 or 20 deca
 one, median 11, at ``--quick``). The same exponents came out with label noise 3 (``lr_h^0.28 wd^-0.61 n^0.89``),
 with a linear teacher and noise 0.5 (``lr_h^0.30 wd^-0.66 n^0.96``), and with depth 4, tanh and LayerNorm,
 measuring the hidden matrix that does not feed the readout (``lr_h^0.32 wd^-0.64 n^1.00``); earlier variants with
-16 outputs gave width exponents 1.0-1.2. Updates correlated over ``t_c ∝ (lr_h wd)^-k`` steps would give
-``||W||^2 ≈ lr_h t_c ||u||^2 / (2 wd)``, so ``a = (1 - k) / 2`` and ``b = (1 + k) / 2``: the measured pair is
-``k ≈ 1/3``, between uncorrelated updates (``k = 0``) and a persistent one (``k = 1``). ``w ≈ 1`` is the rank-one
-limit: the accumulated updates keep few directions, in the hidden matrix that does not feed the readout as well, so
-the single readout vector alone does not explain it.
+16 outputs gave width exponents 1.0-1.2. Where ``a != b`` comes from: Adam's momentum at
+``x = lr_h wd`` comparable to ``1 - beta_1`` (the grid reaches ``x = 0.32`` against ``1 - beta_1 = 0.1``). The
+gradient of a matrix feeding a normalisation is orthogonal to it (cosine ~1e-10), but Adam's averaged update is
+not: it points against ``W`` (cosine -0.08 to -0.74 in a replica of one member), and the equilibrium of rotation
+(Kosson et al. 2024, "Rotational equilibrium"), ``||W||_F^2 = lr_h E||u||_F^2 / (2 wd)``, holds only for
+``x << 1 - beta_1``. The measured ``||W||_F / sqrt(lr_h n^2 / (2 wd))`` (observable ``frobenius_norm``) is 1.01 at
+``x < 0.01``, 0.87 at ``x ~ 0.03`` and 0.56 at ``x = 0.1 - 0.32``; with ``train.betas = [0.0, 0.999]`` (no first
+moment) ``sigma_max ∝ lr_h^0.49 wd^-0.52 n^1.00``, and the two singular-value checks of ``lr_h`` and ``wd`` agree
+(the width ones still disagree). ``w ≈ 1`` is the rank-one limit: ``sigma_max / ||W||_F`` is 0.70-0.86 at every
+width, ``lr`` and ``wd`` (stable rank about 1.8), and ``||W||_F ∝ n``. A task with high-rank gradients (``d_in``
+256, 64 outputs, teacher width 256, batch 64) gives width exponents 0.66-0.96 depending on the grid, never a stable
+0.75; extending the ``wd_0`` grid down to 0.25 puts loss minima inside it, on a profile flat within the seed noise
+(3-5%) and where members have had less than one decay time, so they move with the seeds (docs/measurements.md).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Weight-matrix spectra: ``top_singular_value``, the largest singular value of each hidden ``n x n`` matrix.
+"""Weight-matrix spectra: ``top_singular_value``, the largest singular value of each hidden ``n x n`` matrix, and
+``frobenius_norm``, its Frobenius norm (the norm rotational equilibrium predicts, Kosson et al. 2024).
 
 Under AdamW the norm of a matrix that feeds a scale-invariant block settles where the optimizer's steps balance the
 decay; Fan et al. (2025) find its top singular value at ``sqrt(lr / wd) * n^0.75``
@@ -28,7 +29,7 @@ import jax.numpy as jnp
 from ._registry import Observable
 from ._spectrum import lanczos, ritz
 
-__all__ = ["LANCZOS_STEPS", "OBSERVABLES", "top_singular_values"]
+__all__ = ["LANCZOS_STEPS", "OBSERVABLES", "top_singular_values", "frobenius_norms"]
 
 LANCZOS_STEPS = 32  # static: matrix-vector products per matrix and record are twice this.
 _START_SEED = 20250101  # fixed: every member starts from the same vector (masked to its width).
@@ -59,6 +60,16 @@ def top_singular_values(params, mask, layers, steps: int = LANCZOS_STEPS) -> jax
     return jnp.stack(values)
 
 
+def frobenius_norms(params, layers) -> jax.Array:
+    """Frobenius norm of each matrix ``params[l]`` (``l`` in ``layers``), ``[len(layers)]``; padded rows and
+    columns are zero and add nothing."""
+    return jnp.stack([jnp.sqrt(jnp.sum(jnp.square(params[layer]))) for layer in layers])
+
+
+def _frob(ctx, params, extra):
+    return frobenius_norms(params, _hidden_layers(ctx.prog.model)), None
+
+
 def _top_sv(ctx, params, extra):
     return top_singular_values(params, ctx.mask, _hidden_layers(ctx.prog.model)), None
 
@@ -66,6 +77,11 @@ def _top_sv(ctx, params, extra):
 OBSERVABLES = (
     Observable("top_singular_value", _top_sv, "largest singular value of each hidden n x n weight matrix (the "
                f"trained parameter), from {LANCZOS_STEPS} Lanczos steps on W^T W", dims=("hidden_layer",),
+               shape=lambda prog: (len(_hidden_layers(prog.model)),),
+               applies=lambda model: len(_hidden_layers(model)) > 0,
+               applies_to="models with a hidden n x n weight matrix (MLPs of depth >= 3)"),
+    Observable("frobenius_norm", _frob, "Frobenius norm of each hidden n x n weight matrix (the trained "
+               "parameter)", dims=("hidden_layer",),
                shape=lambda prog: (len(_hidden_layers(prog.model)),),
                applies=lambda model: len(_hidden_layers(model)) > 0,
                applies_to="models with a hidden n x n weight matrix (MLPs of depth >= 3)"),
