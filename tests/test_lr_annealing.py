@@ -226,6 +226,17 @@ def test_a_wrong_simulation_fails_its_checks(scale, tmp_path, monkeypatch):
         assert held.verdict != "agrees" and drop.verdict != "agrees", (held, drop)
 
 
+def test_an_annealing_that_raises_the_loss_fails_the_sign_of_c(tmp_path, monkeypatch):
+    # Every curve with the annealing term's sign flipped (annealing costs loss): C comes out negative from either
+    # annealed schedule, and the check of C must not agree (the ratio over |C| is -1, not 1).
+    loss, rec = _synthetic(LAW, 0.95, SCHEDULES, drop_scale=-1.0)
+    _, ds_, spec = _checks(loss, rec)
+    monkeypatch.setattr(lr_annealing, "N_BOOT", 20)
+    checks = lr_annealing.analyse(ds_, spec, tmp_path)["checks"]
+    c = next(c for c in checks if c.name.startswith("annealing coefficient C"))
+    assert c.measured == pytest.approx(-1, abs=0.2) and c.verdict == "disagrees", c
+
+
 def test_quick_spec_is_valid_and_bad_specs_fail_before_training():
     exp, spec = experiments.resolve_spec("lr-annealing", quick=True)
     assert spec["sweep"]["schedule"][:2] == ["constant", "cosine"]

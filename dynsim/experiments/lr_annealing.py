@@ -32,9 +32,10 @@ Checks (CIs: bootstrap over seeds, refitting on each resample; each against the 
    prediction of the ``C = 0`` law (an annealed schedule has less forward area, so without the annealing term it
    ends *above* the constant one).
 3. **C is the training's, not the schedule's**: ``C`` fitted with another WSD curve in place of the fitted annealed
-   one, over the fitted ``C`` (both refitted on each resample), against 1; model error: the law's error on its
-   fitted curves over the annealing term's share ``C S2(T) / L(T)`` of the annealed curve's final loss (the relative
-   error of ``C`` that a relative error of the loss allows); competitor: 0 (no annealing term).
+   one, over the fitted ``|C|`` (both refitted on each resample), against 1 (two negative ``C`` give -1); model
+   error: the law's error on its fitted curves over the annealing term's share ``C S2(T) / L(T)`` of the annealed
+   curve's final loss (the relative error of ``C`` that a relative error of the loss allows); competitor: 0 (no
+   annealing term).
 4. **Best WSD decay fraction**, judged by its loss: the measured final loss at the law's best fraction (its minimum
    over a fine grid, :func:`dynsim.theory.annealing.wsd_final_loss`; the measured curve interpolated linearly between
    the grid's fractions) over the grid's lowest, minus 1, against 0 with the law's error on its fitted curves;
@@ -283,7 +284,7 @@ def _boot(loss, m, n_boot=None, seed=0):
         out["alpha"].append(fit.params["alpha"])
         if "alt" in m:
             alt, _ = _fit_law(mean, s1, s2, m["alt"][2], cols, start=m["alt"][3])
-            out["c_ratio"].append(alt.params["C"] / fit.params["C"])
+            out["c_ratio"].append(alt.params["C"] / abs(fit.params["C"]))
         if "wsd" in m:
             final = mean[m["wsd"]["rows"], -1]
             out["best"].append(best_fraction(m["wsd"]["fractions"], final))
@@ -354,11 +355,12 @@ def analyse(ds, spec, out):
     if "alt" in m:
         name, c_alt = m["alt"][:2]
         checks.append(Check(
-            name=f"annealing coefficient C fitted with {name} in place of {fitted[-1]}, over C fitted with "
-                 f"{fitted[-1]} (sign and size)", measured=c_alt / m["fit"].params["C"],
+            name=f"annealing coefficient C fitted with {name} in place of {fitted[-1]}, over |C| fitted with "
+                 f"{fitted[-1]} (sign and size)", measured=c_alt / abs(m["fit"].params["C"]),
             ci=_ci(boot["c_ratio"]), predicted=1.0, competitor="no annealing term (C = 0)", competing=0.0,
-            tolerance=m["mare_fit"] / m["c_share"],
-            reason=f"predicted: 1 (C is a property of the training, not of the schedule it is read from); model "
+            tolerance=m["mare_fit"] / abs(m["c_share"]) if m["c_share"] else math.inf,
+            reason=f"predicted: 1 (C is a property of the training, not of the schedule it is read from, and "
+                   "positive: annealing lowers the loss; two negative C's give -1); model "
                    f"error {m['mare_fit']:.4f} / {m['c_share']:.3f}: the law's mean |relative error| on its fitted "
                    f"curves, over the annealing term's share C S2(T) / L(T) of {fitted[-1]}'s final loss (the "
                    f"relative error of C it allows); CI: {N_BOOT}-replicate bootstrap over seeds, refitting both "
@@ -379,13 +381,14 @@ def analyse(ds, spec, out):
     regimes = {
         "fitted law": f"L0 = {p['L0']:.4g}, A = {p['A']:.4g}, alpha = {p['alpha']:.3g} {_fmt_ci(boot, 'alpha', m)}, "
                       f"C = {p['C']:.4g} {_fmt_ci(boot, 'c', m)}, lambda = {m['lam']:g} (from {list(m['objectives'])})",
-        "best WSD decay fraction": (f"measured {m['best']:.3g} {_fmt_ci(boot, 'best', m)} (the grid's argmin "
-                                    f"refined by a parabola), the law's {m['best_pred']:.3g}, the C = 0 law's "
-                                    f"{m['best0']:.3g}") if "best" in m else "",
         "intermediate checkpoints": f"fit on the first half of {', '.join(fitted)}: mean |relative error| "
                                     f"{m['early']['mare']:.4f} over every full curve (all data: "
                                     f"{np.mean(list(m['per_schedule'].values())):.4f})",
     }
+    if "best" in m:
+        regimes["best WSD decay fraction"] = (f"measured {m['best']:.3g} {_fmt_ci(boot, 'best', m)} (the grid's "
+                                              f"argmin refined by a parabola), the law's {m['best_pred']:.3g}, the "
+                                              f"C = 0 law's {m['best0']:.3g}")
     if "width" in m:
         w = m["width"]
         regimes["width extrapolation"] = (
