@@ -5,8 +5,8 @@ Random-features regression under muP (linear features of a power-law input spect
 teacher with 8 outputs and label noise 2), trained online by SGD with heavy-ball momentum 0.98 (a fresh batch every
 step) at one peak learning rate, with the schedule as a sweep axis (:func:`dynsim.optim.schedule_multipliers`:
 constant, cosine, linear, step and warmup-stable-decay at several decay fractions; all schedules share one compiled
-program). The SGD noise floor is about a quarter of the loss, the part annealing removes. The annealing law
-(:mod:`dynsim.theory.annealing`)
+program). Annealing to zero ends about a fifth below the constant schedule: the SGD noise floor it removes. The
+annealing law (:mod:`dynsim.theory.annealing`)
 
     L(s) = L0 + A S1(s)^-alpha - C S2(s)
 
@@ -207,9 +207,9 @@ def measure(loss, rec, schedules, *, steps, lr, decays, fit_names, skip, warmup=
     wsd = [i for i in range(len(schedules)) if schedules[i].startswith(WSD) and i not in fit_rows]
     annealed = [i for i in fit_rows if i != const]
     if wsd and annealed:
-        alt_rows = [const] + [wsd[len(wsd) // 2]]
+        alt_rows = [wsd[len(wsd) // 2] if i == annealed[-1] else i for i in fit_rows]
         alt, _ = _fit_law(mean, s1, s2, alt_rows, cols)
-        out["alt"] = (schedules[alt_rows[1]], alt.params["C"], alt_rows, alt.theta)
+        out["alt"] = (schedules[wsd[len(wsd) // 2]], alt.params["C"], alt_rows, alt.theta, schedules[annealed[-1]])
         # the annealing term's share of the fitted annealed schedule's final loss: a relative model error e of the
         # loss is a relative error e / share of C
         out["c_share"] = float(np.mean([fit.params["C"] * s2[i, -1] / mean[i, -1] for i in annealed]))
@@ -221,8 +221,8 @@ def measure(loss, rec, schedules, *, steps, lr, decays, fit_names, skip, warmup=
         fr, rows = fr[order], np.asarray(rows)[order]
         fine = np.linspace(fr.min(), fr.max(), 200)
         out["wsd"] = {"fractions": fr, "rows": rows, "final": mean[rows, -1], "final_seeds": top[rows, :, -1],
-                      "fine": fine, "law": _theory.wsd_final_loss(fine, steps, lr, fit.params, lam),
-                      "law0": nofit.predict({"x": np.array([lr * schedule_multipliers(f"wsd:{x:g}", steps).sum()
+                      "fine": fine, "law": _theory.wsd_final_loss(fine, steps, lr, fit.params, lam, warmup),
+                      "law0": nofit.predict({"x": np.array([lr * schedule_multipliers(f"wsd:{x:g}", steps, warmup).sum()
                                                             for x in fine])})}
         out["best"] = best_fraction(fr, mean[rows, -1])
         out["best_pred"] = float(fine[np.argmin(out["wsd"]["law"])])
@@ -266,8 +266,9 @@ def _width_extrapolation(means, widths, s1, s2, fit_rows, cols):
 
 def _boot(loss, m, n_boot=None, seed=0):
     """The bootstrap over seeds of the checked numbers at the largest width: each resample's seed-mean curves,
-    the law refitted to them (from the point fit, ``lambda`` kept), its held-out error, drop, ``C`` and best WSD
-    decay fraction (measured: the resample's own)."""
+    the law refitted to them (from the point fit, ``lambda`` kept), its held-out error, drop, ``C``, the
+    alternative ``C`` over it (:func:`c_ratio`), the best WSD decay fraction (the resample's own) and the regret of
+    the law's (its point fit's fraction kept)."""
     rng = np.random.default_rng(seed)
     top = loss[-1]
     n_seed = top.shape[1]
@@ -284,7 +285,7 @@ def _boot(loss, m, n_boot=None, seed=0):
         out["alpha"].append(fit.params["alpha"])
         if "alt" in m:
             alt, _ = _fit_law(mean, s1, s2, m["alt"][2], cols, start=m["alt"][3])
-            out["c_ratio"].append(alt.params["C"] / abs(fit.params["C"]))
+            out["c_ratio"].append(c_ratio(alt.params["C"], fit.params["C"]))
         if "wsd" in m:
             final = mean[m["wsd"]["rows"], -1]
             out["best"].append(best_fraction(m["wsd"]["fractions"], final))
@@ -292,11 +293,21 @@ def _boot(loss, m, n_boot=None, seed=0):
     return {k: np.asarray(v, float) for k, v in out.items()}
 
 
+def c_ratio(c_alt, c) -> float:
+    """``c_alt / |c|``, and ``-|c_alt / c|`` when ``c <= 0`` (a fitted ``C`` that is not positive fails the check
+    whatever the other one's sign); infinite at ``c = 0``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r = np.float64(c_alt) / abs(np.float64(c))
+    return float(r if c > 0 else -abs(r))
+
+
 def best_fraction(fractions, final, log=False) -> float:
     """The WSD decay fraction of lowest final loss: the grid's argmin refined by the vertex of the parabola of log loss
     through it and its two neighbours (in ``F``, or in ``log F`` with ``log``; :func:`dynsim.fit.lr_optimum`),
     NaN at an end of the grid (the optimum is not bracketed)."""
     x = np.asarray(fractions, float)
+    if x.size < 3 or np.any(np.diff(x) <= 0):
+        return float("nan")  # no bracket of three distinct fractions
     best = float(_fit.lr_optimum(x if log else np.exp(x), np.asarray(final, float)))
     return best if log else float(np.log(best))
 
@@ -307,7 +318,7 @@ def regret(fractions, final, at) -> float:
     x, y = np.asarray(fractions, float), np.asarray(final, float)
     if not x[0] <= at <= x[-1]:
         return float("nan")
-    return float(np.interp(at, x, y) / y.min() - 1)
+    return float(np.interp(at, x, y) / np.nanmin(y) - 1)  # NaN where the fraction's own neighbours are NaN
 
 
 def _drop(L, const, others):
@@ -328,8 +339,10 @@ def analyse(ds, spec, out):
     lr = float(np.asarray(ds["lr"].values).ravel()[0])
     opts = dict(steps=int(train["steps"]), lr=lr, fit_names=a.get("fit", DEFAULTS["analysis"]["fit"]),
                 skip=float(a.get("skip", DEFAULTS["analysis"]["skip"])), warmup=int(train.get("warmup_steps", 0)))
-    m = measure(loss, rec, schedules, decays=decays(ds, a.get("decay", DEFAULTS["analysis"]["decay"])),
-                widths=widths, **opts)
+    decay = a.get("decay", DEFAULTS["analysis"]["decay"])
+    m = measure(loss, rec, schedules, decays=decays(ds, decay), widths=widths, **opts)
+    lam_from = ("the heavy-ball momentum" if decay == "momentum" else
+                "chosen by the fit's objective on the fitted curves")
     boot = _boot(loss, m)
     held = [schedules[i] for i in m["held"]]
     fitted = [schedules[i] for i in m["fit_rows"]]
@@ -343,7 +356,7 @@ def analyse(ds, spec, out):
                f"curves it was fitted to ({', '.join(fitted)}), which a prediction of other curves cannot be expected "
                "to beat, plus twice the seed noise of the held-out mean curves (standard error over seeds of "
                f"log(L_s / L_const), paired within a seed, averaged over their records); lambda = {m['lam']:g} "
-               f"chosen by the fit's objective on the fitted curves; CI: {N_BOOT}-replicate bootstrap over seeds, "
+               f"({lam_from}); CI: {N_BOOT}-replicate bootstrap over seeds, "
                "refitting on each")]
     checks.append(Check(
         name="final-loss drop of the held-out annealed schedules relative to constant, 1 - L_s(T) / L_const(T)",
@@ -353,16 +366,16 @@ def analyse(ds, spec, out):
         reason=f"model error {m['mare_fit']:.4f}: the law's mean |relative error| on its fitted curves, a relative "
                f"error of the loss, as is the drop; CI: {N_BOOT}-replicate bootstrap over seeds"))
     if "alt" in m:
-        name, c_alt = m["alt"][:2]
+        name, c_alt, _, _, replaced = m["alt"]
         checks.append(Check(
-            name=f"annealing coefficient C fitted with {name} in place of {fitted[-1]}, over |C| fitted with "
-                 f"{fitted[-1]} (sign and size)", measured=c_alt / abs(m["fit"].params["C"]),
+            name=f"annealing coefficient C fitted with {name} in place of {replaced}, over |C| fitted with "
+                 f"{replaced} (sign and size)", measured=c_ratio(c_alt, m["fit"].params["C"]),
             ci=_ci(boot["c_ratio"]), predicted=1.0, competitor="no annealing term (C = 0)", competing=0.0,
             tolerance=m["mare_fit"] / abs(m["c_share"]) if m["c_share"] else math.inf,
             reason=f"predicted: 1 (C is a property of the training, not of the schedule it is read from, and "
-                   "positive: annealing lowers the loss; two negative C's give -1); model "
+                   "positive: annealing lowers the loss; a fitted C <= 0 gives minus the ratio's size); model "
                    f"error {m['mare_fit']:.4f} / {m['c_share']:.3f}: the law's mean |relative error| on its fitted "
-                   f"curves, over the annealing term's share C S2(T) / L(T) of {fitted[-1]}'s final loss (the "
+                   f"curves, over the annealing term's share C S2(T) / L(T) of {replaced}'s final loss (the "
                    f"relative error of C it allows); CI: {N_BOOT}-replicate bootstrap over seeds, refitting both "
                    "laws on each resample"))
     if "best" in m:

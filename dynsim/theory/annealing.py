@@ -41,14 +41,16 @@ def annealing_loss(s1, s2, L0: float, A: float, alpha: float, C: float) -> np.nd
     return L0 + A * s1 ** (-alpha) - C * s2
 
 
-def wsd_final_loss(fractions, steps: int, lr: float, params: dict, decay: float = 0.999) -> np.ndarray:
+def wsd_final_loss(fractions, steps: int, lr: float, params: dict, decay: float = 0.999,
+                   warmup: int = 0) -> np.ndarray:
     """The law's loss after ``steps`` steps of warmup-stable-decay schedules at peak rate ``lr``, one per decay
     fraction ``F`` (the last ``F * steps`` steps decay linearly to 0: :func:`dynsim.optim.schedule_multipliers`'s
-    ``wsd:F``). Its minimum over ``F`` is the law's best decay fraction: a longer decay gains annealing area
-    ``S_2`` and loses forward area ``S_1`` (the balance Tissue et al. 2024 discuss for the annealing ratio of WSD)."""
+    ``wsd:F``, after ``warmup`` steps of linear warmup). Its minimum over ``F`` is the law's best decay fraction: a
+    longer decay gains annealing area ``S_2`` and loses forward area ``S_1`` (the balance Tissue et al. 2024 discuss
+    for the annealing ratio of WSD)."""
     out = []
     for f in np.atleast_1d(np.asarray(fractions, float)):
-        s1, s2 = annealing_areas(lr * schedule_multipliers(f"wsd:{f:g}", steps), decay)
+        s1, s2 = annealing_areas(lr * schedule_multipliers(f"wsd:{f:g}", steps, warmup), decay)
         out.append(annealing_loss(s1[-1], s2[-1], **{k: params[k] for k in ("L0", "A", "alpha", "C")}))
     return np.asarray(out)
 
@@ -62,6 +64,10 @@ def heavy_ball_decay(momentum: float) -> float:
     learning rate: the mode's second moment, and with it the excess loss the SGD noise keeps there, relaxes by
     ``beta`` per step after a drop of the rate. That is the law's ``m_i = lambda m_{i-1} + (eta_{i-1} - eta_i)``
     with ``lambda = beta`` (Polyak 1964 for the roots; the annealing law of Tissue et al. 2024).
+
+    dynsim's heavy ball (:func:`dynsim.optim.heavy_ball`) keeps ``t <- g + beta t`` and steps by ``eta_t t``, which is
+    the recursion above with ``beta eta_t / eta_{t-1}`` for ``beta``: exact at a constant rate, slightly less
+    momentum where the rate falls (a drop's step, the last steps of a decay to zero).
 
     Regime of validity: the noise-carrying modes underdamped through the decay (for ``beta = 0.98``,
     ``eta h > 1e-4``); modes below that relax more slowly, and without momentum (``beta = 0``) the relaxation rate
