@@ -426,13 +426,19 @@ def decays(ds, value) -> list[float]:
     (:func:`dynsim.theory.annealing.heavy_ball_decay`)."""
     if value != "momentum":
         return list(value)
-    optimizer = str(np.asarray(ds["optimizer"].values).ravel()[0])
-    beta = float(np.asarray(ds["momentum"].values).ravel()[0]) if "momentum" in ds.coords else 0.0
-    if optimizer != "sgd" or not 0 < beta < 1:
+    optimizer = [str(np.asarray(ds["optimizer"].values).ravel()[0])]
+    beta = [float(np.asarray(ds["momentum"].values).ravel()[0])] if "momentum" in ds.coords else [0.0]
+    return [_theory.heavy_ball_decay(_momentum(optimizer, beta))]
+
+
+def _momentum(optimizer, momentum) -> float:
+    """The one heavy-ball momentum of an SGD sweep, which ``analysis.decay = "momentum"`` reads; a one-sentence
+    error for anything else."""
+    if list(optimizer) != ["sgd"] or len(momentum) != 1 or not 0 < momentum[0] < 1:
         raise _spec.SpecError("spec key 'analysis.decay' = 'momentum' takes lambda from SGD's heavy-ball momentum, "
-                              f"and this run has optimizer {optimizer!r} with momentum {beta:g}: give a list of "
-                              "decays to choose from instead.")
-    return [_theory.heavy_ball_decay(beta)]
+                              f"and this run has optimizer {list(optimizer)} with momentum {list(momentum)}: give a "
+                              "list of decays to choose from instead.")
+    return float(momentum[0])
 
 
 def _fmt_ci(boot, key, m):
@@ -490,11 +496,7 @@ def validate(spec):
         if s not in names:
             raise _spec.SpecError(f"spec key 'analysis.fit' names {s!r}, which is not in 'sweep.schedule' {names}.")
     if a.get("decay", DEFAULTS["analysis"]["decay"]) == "momentum":
-        opt, beta = sweep.get("optimizer", ["sgd"]), sweep.get("momentum", [0.0])
-        if list(opt) != ["sgd"] or len(beta) != 1 or not 0 < beta[0] < 1:
-            raise _spec.SpecError(f"spec key 'analysis.decay' = 'momentum' takes lambda from SGD's heavy-ball "
-                                  f"momentum, and this spec has optimizer {opt} with momentum {beta}: give a list of "
-                                  "decays to choose from instead.")
+        _momentum(sweep.get("optimizer", ["sgd"]), sweep.get("momentum", [0.0]))
     if len(names) - len(fitted) < 1:
         raise _spec.SpecError("spec key 'sweep.schedule' needs a schedule beyond those of 'analysis.fit' to predict.")
     if len(sweep.get("lr", [])) != 1:
