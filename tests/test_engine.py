@@ -199,6 +199,23 @@ def test_minibatch_and_online_run():
     assert mini["loss"].isel(step=-1).item() < mini["loss"].isel(step=0).item()
 
 
+def test_runs_differing_only_in_the_task_seed_share_their_programs():
+    # The task seed only draws the arrays the programs take (teacher, data, the key of the batch stream), so a run
+    # on a second draw of the task compiles nothing (lr-annealing runs one draw per seed) and still trains on it.
+    online = TeacherStudent(d_in=8, n_train=0, n_test=64, noise=0.5)
+    go = lambda seed: ds.run(MODEL, dataclasses.replace(online, seed=seed), ds.Sweep(width=[16], lr=[0.1]), steps=20,
+                             record_every=10, batch_size=16, progress=False)
+    compile_s = lambda res: json.loads(res.attrs["timing"])["compile_s"]
+    jax.clear_caches()
+    first, second = go(0), go(1)
+    assert compile_s(first) > 0 and compile_s(second) == 0
+    jax.clear_caches()
+    fresh = go(1)  # compiled for seed 1 alone
+    assert compile_s(fresh) > 0
+    np.testing.assert_array_equal(second["loss"].values, fresh["loss"].values)
+    assert not np.allclose(first["loss"].values, second["loss"].values)
+
+
 SHARDED = """
 import os, sys, json
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"

@@ -119,7 +119,7 @@ def probes(ctx, count: int = PROBES):
     ones = jnp.ones((depth,), ctx.mask.dtype)
     draw = lambda i: jnp.sign(ravel_pytree(ctx.prog.model.init(jax.random.fold_in(jax.random.key(_PROBE_SEED), i),
                                                                ctx.prog.n_pad, ctx.hyper.width, ones))[0])
-    return jnp.stack([draw(i) for i in range(count)])
+    return jax.vmap(draw)(jnp.arange(count))
 
 
 def hessian_topk(ctx, params, k: int = TOPK, steps: int = LANCZOS_STEPS):

@@ -104,6 +104,11 @@ class TeacherStudent(Task):
     def online(self) -> bool:
         return self.n_train == 0
 
+    def program_task(self) -> TeacherStudent:
+        """This task with ``seed = 0``: the seed only draws the arrays of :meth:`make` (the teacher, the data and the
+        key of the batch order or stream), which the programs take as arguments."""
+        return dataclasses.replace(self, seed=0)
+
     def _teacher_apply(self, teacher, x):
         if self.teacher == "linear":
             return teacher[0] @ x / math.sqrt(self.d_in)
