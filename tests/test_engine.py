@@ -227,13 +227,13 @@ from dynsim.tasks import TeacherStudent
 task = TeacherStudent(d_in=8, n_train=64, n_test=64, seed=1)
 sweep = ds.Sweep(width=[16, 24], lr=[0.05, 0.1, 1e4], seed=[0, 1, 2])
 res = ds.run(MLP(d_in=8, depth=3), task, sweep, steps=40, record_every=20, progress=False)
-two_layer = ds.run(MLP(d_in=8, depth=2), task, sweep, steps=20, record_every=20, progress=False)
+two_layer = ds.run(MLP(d_in=8, depth=2), task, sweep, steps=20, record_every=20, dry_run=True)  # the layout a run uses
 prog = executor.Program(model=MLP(d_in=8, depth=3), task=task, optimizer="sgd", n_pad=24, record_every=20,
                         records_per_segment=1)
 hyper = _vmap.shard(executor.member_hyper(sweep, np.arange(4), 4))
 state, _ = executor.init_group(prog, task.make(), hyper)
 print(json.dumps({"devices": jax.device_count(), "shards": len(state.params[0].sharding.device_set),
-                  "two_layer_layout": two_layer.attrs["layout"],
+                  "two_layer_layout": two_layer.layout,
                   "loss": np.nan_to_num(res["loss"].values, nan=-1.0).tolist()}))
 """
 

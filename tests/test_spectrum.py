@@ -26,7 +26,7 @@ def _explicit(ctx, params):
         out = MODEL.apply(unravel(flat), data.x_train, ctx.scales.mult, ones)
         return 0.5 * jnp.mean((out - data.y_train) ** 2)
 
-    return np.asarray(jax.hessian(loss)(ravel_pytree(_true_width(params, WIDTH))[0]))
+    return np.asarray(jax.jit(jax.hessian(loss))(ravel_pytree(_true_width(params, WIDTH))[0]))
 
 
 def _true(params, flat):
@@ -59,7 +59,9 @@ def test_lanczos_topk_matches_eigvalsh(member):
 @pytest.mark.slow
 def test_hutchinson_trace_within_its_standard_error(member):
     ctx, params, hess = member
-    est, err = (float(a) for a in jax.jit(lambda p: _spectrum.hessian_trace(ctx, p, 32))(params))
+    # Called eagerly: jitted, its 32 probe draws unroll into one program that takes about 10 s to compile on 2 CPU
+    # cores, for the same values (the engine's jitted path is the sweep test's below).
+    est, err = (float(a) for a in _spectrum.hessian_trace(ctx, params, 32))
     exact = np.trace(hess)
     # Fixed probes make this deterministic; 3 standard errors is a 0.3% tail of the estimator's distribution.
     assert err > 0 and abs(est - exact) <= 3 * err, (est, exact, err)

@@ -17,6 +17,9 @@ from dynsim.theory import ntk_regime
 pytestmark = pytest.mark.slow  # law tests at small size: `pytest -m slow` runs them
 
 TASK = TeacherStudent(d_in=8, n_train=32, n_test=64, teacher="mlp", teacher_width=16, seed=2)
+# The analytic ReLU kernels as one compiled program per pair of input shapes (eagerly, each of their operations
+# compiles on its own: seconds per shape); the same arithmetic.
+_kernels = jax.jit(ntk_regime.two_layer_kernels)
 
 
 def _at_init(model, width, seeds, x, init_scale, what):
@@ -68,10 +71,9 @@ def test_empirical_ntk_tends_to_the_analytic_kernel(act, init_scale):
 
 def test_gd_outputs_reach_kernel_regression(x64):
     # t -> inf of the GD filter is Theta^-1: the interpolating kernel-regression predictor.
-    x = np.asarray(TASK.make().x_train).T
-    xt = np.asarray(TASK.make().x_test).T
-    y = np.asarray(TASK.make().y_train)[0]
-    train_k, cross = (ntk_regime.two_layer_kernels(a, x).ntk for a in (x, xt))
+    data = TASK.make()
+    x, xt, y = np.asarray(data.x_train).T, np.asarray(data.x_test).T, np.asarray(data.y_train)[0]
+    train_k, cross = (_kernels(a, x).ntk for a in (x, xt))
     f = ntk_regime.gd_outputs(np.asarray(train_k), np.asarray(cross), y, lr=1.0, steps=[0, 10**7])
     np.testing.assert_allclose(f[0], 0.0)
     # float64 solve of a kernel with condition number ~1e3: 1e-9 relative.
@@ -91,8 +93,8 @@ def test_wide_network_test_loss_follows_the_infinite_width_prediction():
                  progress=False)
     measured = res["test_loss"].squeeze().transpose("seed", "step").values
     x, xt = np.asarray(data.x_train).T, np.asarray(data.x_test).T
-    k_tr, k_x = ntk_regime.two_layer_kernels(x, x), ntk_regime.two_layer_kernels(xt, x)
-    diag = np.diag(np.asarray(ntk_regime.two_layer_kernels(xt, xt).nngp))
+    k_tr, k_x = _kernels(x, x), _kernels(xt, x)
+    diag = np.diag(np.asarray(_kernels(xt, xt).nngp))
     theory = ntk_regime.gd_test_loss(k_tr.ntk, k_x.ntk, k_tr.nngp, k_x.nngp, diag, np.asarray(data.y_train)[0],
                                      np.asarray(data.y_test)[0], lr, res["step"].values)
     mean, se = measured.mean(0), measured.std(0, ddof=1) / np.sqrt(len(sweep.seed))
