@@ -78,6 +78,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import NamedTuple
 
 import numpy as np
 import xarray as xr
@@ -147,6 +148,17 @@ def areas(schedules, steps: int, lr: float, decay: float, at, warmup: int = 0):
     return s1[:, at - 1], s2[:, at - 1]
 
 
+class _Alt(NamedTuple):
+    """``C`` fitted with a WSD curve (``name``) in place of the last fitted annealed schedule (``replaced``): the
+    fitted rows ``rows`` and the fit's parameters ``theta``, the start of each bootstrap replicate's refit."""
+
+    name: str
+    c: float
+    rows: list
+    theta: np.ndarray
+    replaced: str
+
+
 def _fit_law(mean, s1, s2, rows, cols, with_c=True, start=None):
     """The annealing law (or the ``C = 0`` power law of ``S1``) fitted to ``mean[rows][:, cols]``; returns the fit
     and a function of ``(S1, S2)``. ``start``: a fit's ``theta`` to start from alone (the bootstrap's refits)."""
@@ -209,7 +221,7 @@ def measure(loss, rec, schedules, *, steps, lr, decays, fit_names, skip, warmup=
     if wsd and annealed:
         alt_rows = [wsd[len(wsd) // 2] if i == annealed[-1] else i for i in fit_rows]
         alt, _ = _fit_law(mean, s1, s2, alt_rows, cols)
-        out["alt"] = (schedules[wsd[len(wsd) // 2]], alt.params["C"], alt_rows, alt.theta, schedules[annealed[-1]])
+        out["alt"] = _Alt(schedules[wsd[len(wsd) // 2]], alt.params["C"], alt_rows, alt.theta, schedules[annealed[-1]])
         # the annealing term's share of the fitted annealed schedule's final loss: a relative model error e of the
         # loss is a relative error e / share of C
         out["c_share"] = float(np.mean([fit.params["C"] * s2[i, -1] / mean[i, -1] for i in annealed]))
@@ -284,7 +296,7 @@ def _boot(loss, m, n_boot=None, seed=0):
         out["c"].append(fit.params["C"])
         out["alpha"].append(fit.params["alpha"])
         if "alt" in m:
-            alt, _ = _fit_law(mean, s1, s2, m["alt"][2], cols, start=m["alt"][3])
+            alt, _ = _fit_law(mean, s1, s2, m["alt"].rows, cols, start=m["alt"].theta)
             out["c_ratio"].append(c_ratio(alt.params["C"], fit.params["C"]))
         if "wsd" in m:
             final = mean[m["wsd"]["rows"], -1]
@@ -366,7 +378,7 @@ def analyse(ds, spec, out):
         reason=f"model error {m['mare_fit']:.4f}: the law's mean |relative error| on its fitted curves, a relative "
                f"error of the loss, as is the drop; CI: {N_BOOT}-replicate bootstrap over seeds"))
     if "alt" in m:
-        name, c_alt, _, _, replaced = m["alt"]
+        name, c_alt, replaced = m["alt"].name, m["alt"].c, m["alt"].replaced
         checks.append(Check(
             name=f"annealing coefficient C fitted with {name} in place of {replaced}, over |C| fitted with "
                  f"{replaced} (sign and size)", measured=c_ratio(c_alt, m["fit"].params["C"]),
@@ -426,8 +438,8 @@ def decays(ds, value) -> list[float]:
     (:func:`dynsim.theory.annealing.heavy_ball_decay`)."""
     if value != "momentum":
         return list(value)
-    optimizer = [str(np.asarray(ds["optimizer"].values).ravel()[0])]
-    beta = [float(np.asarray(ds["momentum"].values).ravel()[0])] if "momentum" in ds.coords else [0.0]
+    optimizer = [str(o) for o in np.ravel(ds["optimizer"].values)]
+    beta = [float(b) for b in np.ravel(ds["momentum"].values)] if "momentum" in ds.coords else [0.0]
     return [_theory.heavy_ball_decay(_momentum(optimizer, beta))]
 
 
